@@ -1,0 +1,41 @@
+"""The NEXUS lab for this stack: `pulumi up` leaves a running VM you can SSH into."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime.config import get_config_env
+
+from nexus_components.components import NexusVm, NexusVmArgs
+from nexus_components.config import NAMESPACE, load_config
+from nexus_components.errors import NexusError
+from nexus_components.hostfacts import detect_host, find_qemu_img, host_os
+
+
+def stack_settings() -> dict[str, Any]:
+    """Every `nexus:` key of the stack, so a misspelt top-level key is reported, not ignored."""
+    settings: dict[str, Any] = {}
+    for full_key, value in get_config_env().items():
+        namespace, _, key = full_key.partition(":")
+        if namespace == NAMESPACE:
+            try:
+                settings[key] = json.loads(value)
+            except json.JSONDecodeError:
+                settings[key] = value
+    return settings
+
+
+try:
+    config = load_config(stack_settings(), stack=pulumi.get_stack(), home=Path.home())
+    host = detect_host(config.vm)
+    qemu_img = find_qemu_img(config.vm, host_os())
+except NexusError as error:
+    # A clean message without a Python traceback; nothing has been registered yet.
+    raise pulumi.RunError(str(error)) from None
+
+lab = NexusVm("nexus", NexusVmArgs(config=config, host=host, qemu_img=qemu_img))
+for output_name, output_value in lab.outputs.items():
+    pulumi.export(output_name, output_value)

@@ -1,0 +1,216 @@
+"""The lab's layers as Pulumi components, each depending on the one before it.
+
+    NexusVm
+      ├─ StateDir        the stack's directory (deleted last)
+      ├─ BaseImage       cloud image in the shared cache
+      ├─ OverlayDisk     qcow2 on top of the base image
+      ├─ CloudInitSeed   SSH key pair + NoCloud ISO
+      └─ QemuVm          the QEMU process, ready when SSH and cloud-init are
+
+Components only wire values together; the work happens in `providers.py`, which calls
+the pure modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import Resource
+
+from . import providers
+from .config import NexusConfig, disk_size_bytes
+from .paths import VmPaths
+from .qemu_argv import HostFacts, VmFiles, build_qemu_argv
+from .ssh import SshTarget
+
+TYPE_PREFIX = "nexus:lab"
+
+
+def _child(parent: pulumi.Resource) -> pulumi.ResourceOptions:
+    return pulumi.ResourceOptions(parent=parent)
+
+
+class _Dynamic(Resource):
+    """A dynamic resource whose listed outputs become attributes."""
+
+    def __init__(
+        self,
+        provider: pulumi.dynamic.ResourceProvider,
+        name: str,
+        inputs: dict[str, Any],
+        outputs: tuple[str, ...],
+        opts: pulumi.ResourceOptions,
+    ) -> None:
+        super().__init__(provider, name, {**inputs, **dict.fromkeys(outputs)}, opts)
+
+
+class StateDir(pulumi.ComponentResource):
+    def __init__(self, name: str, state_dir: Path, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"{TYPE_PREFIX}:StateDir", name, None, opts)
+        self.dir = _Dynamic(
+            providers.StateDirProvider(), f"{name}-dir", {"state_dir": str(state_dir)}, (), _child(self)
+        )
+        self.path = self.dir.id
+        self.register_outputs({"path": self.path})
+
+
+class BaseImage(pulumi.ComponentResource):
+    def __init__(self, name: str, config: NexusConfig, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"{TYPE_PREFIX}:BaseImage", name, None, opts)
+        inputs = {"url": config.image.url, "sha256": config.image.sha256, "cache_dir": str(config.cache_dir)}
+        self.image = _Dynamic(
+            providers.BaseImageProvider(),
+            f"{name}-download",
+            inputs,
+            ("path", "digest", "size"),
+            _child(self),
+        )
+        self.path: pulumi.Output[str] = self.image.path  # type: ignore[attr-defined]
+        self.digest: pulumi.Output[str] = self.image.digest  # type: ignore[attr-defined]
+        self.register_outputs({"path": self.path, "digest": self.digest})
+
+
+class OverlayDisk(pulumi.ComponentResource):
+    def __init__(
+        self,
+        name: str,
+        config: NexusConfig,
+        base: BaseImage,
+        qemu_img: str,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(f"{TYPE_PREFIX}:OverlayDisk", name, None, opts)
+        inputs = {
+            "state_dir": str(config.state_dir),
+            "base_path": base.path,
+            "base_digest": base.digest,
+            "disk_size": config.vm.disk_size,
+            "size_bytes": disk_size_bytes(config.vm.disk_size),
+            "qemu_img": qemu_img,
+        }
+        self.disk = _Dynamic(providers.OverlayDiskProvider(), f"{name}-qcow2", inputs, (), _child(self))
+        self.id = self.disk.id
+        self.register_outputs({"id": self.id})
+
+
+class CloudInitSeed(pulumi.ComponentResource):
+    def __init__(self, name: str, config: NexusConfig, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"{TYPE_PREFIX}:CloudInitSeed", name, None, opts)
+        guest = config.guest
+        key_inputs = {
+            "state_dir": str(config.state_dir),
+            "comment": f"nexus-{config.stack}",
+            "private_key_file": guest.ssh_private_key_file,
+            "public_key_file": guest.ssh_public_key_file,
+        }
+        self.key = _Dynamic(
+            providers.SshKeyProvider(),
+            f"{name}-ssh-key",
+            key_inputs,
+            ("private_key_path", "public_key", "generated"),
+            _child(self),
+        )
+        seed_inputs = {
+            "state_dir": str(config.state_dir),
+            "username": guest.username,
+            "hostname": guest.hostname,
+            "arch": config.vm.arch,
+            "install_packages": guest.install_packages,
+            "packages": list(guest.packages),
+            "user_data": dict(guest.user_data),
+            "public_key": self.key.public_key,  # type: ignore[attr-defined]
+        }
+        self.seed = _Dynamic(
+            providers.CloudInitSeedProvider(), f"{name}-iso", seed_inputs, ("instance_id",), _child(self)
+        )
+        self.private_key_path: pulumi.Output[str] = self.key.private_key_path  # type: ignore[attr-defined]
+        self.instance_id: pulumi.Output[str] = self.seed.instance_id  # type: ignore[attr-defined]
+        self.register_outputs({"privateKeyPath": self.private_key_path, "instanceId": self.instance_id})
+
+
+class QemuVm(pulumi.ComponentResource):
+    def __init__(
+        self,
+        name: str,
+        config: NexusConfig,
+        host: HostFacts,
+        disk: OverlayDisk,
+        seed: CloudInitSeed,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(f"{TYPE_PREFIX}:QemuVm", name, None, opts)
+        paths = VmPaths(config.state_dir)
+        files = VmFiles(
+            overlay_disk=paths.overlay_disk,
+            seed_iso=paths.seed_iso,
+            serial_log=paths.serial_log,
+            pid_file=paths.pid_file,
+            firmware_vars=paths.firmware_vars,
+            qmp_socket=paths.qmp_socket,
+        )
+        network = config.network
+        inputs = {
+            "name": config.vm.name,
+            "state_dir": str(config.state_dir),
+            "argv": build_qemu_argv(config, host, files),
+            "accelerator": host.accelerator,
+            "cpus": config.vm.cpus,
+            "memory_mib": config.vm.memory_mib,
+            "firmware_vars_template": config.vm.firmware_vars,
+            "bind_address": network.bind_address,
+            "ssh_host": "127.0.0.1" if network.bind_address == "0.0.0.0" else network.bind_address,
+            "ssh_port": network.ssh_port,
+            "forwards": [dataclasses.asdict(forward) for forward in network.forwards],
+            "username": config.guest.username,
+            "private_key": seed.private_key_path,
+            "instance_id": seed.instance_id,
+            "overlay_id": disk.id,
+            "boot_timeout_seconds": config.vm.boot_timeout_seconds,
+        }
+        self.vm = _Dynamic(
+            providers.QemuVmProvider(), f"{name}-qemu", inputs, ("pid", "ready_seconds"), _child(self)
+        )
+        self.pid: pulumi.Output[int] = self.vm.pid  # type: ignore[attr-defined]
+        self.register_outputs({"pid": self.pid})
+
+
+@dataclasses.dataclass(frozen=True)
+class NexusVmArgs:
+    config: NexusConfig
+    host: HostFacts
+    qemu_img: str
+
+
+class NexusVm(pulumi.ComponentResource):
+    """The whole first layer of the lab: a running, reachable VM."""
+
+    def __init__(self, name: str, args: NexusVmArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"{TYPE_PREFIX}:NexusVm", name, None, opts)
+        config = args.config
+        self.state = StateDir(f"{name}-state", config.state_dir, _child(self))
+        after_state = pulumi.ResourceOptions(parent=self, depends_on=[self.state])
+        self.base_image = BaseImage(f"{name}-image", config, after_state)
+        self.disk = OverlayDisk(f"{name}-disk", config, self.base_image, args.qemu_img, after_state)
+        self.seed = CloudInitSeed(f"{name}-seed", config, after_state)
+        self.qemu = QemuVm(f"{name}-vm", config, args.host, self.disk, self.seed, after_state)
+
+        paths = VmPaths(config.state_dir)
+        ssh_host = "127.0.0.1" if config.network.bind_address == "0.0.0.0" else config.network.bind_address
+        self.outputs: dict[str, Any] = {
+            "sshCommand": self.seed.private_key_path.apply(
+                lambda key: SshTarget(
+                    ssh_host, config.network.ssh_port, config.guest.username, Path(key)
+                ).interactive_command()
+            ),
+            "sshPort": config.network.ssh_port,
+            "privateKeyPath": self.seed.private_key_path,
+            "vmPid": self.qemu.pid,
+            "serialLog": str(paths.serial_log),
+            "connectScript": str(paths.connect_script),
+            "accelerator": args.host.accelerator,
+            "stateDir": str(config.state_dir),
+        }
+        self.register_outputs(self.outputs)

@@ -1,0 +1,287 @@
+"""Pulumi dynamic providers: the create/diff/update/delete hooks of each layer.
+
+Each hook is a few lines that call the pure modules. Dynamic providers (rather than
+pulumi-command's `local.Command`) give every layer a real `diff` that looks at the
+machine: a VM that is no longer running, or a disk that vanished, shows up in
+`pulumi preview` as something to start or create again.
+
+Providers run in their own process; they report progress on stderr, which the engine
+shows under the stack while a step runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+
+from . import cloudinit, disk, download, seed_iso, ssh, vm_process
+from .config import NetworkConfig, PortForward
+from .errors import NexusError, VmError
+from .paths import VmPaths, remove_quietly, remove_stack_files
+
+Props = dict[str, Any]
+
+
+def _say(name: str, message: str) -> None:
+    print(f"[{name}] {message}", file=sys.stderr, flush=True)
+
+
+def _changed(olds: Props, news: Props, keys: tuple[str, ...]) -> list[str]:
+    return [key for key in keys if olds.get(key) != news.get(key)]
+
+
+def _paths(props: Props) -> VmPaths:
+    return VmPaths(Path(props["state_dir"]))
+
+
+class StateDirProvider(ResourceProvider):
+    """The stack's directory; deleted last, taking every file the stack made with it."""
+
+    def create(self, props: Props) -> CreateResult:
+        state_dir = Path(props["state_dir"])
+        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.chmod(0o700)
+        return CreateResult(id_=str(state_dir), outs=props)
+
+    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
+        replaces = _changed(olds, news, ("state_dir",))
+        if not Path(olds["state_dir"]).is_dir():
+            replaces = ["state_dir"]
+        return DiffResult(changes=bool(replaces), replaces=replaces, delete_before_replace=True)
+
+    def delete(self, _id: str, props: Props) -> None:
+        for kept in remove_stack_files(_paths(props)):
+            _say("state", f"kept {kept}: it holds files nexus-nested-vm did not create")
+
+
+class BaseImageProvider(ResourceProvider):
+    """The cloud image in the shared cache. Deleting a stack keeps the cache, on purpose."""
+
+    KEYS = ("url", "sha256", "cache_dir")
+
+    def create(self, props: Props) -> CreateResult:
+        source = download.ImageSource(url=props["url"], sha256=props.get("sha256"))
+        name = Path(props["url"]).name or "image"
+        image = download.fetch_image(
+            source,
+            Path(props["cache_dir"]),
+            progress=download.log_progress(lambda line: _say("image", line), name),
+        )
+        outs = {**props, "path": str(image.path), "digest": image.sha256, "size": image.size}
+        return CreateResult(id_=image.sha256, outs=outs)
+
+    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
+        replaces = _changed(olds, news, self.KEYS)
+        if not Path(olds.get("path", "")).is_file():
+            replaces.append("path")
+        return DiffResult(changes=bool(replaces), replaces=replaces)
+
+    def delete(self, _id: str, _props: Props) -> None:
+        pass
+
+
+class SshKeyProvider(ResourceProvider):
+    """The per-stack key pair, generated unless the user configured their own."""
+
+    def create(self, props: Props) -> CreateResult:
+        paths = _paths(props)
+        if props.get("private_key_file"):
+            private_key = Path(props["private_key_file"]).expanduser()
+            public_key = Path(props["public_key_file"]).expanduser()
+            for path, key in ((private_key, "sshPrivateKeyFile"), (public_key, "sshPublicKeyFile")):
+                if not path.is_file():
+                    raise NexusError(
+                        f"nexus:guest.{key}: {path} does not exist",
+                        hint=f"point nexus:guest.{key} at an existing key file, or unset both key settings",
+                    )
+            generated = False
+        else:
+            private_key, public_key = paths.ssh_private_key, paths.ssh_public_key
+            if not private_key.is_file():
+                ssh.generate_key_pair(private_key, comment=props["comment"])
+            generated = True
+        outs = {
+            **props,
+            "private_key_path": str(private_key),
+            "public_key": public_key.read_text().strip(),
+            "generated": generated,
+        }
+        return CreateResult(id_=str(private_key), outs=outs)
+
+    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
+        replaces = _changed(olds, news, ("state_dir", "private_key_file", "public_key_file"))
+        if not Path(olds["private_key_path"]).is_file():
+            replaces.append("private_key_path")
+        return DiffResult(changes=bool(replaces), replaces=replaces, delete_before_replace=True)
+
+    def delete(self, _id: str, props: Props) -> None:
+        if props.get("generated"):
+            paths = _paths(props)
+            remove_quietly(paths.ssh_private_key)
+            remove_quietly(paths.ssh_public_key)
+
+
+class OverlayDiskProvider(ResourceProvider):
+    """The VM's qcow2 disk on top of the base image; grows in place, never shrinks."""
+
+    def create(self, props: Props) -> CreateResult:
+        paths = _paths(props)
+        disk.create_overlay(
+            props["qemu_img"],
+            Path(props["base_path"]),
+            paths.overlay_disk,
+            props["size_bytes"],
+            size_key="nexus:vm.diskSize",
+        )
+        return CreateResult(id_=f"{paths.overlay_disk}@{props['base_digest'][:12]}", outs=props)
+
+    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
+        if news["size_bytes"] < olds["size_bytes"]:
+            raise VmError(
+                f"nexus:vm.diskSize: shrinking the disk from {olds['disk_size']} to {news['disk_size']} "
+                "is refused "
+                "(it would cut off the guest's file system)",
+                hint=f"set nexus:vm.diskSize back to {olds['disk_size']} or more; "
+                "to start from a smaller disk, `pulumi destroy` first",
+            )
+        replaces = _changed(olds, news, ("state_dir", "base_digest", "base_path"))
+        if not _paths(olds).overlay_disk.is_file():
+            replaces.append("path")
+        changes = bool(replaces) or news["size_bytes"] != olds["size_bytes"]
+        return DiffResult(changes=changes, replaces=replaces, delete_before_replace=True)
+
+    def update(self, _id: str, olds: Props, news: Props) -> UpdateResult:
+        paths = _paths(news)
+        if vm_process.running_pid(paths) is not None:
+            # QEMU holds a write lock on the disk: grow it through the running VM instead.
+            vm_process.block_resize(paths, "disk0", news["size_bytes"])
+        else:
+            disk.resize_offline(news["qemu_img"], paths.overlay_disk, news["size_bytes"])
+        _say("disk", f"grew the disk from {olds['disk_size']} to {news['disk_size']}")
+        return UpdateResult(outs=news)
+
+    def delete(self, _id: str, props: Props) -> None:
+        remove_quietly(_paths(props).overlay_disk)
+
+
+class CloudInitSeedProvider(ResourceProvider):
+    """user-data and meta-data as a NoCloud ISO (label `cidata`)."""
+
+    def create(self, props: Props) -> CreateResult:
+        return CreateResult(id_=str(_paths(props).seed_iso), outs=self._write(props))
+
+    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
+        keys = tuple(key for key in news if not key.startswith("__"))
+        changed = _changed(olds, news, keys)
+        if not _paths(olds).seed_iso.is_file():
+            changed.append("seed_iso")
+        return DiffResult(changes=bool(changed))
+
+    def update(self, _id: str, _olds: Props, news: Props) -> UpdateResult:
+        return UpdateResult(outs=self._write(news))
+
+    def delete(self, _id: str, props: Props) -> None:
+        paths = _paths(props)
+        remove_quietly(paths.seed_iso)
+        remove_quietly(paths.user_data)
+
+    @staticmethod
+    def _write(props: Props) -> Props:
+        paths = _paths(props)
+        spec = cloudinit.CloudInitSpec(
+            username=props["username"],
+            ssh_public_key=props["public_key"],
+            hostname=props["hostname"],
+            guest_arch=props["arch"],
+            install_packages=props["install_packages"],
+            extra_packages=tuple(props["packages"]),
+            extra_user_data=props["user_data"],
+        )
+        user_data = cloudinit.render_user_data(spec)
+        instance_id = cloudinit.instance_id_for(user_data, props["hostname"])
+        meta_data = cloudinit.render_meta_data(instance_id=instance_id, hostname=props["hostname"])
+        seed_iso.write_seed_iso(
+            paths.seed_iso, {"user-data": user_data.encode(), "meta-data": meta_data.encode()}
+        )
+        paths.user_data.write_text(user_data)
+        return {**props, "instance_id": instance_id}
+
+
+class QemuVmProvider(ResourceProvider):
+    """The QEMU process. `up` returns once SSH answers and cloud-init is done."""
+
+    RESTART_KEYS = ("argv", "ssh_port", "forwards", "bind_address", "username", "private_key", "instance_id")
+
+    def create(self, props: Props) -> CreateResult:
+        return CreateResult(id_=props["name"], outs=self._start(props))
+
+    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
+        replaces = _changed(olds, news, ("state_dir", "overlay_id"))
+        restart = _changed(olds, news, self.RESTART_KEYS)
+        if vm_process.running_pid(_paths(olds)) is None:
+            restart.append("running")  # killed or host rebooted: start it again on the same disk
+        return DiffResult(changes=bool(replaces or restart), replaces=replaces, delete_before_replace=True)
+
+    def update(self, _id: str, olds: Props, news: Props) -> UpdateResult:
+        self._stop(olds)
+        return UpdateResult(outs=self._start(news))
+
+    def delete(self, _id: str, props: Props) -> None:
+        self._stop(props)
+        paths = _paths(props)
+        for path in (
+            paths.connect_script,
+            paths.ssh_config,
+            paths.serial_log,
+            paths.qemu_log,
+            paths.firmware_vars,
+        ):
+            remove_quietly(path)
+
+    def read(self, id_: str, props: Props) -> ReadResult:
+        pid = vm_process.running_pid(_paths(props))
+        return ReadResult(id_=id_, outs={**props, "pid": pid or 0})
+
+    @staticmethod
+    def _stop(props: Props) -> None:
+        vm_process.stop(_paths(props), log=lambda line: _say("vm", line))
+
+    @staticmethod
+    def _start(props: Props) -> Props:
+        paths = _paths(props)
+        # A QEMU of ours from an interrupted run would hold the disk and the ports.
+        vm_process.stop(paths, log=lambda line: _say("vm", line))
+        network = NetworkConfig(
+            bind_address=props["bind_address"],
+            ssh_port=props["ssh_port"],
+            forwards=tuple(PortForward(**forward) for forward in props["forwards"]),
+        )
+        vm_process.check_ports_free(network)
+        if props.get("firmware_vars_template") and not paths.firmware_vars.exists():
+            shutil.copyfile(props["firmware_vars_template"], paths.firmware_vars)
+        target = ssh.SshTarget(
+            host=props["ssh_host"],
+            port=props["ssh_port"],
+            user=props["username"],
+            private_key=Path(props["private_key"]),
+        )
+        paths.connect_script.write_text(ssh.connect_script(target))
+        paths.connect_script.chmod(0o755)
+        paths.ssh_config.write_text(ssh.ssh_config_entry(props["name"], target))
+
+        _say("vm", f"starting QEMU ({props['accelerator']}, {props['cpus']} vCPU, {props['memory_mib']} MiB)")
+        pid = vm_process.launch(props["argv"], paths)
+        try:
+            seconds = vm_process.wait_until_ready(
+                target, paths, timeout=props["boot_timeout_seconds"], log=lambda line: _say("vm", line)
+            )
+        except BaseException:
+            # Nothing half-made: a VM that never became ready is not left running.
+            vm_process.stop(paths, powerdown_timeout=5)
+            raise
+        _say("vm", f"ready after {seconds:.0f} s: {target.interactive_command()}")
+        return {**props, "pid": pid, "ready_seconds": round(seconds, 1)}

@@ -1,0 +1,137 @@
+"""The QEMU command line, built by one pure function from the config and the host's facts.
+
+Nothing here looks at the machine: `HostFacts` carries what was detected (see
+`hostfacts.py`), so the command line for macOS and Windows is unit-tested on Linux.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePath
+
+from .config import NexusConfig, PortForward
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    os: str  # "linux", "darwin" or "windows"
+    accelerator: str  # the accelerator chosen for this run (never "auto")
+    qemu_binary: str
+    firmware_code: str | None = None  # UEFI code image, needed for aarch64 guests
+
+
+@dataclass(frozen=True)
+class VmFiles:
+    """The per-VM files QEMU is pointed at (from `paths.VmPaths`, or Windows paths in tests)."""
+
+    overlay_disk: PurePath
+    seed_iso: PurePath
+    serial_log: PurePath
+    pid_file: PurePath
+    firmware_vars: PurePath
+    qmp_socket: PurePath | None  # None on Windows: QMP goes over TCP there
+    qmp_tcp_port: int | None = None
+
+
+DISK_ID = "disk0"  # the id QMP's block_resize addresses
+
+
+def default_qemu_binary(arch: str, os: str) -> str:
+    binary = f"qemu-system-{arch}"
+    return binary + ".exe" if os == "windows" else binary
+
+
+def default_machine(arch: str) -> str:
+    return "virt" if arch == "aarch64" else "q35"
+
+
+def default_cpu_model(arch: str, accelerator: str) -> str | None:
+    if accelerator in ("kvm", "hvf"):
+        return "host"
+    if arch == "aarch64":
+        # virt's default CPU is 32-bit; "max" is the widest model TCG and WHPX emulate.
+        return "max"
+    # TCG/WHPX on x86_64: QEMU's default model boots cloud images and still exposes
+    # SVM, so an inner VM can use emulated virtualization.
+    return None
+
+
+def qemu_opt_value(value: object) -> str:
+    """Escape a value for QEMU's comma-separated option syntax (a comma is written twice)."""
+    return str(value).replace(",", ",,")
+
+
+def hostfwd_rules(bind_address: str, forwards: tuple[PortForward, ...]) -> list[str]:
+    host = f"[{bind_address}]" if ":" in bind_address else bind_address
+    return [f"hostfwd={f.protocol}:{host}:{f.host}-:{f.guest}" for f in forwards]
+
+
+def build_qemu_argv(config: NexusConfig, host: HostFacts, files: VmFiles) -> list[str]:
+    """Every argument QEMU gets, in layers: machine, resources, firmware, disks, net, control."""
+    vm = config.vm
+    if host.accelerator == "auto":
+        raise ValueError("resolve the accelerator before building the command line")
+
+    machine = vm.machine or default_machine(vm.arch)
+    argv = [
+        host.qemu_binary,
+        "-name",
+        f"{vm.name},process={vm.name}",
+        "-machine",
+        f"{machine},accel={host.accelerator}",
+        "-smp",
+        str(vm.cpus),
+        "-m",
+        f"{vm.memory_mib}M",
+    ]
+    cpu = vm.cpu_model or default_cpu_model(vm.arch, host.accelerator)
+    if cpu:
+        argv += ["-cpu", cpu]
+
+    if vm.arch == "aarch64":
+        code = vm.firmware_code or host.firmware_code
+        if not code:
+            raise ConfigError(
+                "nexus:vm.firmwareCode: an aarch64 guest needs UEFI firmware and none was found",
+                hint="install QEMU's edk2 firmware (Homebrew's qemu ships share/qemu/edk2-aarch64-code.fd) "
+                "or set nexus:vm.firmwareCode to its path",
+            )
+        argv += [
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_opt_value(code)}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={qemu_opt_value(files.firmware_vars)}",
+        ]
+
+    argv += [
+        "-nodefaults",
+        "-display",
+        "none",
+        "-drive",
+        f"id={DISK_ID},if=virtio,format=qcow2,discard=unmap,file={qemu_opt_value(files.overlay_disk)}",
+        # cloud-init finds the seed by its `cidata` label on any block device.
+        "-drive",
+        f"if=virtio,format=raw,readonly=on,file={qemu_opt_value(files.seed_iso)}",
+        "-netdev",
+        ",".join(
+            ["user,id=net0", *hostfwd_rules(config.network.bind_address, config.network.all_forwards())]
+        ),
+        "-device",
+        "virtio-net-pci,netdev=net0",
+        "-device",
+        "virtio-rng-pci",
+        "-serial",
+        f"file:{qemu_opt_value(files.serial_log)}",
+        "-pidfile",
+        str(files.pid_file),
+    ]
+    if files.qmp_socket is not None:
+        argv += ["-qmp", f"unix:{qemu_opt_value(files.qmp_socket)},server=on,wait=off"]
+    elif files.qmp_tcp_port is not None:
+        argv += ["-qmp", f"tcp:127.0.0.1:{files.qmp_tcp_port},server=on,wait=off"]
+    if host.os != "windows":
+        # The VM outlives `pulumi up`; with -daemonize QEMU reports start-up errors
+        # through its exit status before it detaches.
+        argv.append("-daemonize")
+    return argv

@@ -1,0 +1,102 @@
+"""The real Pulumi engine, language host and dynamic-provider plugin, end to end.
+
+A throwaway project on a temporary file backend registers a component whose child
+resource makes a directory; preview, up, a second up, refresh and destroy run through
+the CLI that scripts/setup installed, and the test checks what each did on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.support.pulumi_cli import REPO, PulumiCli, toolchain_bin
+
+pytestmark = pytest.mark.engine
+
+PROGRAM = '''
+from pathlib import Path
+
+import pulumi
+
+from nexus_components.components import StateDir
+
+target = Path(pulumi.Config().require("target"))
+made = StateDir("probe", target)
+pulumi.export("path", made.path)
+'''
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> PulumiCli:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            name: engine-probe
+            runtime:
+              name: python
+              options:
+                virtualenv: {REPO / ".venv"}
+            """
+        )
+    )
+    (project / "__main__.py").write_text(PROGRAM)
+    return PulumiCli(
+        project_dir=project,
+        backend_dir=tmp_path / "backend",
+        stack="probe",
+        config_file=tmp_path / "Pulumi.probe.yaml",
+        extra_env={"PYTHONPATH": str(REPO), "PULUMI_PYTHON_CMD": str(REPO / ".venv" / "bin" / "python")},
+    )
+
+
+def test_toolchain_is_the_pinned_one() -> None:
+    pins = dict(
+        line.split("=", 1)
+        for line in (REPO / "toolchain" / "versions.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    bin_dir = toolchain_bin()
+    cli = PulumiCli(REPO, Path("/nonexistent"), "none", Path("/nonexistent"))
+    version = cli.run("version").stdout.strip()
+    assert version == f"v{pins['PULUMI_VERSION']}"
+    for name in ("pulumi-language-python", "pulumi-language-python-exec", "pulumi-resource-pulumi-python"):
+        assert os.access(bin_dir / name, os.X_OK), name
+    requirements = (REPO / "requirements.txt").read_text()
+    assert f"pulumi=={pins['PYTHON_SDK_VERSION']}" in requirements
+    assert f"pulumi/sdk/v3 v{pins['PYTHON_HOST_VERSION']}" in (REPO / "toolchain/python-host/go.mod").read_text()
+    assert f"pulumi/pkg/v3 v{pins['PULUMI_VERSION']}" in (REPO / "toolchain/pulumi-cli/go.mod").read_text()
+    assert f"v{pins['PYTHON_HOST_VERSION']}" in (REPO / "toolchain/pulumi-language-python").read_text()
+
+
+def test_preview_up_noop_refresh_destroy(cli: PulumiCli, tmp_path: Path) -> None:
+    target = tmp_path / "made-by-pulumi"
+    cli.init({"engine-probe:target": str(target)})
+
+    preview = cli.preview()
+    assert "+ 3 to create" in preview.stdout, preview.stdout
+    assert "nexus:lab:StateDir" in preview.stdout
+    assert not target.exists(), "preview must not change anything"
+
+    first = cli.up()
+    assert "3 created" in first.stdout, first.stdout
+    assert target.is_dir()
+    assert cli.outputs()["path"] == str(target)
+
+    second = cli.up()
+    assert "3 unchanged" in second.stdout, second.stdout
+    assert "created" not in second.stdout.replace("3 unchanged", "")
+
+    refreshed = cli.refresh()
+    assert refreshed.returncode == 0
+    assert target.is_dir()
+
+    destroyed = cli.destroy()
+    assert "3 deleted" in destroyed.stdout, destroyed.stdout
+    assert not target.exists()
+    assert cli.resources() == []

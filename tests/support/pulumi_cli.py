@@ -1,0 +1,87 @@
+"""Drives the real Pulumi CLI (installed by scripts/setup) for engine-level tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def toolchain_bin() -> Path:
+    cache = Path(os.environ.get("NEXUS_CACHE_DIR", Path.home() / ".cache" / "nexus-nested-vm"))
+    marker = cache / "toolchain-bin"
+    if not marker.is_file():
+        raise RuntimeError(f"{marker} is missing: run scripts/setup --dev first")
+    return Path(marker.read_text().strip())
+
+
+@dataclass
+class PulumiCli:
+    """One project directory, a throwaway file backend, one stack, its own config file."""
+
+    project_dir: Path
+    backend_dir: Path
+    stack: str
+    config_file: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PATH=f"{toolchain_bin()}{os.pathsep}{env['PATH']}",
+            PULUMI_BACKEND_URL=self.backend_dir.as_uri(),
+            PULUMI_CONFIG_PASSPHRASE="nexus-tests",
+            PULUMI_SKIP_UPDATE_CHECK="true",
+            PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
+            PULUMI_HOME=str(self.backend_dir / ".pulumi-home"),
+        )
+        env.update(self.extra_env)
+        return env
+
+    def run(self, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+        argv = ["pulumi", *args, "--non-interactive"]
+        result = subprocess.run(
+            argv, cwd=self.project_dir, env=self.env(), capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(argv)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+            )
+        return result
+
+    def stack_args(self) -> list[str]:
+        return ["--stack", self.stack, "--config-file", str(self.config_file)]
+
+    def init(self, config: dict[str, Any]) -> None:
+        self.backend_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(json.dumps({"config": config}, indent=2))
+        self.run("stack", "init", self.stack)
+
+    def preview(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.run("preview", *self.stack_args(), "--diff", *extra)
+
+    def up(self, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("up", *self.stack_args(), "--yes", "--skip-preview", *extra, check=check)
+
+    def refresh(self) -> subprocess.CompletedProcess[str]:
+        return self.run("refresh", *self.stack_args(), "--yes", "--skip-preview")
+
+    def destroy(self, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("destroy", *self.stack_args(), "--yes", "--skip-preview", check=check)
+
+    def outputs(self) -> dict[str, Any]:
+        result = self.run("stack", "output", "--json", "--show-secrets", "--stack", self.stack)
+        return dict(json.loads(result.stdout))
+
+    def resources(self) -> list[dict[str, Any]]:
+        result = self.run("stack", "export", "--stack", self.stack)
+        deployment = json.loads(result.stdout)["deployment"]
+        return list(deployment.get("resources") or [])
+
+    def set_config(self, path: str, value: str) -> None:
+        self.run("config", "set", "--path", path, value, *self.stack_args())
