@@ -33,10 +33,12 @@ ACCELERATORS = ("auto", "kvm", "hvf", "whpx", "tcg")
 
 # Values that end up as QEMU option values or file names: no commas (QEMU's option
 # separator), no whitespace, no shell metacharacters, no path separators.
-_TOKEN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
+# Patterns end in \Z, not $: Python's `$` also matches before a trailing newline, which
+# YAML block scalars produce.
+_TOKEN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*\Z"
 # Executables and firmware files: a plain program name or a path. Commas would split
 # QEMU's `file=` option; control characters and newlines have no business in a path.
-_PATH = r"^[^\x00-\x1f,]+$"
+_PATH = r"^[^\x00-\x1f,]+\Z"
 _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 
 SCHEMA: dict[str, Any] = {
@@ -51,21 +53,22 @@ SCHEMA: dict[str, Any] = {
                 "url": {
                     "type": "string",
                     "minLength": 1,
-                    "pattern": r"^(https?://[^\s]+|file://[^\s]+|[^\x00-\x1f]+)$",
+                    # A URL has no whitespace; anything without a scheme is a local path.
+                    "pattern": r"^(https?://\S+|file://\S+|(?![A-Za-z][A-Za-z0-9+.-]+://)[^\x00-\x1f]+)\Z",
                     "description": "http(s):// URL, file:// URL or local path of a qcow2 cloud image",
                 },
-                "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                "sha256": {"type": "string", "pattern": r"^[0-9a-fA-F]{64}\Z"},
             },
         },
         "vm": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "name": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,30}$"},
+                "name": {"type": "string", "pattern": r"^[a-z][a-z0-9-]{0,30}\Z"},
                 "arch": {"enum": list(ARCHES)},
                 "cpus": {"type": "integer", "minimum": 1, "maximum": 64},
                 "memoryMiB": {"type": "integer", "minimum": 512, "maximum": 262144},
-                "diskSize": {"type": "string", "pattern": "^[1-9][0-9]{0,5}[MGT]$"},
+                "diskSize": {"type": "string", "pattern": r"^[1-9][0-9]{0,5}[MGT]\Z"},
                 "accelerator": {"enum": list(ACCELERATORS)},
                 "machine": {"type": "string", "pattern": _TOKEN},
                 "cpuModel": {"type": "string", "pattern": _TOKEN},
@@ -80,7 +83,8 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "bindAddress": {"enum": ["127.0.0.1", "0.0.0.0", "::1"]},
+                # QEMU's user networking forwards only from IPv4 host addresses.
+                "bindAddress": {"enum": ["127.0.0.1", "0.0.0.0"]},
                 "sshPort": _PORT,
                 "forwards": {
                     "type": "array",
@@ -102,15 +106,15 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "username": {"type": "string", "pattern": "^[a-z_][a-z0-9_-]{0,31}$"},
-                "hostname": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"},
+                "username": {"type": "string", "pattern": r"^[a-z_][a-z0-9_-]{0,31}\Z"},
+                "hostname": {"type": "string", "pattern": r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z"},
                 "sshPublicKeyFile": {"type": "string", "minLength": 1, "pattern": _PATH},
                 "sshPrivateKeyFile": {"type": "string", "minLength": 1, "pattern": _PATH},
                 "installPackages": {"type": "boolean"},
                 "packages": {
                     "type": "array",
                     "maxItems": 200,
-                    "items": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9+.:=~-]*$"},
+                    "items": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9+.:=~-]*\Z"},
                 },
                 "userData": {"type": "object"},
             },
@@ -223,26 +227,27 @@ def load_config(raw: Mapping[str, Any], *, stack: str, home: Path) -> NexusConfi
 
     arch = vm.get("arch", "x86_64")
     forwards = tuple(
-        PortForward(f["host"], f["guest"], f.get("protocol", "tcp"))
+        PortForward(int(f["host"]), int(f["guest"]), f.get("protocol", "tcp"))
         for f in network.get("forwards", [{"host": 8080, "guest": 80}, {"host": 8443, "guest": 443}])
     )
     network_config = NetworkConfig(
         bind_address=network.get("bindAddress", "127.0.0.1"),
-        ssh_port=network.get("sshPort", 2222),
+        ssh_port=int(network.get("sshPort", 2222)),
         forwards=forwards,
     )
     _check_unique_host_ports(network_config)
     _check_key_pair(guest)
 
-    name = vm.get("name", f"nexus-{_slug(stack)}")
+    # JSON Schema counts 2.0 as an integer; int() keeps "2.0" off QEMU's command line.
+    name = vm.get("name", f"nexus-{_slug(stack)[:25]}".rstrip("-"))
     return NexusConfig(
         stack=stack,
         image=ImageConfig(url=image.get("url", default_image_url(arch)), sha256=_lower(image.get("sha256"))),
         vm=VmConfig(
             name=name,
             arch=arch,
-            cpus=vm.get("cpus", 2),
-            memory_mib=vm.get("memoryMiB", 4096),
+            cpus=int(vm.get("cpus", 2)),
+            memory_mib=int(vm.get("memoryMiB", 4096)),
             disk_size=vm.get("diskSize", "20G"),
             accelerator=vm.get("accelerator", "auto"),
             machine=vm.get("machine"),
@@ -251,7 +256,7 @@ def load_config(raw: Mapping[str, Any], *, stack: str, home: Path) -> NexusConfi
             qemu_img_binary=vm.get("qemuImgBinary", "qemu-img"),
             firmware_code=vm.get("firmwareCode"),
             firmware_vars=vm.get("firmwareVars"),
-            boot_timeout_seconds=vm.get("bootTimeoutSeconds", 900),
+            boot_timeout_seconds=int(vm.get("bootTimeoutSeconds", 900)),
         ),
         network=network_config,
         guest=GuestConfig(
@@ -288,7 +293,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         known = sorted(error.schema.get("properties", {}))  # type: ignore[union-attr]
         extra = sorted(set(error.instance) - set(known)) if isinstance(error.instance, dict) else []
-        where = _key(path + extra[:1])
+        where = ", ".join(_key([*path, name]) for name in extra) or _key(path)
         return f"{where}: unknown key; allowed keys here: {', '.join(known)}"
     if error.validator == "required":
         return f"{_key(path)}: {error.message}"
@@ -332,14 +337,14 @@ def _check_key_pair(guest: Mapping[str, Any]) -> None:
 def _resolve_dir(key: str, value: str | None, default: Path, home: Path) -> Path:
     if value is None:
         return default
-    if value == "~" or value.startswith("~/"):
-        return home / value[2:]
     path = Path(value)
     if ".." in path.parts:
         raise ConfigError(
             f"nexus:paths.{key}: got {value!r}; allowed: a path without '..' components",
             hint="give the directory's real absolute path",
         )
+    if value == "~" or value.startswith("~/"):
+        return home / value[2:]
     if not path.is_absolute():
         raise ConfigError(
             f"nexus:paths.{key}: got {value!r}; allowed: an absolute path or one starting with ~/",

@@ -11,10 +11,12 @@ shows under the stack while a step runs.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
@@ -22,8 +24,30 @@ from . import cloudinit, disk, download, seed_iso, ssh, vm_process
 from .config import NetworkConfig, PortForward
 from .errors import NexusError, VmError
 from .paths import VmPaths, remove_quietly, remove_stack_files
+from .qemu_argv import DISK_ID
 
 Props = dict[str, Any]
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def _clean_errors(method: Method) -> Method:
+    """Show our errors as their message, without the provider's internal stack trace."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except NexusError as error:
+            raise error.with_traceback(None) from None
+
+    return cast(Method, wrapper)
+
+
+def _reports_errors(cls: type[ResourceProvider]) -> type[ResourceProvider]:
+    for name in ("create", "diff", "update", "delete", "read"):
+        if name in vars(cls):
+            setattr(cls, name, _clean_errors(vars(cls)[name]))
+    return cls
 
 
 def _say(name: str, message: str) -> None:
@@ -38,6 +62,7 @@ def _paths(props: Props) -> VmPaths:
     return VmPaths(Path(props["state_dir"]))
 
 
+@_reports_errors
 class StateDirProvider(ResourceProvider):
     """The stack's directory; deleted last, taking every file the stack made with it."""
 
@@ -58,6 +83,7 @@ class StateDirProvider(ResourceProvider):
             _say("state", f"kept {kept}: it holds files nexus-nested-vm did not create")
 
 
+@_reports_errors
 class BaseImageProvider(ResourceProvider):
     """The cloud image in the shared cache. Deleting a stack keeps the cache, on purpose."""
 
@@ -84,6 +110,7 @@ class BaseImageProvider(ResourceProvider):
         pass
 
 
+@_reports_errors
 class SshKeyProvider(ResourceProvider):
     """The per-stack key pair, generated unless the user configured their own."""
 
@@ -125,6 +152,7 @@ class SshKeyProvider(ResourceProvider):
             remove_quietly(paths.ssh_public_key)
 
 
+@_reports_errors
 class OverlayDiskProvider(ResourceProvider):
     """The VM's qcow2 disk on top of the base image; grows in place, never shrinks."""
 
@@ -134,7 +162,7 @@ class OverlayDiskProvider(ResourceProvider):
             props["qemu_img"],
             Path(props["base_path"]),
             paths.overlay_disk,
-            props["size_bytes"],
+            int(props["size_bytes"]),
             size_key="nexus:vm.diskSize",
         )
         return CreateResult(id_=f"{paths.overlay_disk}@{props['base_digest'][:12]}", outs=props)
@@ -158,9 +186,9 @@ class OverlayDiskProvider(ResourceProvider):
         paths = _paths(news)
         if vm_process.running_pid(paths) is not None:
             # QEMU holds a write lock on the disk: grow it through the running VM instead.
-            vm_process.block_resize(paths, "disk0", news["size_bytes"])
+            vm_process.block_resize(paths, DISK_ID, int(news["size_bytes"]))
         else:
-            disk.resize_offline(news["qemu_img"], paths.overlay_disk, news["size_bytes"])
+            disk.resize_offline(news["qemu_img"], paths.overlay_disk, int(news["size_bytes"]))
         _say("disk", f"grew the disk from {olds['disk_size']} to {news['disk_size']}")
         return UpdateResult(outs=news)
 
@@ -168,6 +196,7 @@ class OverlayDiskProvider(ResourceProvider):
         remove_quietly(_paths(props).overlay_disk)
 
 
+@_reports_errors
 class CloudInitSeedProvider(ResourceProvider):
     """user-data and meta-data as a NoCloud ISO (label `cidata`)."""
 
@@ -211,6 +240,7 @@ class CloudInitSeedProvider(ResourceProvider):
         return {**props, "instance_id": instance_id}
 
 
+@_reports_errors
 class QemuVmProvider(ResourceProvider):
     """The QEMU process. `up` returns once SSH answers and cloud-init is done."""
 
@@ -255,17 +285,21 @@ class QemuVmProvider(ResourceProvider):
         paths = _paths(props)
         # A QEMU of ours from an interrupted run would hold the disk and the ports.
         vm_process.stop(paths, log=lambda line: _say("vm", line))
+        # Numbers come back from the engine as floats.
         network = NetworkConfig(
             bind_address=props["bind_address"],
-            ssh_port=props["ssh_port"],
-            forwards=tuple(PortForward(**forward) for forward in props["forwards"]),
+            ssh_port=int(props["ssh_port"]),
+            forwards=tuple(
+                PortForward(int(forward["host"]), int(forward["guest"]), forward["protocol"])
+                for forward in props["forwards"]
+            ),
         )
         vm_process.check_ports_free(network)
         if props.get("firmware_vars_template") and not paths.firmware_vars.exists():
             shutil.copyfile(props["firmware_vars_template"], paths.firmware_vars)
         target = ssh.SshTarget(
             host=props["ssh_host"],
-            port=props["ssh_port"],
+            port=network.ssh_port,
             user=props["username"],
             private_key=Path(props["private_key"]),
         )
@@ -273,7 +307,8 @@ class QemuVmProvider(ResourceProvider):
         paths.connect_script.chmod(0o755)
         paths.ssh_config.write_text(ssh.ssh_config_entry(props["name"], target))
 
-        _say("vm", f"starting QEMU ({props['accelerator']}, {props['cpus']} vCPU, {props['memory_mib']} MiB)")
+        resources = f"{props['cpus']:.0f} vCPU, {props['memory_mib']:.0f} MiB"
+        _say("vm", f"starting QEMU ({props['accelerator']}, {resources})")
         pid = vm_process.launch(props["argv"], paths)
         try:
             seconds = vm_process.wait_until_ready(

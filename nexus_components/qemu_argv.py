@@ -63,8 +63,7 @@ def qemu_opt_value(value: object) -> str:
 
 
 def hostfwd_rules(bind_address: str, forwards: tuple[PortForward, ...]) -> list[str]:
-    host = f"[{bind_address}]" if ":" in bind_address else bind_address
-    return [f"hostfwd={f.protocol}:{host}:{f.host}-:{f.guest}" for f in forwards]
+    return [f"hostfwd={f.protocol}:{bind_address}:{f.host}-:{f.guest}" for f in forwards]
 
 
 def build_qemu_argv(config: NexusConfig, host: HostFacts, files: VmFiles) -> list[str]:
@@ -122,7 +121,8 @@ def build_qemu_argv(config: NexusConfig, host: HostFacts, files: VmFiles) -> lis
         "-device",
         "virtio-rng-pci",
         "-serial",
-        f"file:{qemu_opt_value(files.serial_log)}",
+        # -serial file: takes the rest of the string literally; no comma escaping here.
+        f"file:{files.serial_log}",
         "-pidfile",
         str(files.pid_file),
     ]

@@ -34,9 +34,8 @@ def check_ports_free(network: NetworkConfig) -> None:
     """Report a busy forward port before QEMU starts, naming the config key that sets it."""
     for index, forward in enumerate(network.all_forwards()):
         key = "nexus:network.sshPort" if index == 0 else f"nexus:network.forwards[{index - 1}].host"
-        family = socket.AF_INET6 if ":" in network.bind_address else socket.AF_INET
         kind = socket.SOCK_STREAM if forward.protocol == "tcp" else socket.SOCK_DGRAM
-        with socket.socket(family, kind) as probe:
+        with socket.socket(socket.AF_INET, kind) as probe:
             try:
                 probe.bind((network.bind_address, forward.host))
             except OSError as error:

@@ -17,7 +17,7 @@ from tests.support.pulumi_cli import REPO, PulumiCli, toolchain_bin
 
 pytestmark = pytest.mark.engine
 
-PROGRAM = '''
+PROGRAM = """
 from pathlib import Path
 
 import pulumi
@@ -27,7 +27,7 @@ from nexus_components.components import StateDir
 target = Path(pulumi.Config().require("target"))
 made = StateDir("probe", target)
 pulumi.export("path", made.path)
-'''
+"""
 
 
 @pytest.fixture
@@ -69,8 +69,10 @@ def test_toolchain_is_the_pinned_one() -> None:
         assert os.access(bin_dir / name, os.X_OK), name
     requirements = (REPO / "requirements.txt").read_text()
     assert f"pulumi=={pins['PYTHON_SDK_VERSION']}" in requirements
-    assert f"pulumi/sdk/v3 v{pins['PYTHON_HOST_VERSION']}" in (REPO / "toolchain/python-host/go.mod").read_text()
-    assert f"pulumi/pkg/v3 v{pins['PULUMI_VERSION']}" in (REPO / "toolchain/pulumi-cli/go.mod").read_text()
+    host_mod = (REPO / "toolchain/python-host/go.mod").read_text()
+    cli_mod = (REPO / "toolchain/pulumi-cli/go.mod").read_text()
+    assert f"pulumi/sdk/v3 v{pins['PYTHON_HOST_VERSION']}" in host_mod
+    assert f"pulumi/pkg/v3 v{pins['PULUMI_VERSION']}" in cli_mod
     assert f"v{pins['PYTHON_HOST_VERSION']}" in (REPO / "toolchain/pulumi-language-python").read_text()
 
 

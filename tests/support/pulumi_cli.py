@@ -46,11 +46,18 @@ class PulumiCli:
     def run(self, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
         argv = ["pulumi", *args, "--non-interactive"]
         result = subprocess.run(
-            argv, cwd=self.project_dir, env=self.env(), capture_output=True, text=True, timeout=timeout, check=False
+            argv,
+            cwd=self.project_dir,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if check and result.returncode != 0:
             raise AssertionError(
-                f"{' '.join(argv)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+                f"{' '.join(argv)} exited {result.returncode}\n"
+                f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
             )
         return result
 

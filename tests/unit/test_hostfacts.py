@@ -1,0 +1,242 @@
+"""Unit tests for nexus_components.hostfacts: KVM detection, accelerator choice, the probe, finding QEMU.
+
+The accelerator tests use a fake prober; "darwin" and "windows" there are mocks of hosts that
+cannot run here. One test checks this machine for real: a PVM-backed /dev/kvm must give tcg.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nexus_components.config import VmConfig, load_config
+from nexus_components.errors import HostToolError, NexusError
+from nexus_components.hostfacts import (
+    find_qemu,
+    linux_kvm_is_hardware,
+    probe_command,
+    qemu_can_start,
+    resolve_accelerator,
+)
+
+QEMU = "/usr/bin/qemu-system-x86_64"
+INTEL_FLAGS = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov vmx ssse3 sse4_1 x2apic"
+AMD_FLAGS = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov svm lahf_lm cr8_legacy"
+GUEST_FLAGS = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov hypervisor lahf_lm"
+
+
+def vm_config(**vm: Any) -> VmConfig:
+    return load_config({"vm": vm}, stack="lab", home=Path("/home/lab")).vm
+
+
+class FakeProber:
+    """Stands in for qemu_can_start: records every probe and answers with a fixed result."""
+
+    def __init__(self, answer: bool) -> None:
+        self.answer = answer
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: list[str]) -> bool:
+        self.calls.append(argv)
+        return self.answer
+
+
+# --- linux_kvm_is_hardware ----------------------------------------------------------------------
+
+
+def fake_host(tmp_path: Path, flags: str, *modules: str) -> tuple[Path, Path]:
+    cpuinfo = tmp_path / "cpuinfo"
+    processors = [
+        f"processor\t: {n}\nvendor_id\t: GenuineIntel\nflags\t\t: {flags}\nbugs\t\t: spectre_v1\n"
+        for n in range(2)
+    ]
+    cpuinfo.write_text("\n".join(processors))
+    sys_module = tmp_path / "module"
+    sys_module.mkdir()
+    for module in ("kvm", *modules):
+        (sys_module / module / "parameters").mkdir(parents=True)
+    return cpuinfo, sys_module
+
+
+def test_vmx_means_hardware_kvm(tmp_path: Path) -> None:
+    assert linux_kvm_is_hardware(*fake_host(tmp_path, INTEL_FLAGS, "kvm_intel")) is True
+
+
+def test_svm_means_hardware_kvm(tmp_path: Path) -> None:
+    assert linux_kvm_is_hardware(*fake_host(tmp_path, AMD_FLAGS, "kvm_amd")) is True
+
+
+def test_neither_vmx_nor_svm_is_not_hardware(tmp_path: Path) -> None:
+    assert linux_kvm_is_hardware(*fake_host(tmp_path, GUEST_FLAGS)) is False
+
+
+def test_kvm_pvm_module_is_not_hardware_even_with_vmx(tmp_path: Path) -> None:
+    assert linux_kvm_is_hardware(*fake_host(tmp_path, INTEL_FLAGS, "kvm_pvm")) is False
+
+
+def test_vmx_in_another_field_does_not_count(tmp_path: Path) -> None:
+    cpuinfo, sys_module = fake_host(tmp_path, GUEST_FLAGS)
+    cpuinfo.write_text(cpuinfo.read_text() + "model name\t: vmx svm lookalike\n")
+    assert linux_kvm_is_hardware(cpuinfo, sys_module) is False
+
+
+def test_unreadable_cpuinfo_is_not_hardware(tmp_path: Path) -> None:
+    sys_module = tmp_path / "module"
+    sys_module.mkdir()
+    assert linux_kvm_is_hardware(tmp_path / "missing-cpuinfo", sys_module) is False
+
+
+# --- resolve_accelerator with a fake prober -----------------------------------------------------
+
+
+def test_tcg_requested_is_tcg_without_probing() -> None:
+    prober = FakeProber(True)
+    for os_name in ("linux", "darwin", "windows"):
+        assert resolve_accelerator(vm_config(accelerator="tcg"), os_name, QEMU, prober) == "tcg"
+    assert prober.calls == []
+
+
+@pytest.mark.parametrize(("mock_os", "hardware"), [("darwin", "hvf"), ("windows", "whpx")])
+def test_auto_with_working_hardware_on_mock_host(mock_os: str, hardware: str) -> None:
+    vm = vm_config(accelerator="auto")
+    prober = FakeProber(True)
+    assert resolve_accelerator(vm, mock_os, QEMU, prober) == hardware
+    assert prober.calls == [probe_command(QEMU, vm, hardware)]
+
+
+@pytest.mark.parametrize(("mock_os", "hardware"), [("darwin", "hvf"), ("windows", "whpx")])
+def test_explicit_hardware_with_working_probe_on_mock_host(mock_os: str, hardware: str) -> None:
+    assert resolve_accelerator(vm_config(accelerator=hardware), mock_os, QEMU, FakeProber(True)) == hardware
+
+
+@pytest.mark.parametrize("mock_os", ["darwin", "windows"])
+def test_auto_with_failing_probe_falls_back_to_tcg(mock_os: str) -> None:
+    prober = FakeProber(False)
+    assert resolve_accelerator(vm_config(accelerator="auto"), mock_os, QEMU, prober) == "tcg"
+    assert len(prober.calls) == 1
+
+
+def test_auto_with_failing_probe_on_linux_is_tcg() -> None:
+    assert resolve_accelerator(vm_config(accelerator="auto"), "linux", QEMU, FakeProber(False)) == "tcg"
+
+
+def test_explicit_hvf_with_failing_probe_on_mock_mac_host_is_an_error() -> None:
+    vm = vm_config(arch="aarch64", accelerator="hvf")
+    with pytest.raises(HostToolError) as caught:
+        resolve_accelerator(vm, "darwin", "qemu-system-aarch64", FakeProber(False))
+    message = str(caught.value)
+    assert "nexus:vm.accelerator" in message
+    assert "'hvf'" in message
+    assert caught.value.command == probe_command("qemu-system-aarch64", vm, "hvf")
+
+
+def test_explicit_kvm_with_failing_probe_is_an_error() -> None:
+    with pytest.raises(HostToolError) as caught:
+        resolve_accelerator(vm_config(accelerator="kvm"), "linux", QEMU, FakeProber(False))
+    assert isinstance(caught.value, NexusError)
+    assert "nexus:vm.accelerator is 'kvm'" in str(caught.value)
+    assert "'tcg'" in caught.value.hint
+
+
+@pytest.mark.parametrize(
+    ("requested", "os_name"),
+    [("hvf", "linux"), ("whpx", "linux"), ("kvm", "darwin"), ("hvf", "windows")],
+)
+def test_accelerator_of_another_os_is_an_error(requested: str, os_name: str) -> None:
+    prober = FakeProber(True)
+    with pytest.raises(HostToolError) as caught:
+        resolve_accelerator(vm_config(accelerator=requested), os_name, QEMU, prober)
+    assert f"nexus:vm.accelerator: {requested!r} does not exist on {os_name}" in str(caught.value)
+    assert prober.calls == []
+
+
+# --- this machine, for real ---------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not (
+        sys.platform.startswith("linux")
+        and Path("/dev/kvm").exists()
+        and Path("/sys/module/kvm_pvm").exists()
+    ),
+    reason="only on a host whose /dev/kvm is backed by PVM",
+)
+def test_this_pvm_host_is_not_hardware_kvm_and_auto_resolves_to_tcg() -> None:
+    assert linux_kvm_is_hardware() is False
+    vm = vm_config(accelerator="auto")
+    qemu = find_qemu(vm, "linux")
+    assert resolve_accelerator(vm, "linux", qemu) == "tcg"
+
+
+# --- probe_command ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("vm_settings", "accelerator", "expected_middle"),
+    [
+        ({}, "kvm", ["-machine", "q35,accel=kvm", "-cpu", "host"]),
+        ({}, "tcg", ["-machine", "q35,accel=tcg"]),
+        ({}, "whpx", ["-machine", "q35,accel=whpx"]),
+        ({"arch": "aarch64"}, "hvf", ["-machine", "virt,accel=hvf", "-cpu", "host"]),
+        ({"arch": "aarch64"}, "tcg", ["-machine", "virt,accel=tcg", "-cpu", "max"]),
+        ({"machine": "pc", "cpuModel": "EPYC"}, "kvm", ["-machine", "pc,accel=kvm", "-cpu", "EPYC"]),
+    ],
+)
+def test_probe_command(vm_settings: dict[str, Any], accelerator: str, expected_middle: list[str]) -> None:
+    assert probe_command("qemu", vm_config(**vm_settings), accelerator) == [
+        "qemu",
+        *expected_middle,
+        "-nodefaults",
+        "-display",
+        "none",
+        "-S",
+        "-qmp",
+        "stdio",
+    ]
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed")
+def test_real_qemu_passes_the_tcg_probe_and_fails_a_bogus_one() -> None:
+    qemu = find_qemu(vm_config(), "linux")
+    assert qemu_can_start(probe_command(qemu, vm_config(), "tcg")) is True
+    assert qemu_can_start(probe_command(qemu, vm_config(machine="no-such-machine"), "tcg")) is False
+
+
+def test_probe_of_a_missing_program_is_false(tmp_path: Path) -> None:
+    assert qemu_can_start([str(tmp_path / "no-such-qemu"), "-version"]) is False
+
+
+# --- find_qemu ----------------------------------------------------------------------------------
+
+
+def test_missing_qemu_names_the_config_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(HostToolError) as caught:
+        find_qemu(vm_config(), "linux")
+    message = str(caught.value)
+    assert "'qemu-system-x86_64'" in message
+    assert "nexus:vm.qemuBinary" in message
+    assert "apt-get install" in message
+
+
+def test_missing_configured_qemu_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(HostToolError) as caught:
+        find_qemu(vm_config(qemuBinary="/opt/nowhere/qemu-system-x86_64"), "darwin")
+    assert "'/opt/nowhere/qemu-system-x86_64'" in str(caught.value)
+    assert "nexus:vm.qemuBinary" in str(caught.value)
+    assert "brew install qemu" in str(caught.value)
+
+
+def test_find_qemu_returns_the_binary_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    binary = tmp_path / "qemu-system-aarch64"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}/nonexistent")
+    assert find_qemu(vm_config(arch="aarch64"), "linux") == str(binary)

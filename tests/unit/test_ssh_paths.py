@@ -1,0 +1,247 @@
+"""Unit tests for nexus_components.ssh and nexus_components.paths.
+
+Quoting is checked by splitting the generated strings the way the remote shell (or the user's
+terminal) would; the key pair, the connect script and the ssh_config block are exercised with
+the real ssh-keygen, /bin/sh and `ssh -G` where installed.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nexus_components.paths import VmPaths, remove_stack_files
+from nexus_components.ssh import SshTarget, connect_script, generate_key_pair, ssh_config_entry
+
+KEY = Path("/home/lab/.nexus-nested-vm/stacks/lab/ssh/id_ed25519")
+TARGET = SshTarget(host="127.0.0.1", port=2222, user="ubuntu", private_key=KEY)
+SPACED_TARGET = SshTarget(
+    host="127.0.0.1", port=2200, user="ubuntu", private_key=Path("/tmp/my vms/id_ed25519")
+)
+
+
+# --- SshTarget.argv -----------------------------------------------------------------------------
+
+
+def test_argv_without_command() -> None:
+    assert TARGET.argv() == [
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "ConnectTimeout=10",
+        "-i",
+        str(KEY),
+        "-p",
+        "2222",
+        "ubuntu@127.0.0.1",
+    ]
+
+
+def test_argv_puts_options_before_destination_and_one_quoted_command_after() -> None:
+    command = ["sh", "-c", "echo hi; id", "file with space", "$HOME", "semi;colon"]
+    argv = TARGET.argv(command, connect_timeout=3)
+    destination = argv.index("ubuntu@127.0.0.1")
+    options = argv[1:destination]
+    assert set(options[0::2]) == {"-o", "-i", "-p"}
+    assert "ConnectTimeout=3" in options
+    assert argv[destination + 1 :] == ["--", argv[-1]]
+    # The remote sshd hands the one string to the user's shell: it must split back into our words.
+    assert shlex.split(argv[-1]) == command
+
+
+def test_argv_remote_command_is_one_word_per_argument() -> None:
+    argv = TARGET.argv(["touch", "/tmp/a b; reboot"])
+    assert shlex.split(argv[-1]) == ["touch", "/tmp/a b; reboot"]
+
+
+def test_interactive_command_round_trips_a_key_path_with_a_space() -> None:
+    line = SPACED_TARGET.interactive_command()
+    assert shlex.split(line) == [
+        "ssh",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-i",
+        "/tmp/my vms/id_ed25519",
+        "-p",
+        "2200",
+        "ubuntu@127.0.0.1",
+    ]
+
+
+# --- connect_script and ssh_config_entry --------------------------------------------------------
+
+
+def test_connect_script_content() -> None:
+    script = connect_script(SPACED_TARGET)
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/sh"
+    assert lines[-1] == "exec " + SPACED_TARGET.interactive_command() + ' "$@"'
+    assert script.endswith("\n")
+
+
+def test_connect_script_runs_ssh_with_its_arguments_intact(tmp_path: Path) -> None:
+    # A stand-in `ssh` on PATH prints the arguments it got, one per line.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_ssh = bin_dir / "ssh"
+    fake_ssh.write_text('#!/bin/sh\nfor arg in "$@"; do printf "%s\\n" "$arg"; done\n')
+    fake_ssh.chmod(0o755)
+    script = tmp_path / "connect-ssh.sh"
+    script.write_text(connect_script(SPACED_TARGET))
+    script.chmod(0o755)
+
+    result = subprocess.run(
+        [str(script), "uname -a", "x"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+    )
+    assert result.stdout.splitlines() == [
+        *shlex.split(SPACED_TARGET.interactive_command())[1:],
+        "uname -a",
+        "x",
+    ]
+
+
+def test_ssh_config_entry_content() -> None:
+    entry = ssh_config_entry("nexus-lab", SPACED_TARGET)
+    assert entry.splitlines() == [
+        "Host nexus-lab",
+        "  HostName 127.0.0.1",
+        "  Port 2200",
+        "  User ubuntu",
+        '  IdentityFile "/tmp/my vms/id_ed25519"',
+        "  IdentitiesOnly yes",
+        "  StrictHostKeyChecking no",
+        "  UserKnownHostsFile /dev/null",
+        "  LogLevel ERROR",
+    ]
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH client is not installed")
+def test_ssh_reads_the_config_entry(tmp_path: Path) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text(ssh_config_entry("nexus-lab", SPACED_TARGET))
+    result = subprocess.run(
+        ["ssh", "-F", str(config), "-G", "nexus-lab"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    settings: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        name, _, value = line.partition(" ")
+        settings.setdefault(name, value)
+    assert settings["hostname"] == "127.0.0.1"
+    assert settings["port"] == "2200"
+    assert settings["user"] == "ubuntu"
+    assert settings["identityfile"] == "/tmp/my vms/id_ed25519"
+    assert settings["identitiesonly"] == "yes"
+    assert settings["stricthostkeychecking"] == "false"
+    assert settings["userknownhostsfile"] == "/dev/null"
+    assert settings["loglevel"] == "ERROR"
+
+
+# --- generate_key_pair --------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen is not installed")
+def test_generate_key_pair_for_real(tmp_path: Path) -> None:
+    private = tmp_path / "state dir" / "ssh" / "id_ed25519"
+    generate_key_pair(private, "nexus-lab@test")
+
+    public = private.with_name("id_ed25519.pub")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(private.parent.stat().st_mode) == 0o700
+    assert private.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    kind, blob, comment = public.read_text().split()
+    assert kind == "ssh-ed25519"
+    assert comment == "nexus-lab@test"
+    derived = subprocess.run(
+        ["ssh-keygen", "-y", "-f", str(private)], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert derived.stdout.split()[:2] == [kind, blob]
+
+
+# --- VmPaths ------------------------------------------------------------------------------------
+
+
+def test_all_files_covers_every_property_naming_a_file(tmp_path: Path) -> None:
+    paths = VmPaths(tmp_path / "vm")
+    named = {
+        getattr(paths, name)
+        for name, member in vars(VmPaths).items()
+        if isinstance(member, property) and name != "state_dir"
+    }
+    dirs = set(paths.all_dirs())
+    assert dirs == {paths.state_dir, paths.ssh_dir}
+    assert set(paths.all_files()) == named - dirs
+    assert len(paths.all_files()) == len(set(paths.all_files())) == 12
+    assert set(paths.runtime_files()) <= set(paths.all_files())
+    assert all(path.is_relative_to(paths.state_dir) for path in paths.all_files())
+
+
+def _populate(paths: VmPaths) -> None:
+    paths.ssh_dir.mkdir(parents=True)
+    for path in paths.all_files():
+        if path == paths.qmp_socket:
+            with socket.socket(socket.AF_UNIX) as server:
+                server.bind(str(path))
+        else:
+            path.write_bytes(b"x")
+    assert all(path.exists() for path in paths.all_files())
+
+
+def test_remove_stack_files_removes_everything(tmp_path: Path) -> None:
+    paths = VmPaths(tmp_path / "vm")
+    _populate(paths)
+    assert remove_stack_files(paths) == []
+    assert not paths.state_dir.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_remove_stack_files_of_a_half_made_stack(tmp_path: Path) -> None:
+    paths = VmPaths(tmp_path / "vm")
+    paths.state_dir.mkdir()
+    paths.overlay_disk.write_bytes(b"x")
+    assert remove_stack_files(paths) == []
+    assert not paths.state_dir.exists()
+
+
+def test_remove_stack_files_twice_is_fine(tmp_path: Path) -> None:
+    paths = VmPaths(tmp_path / "vm")
+    assert remove_stack_files(paths) == []
+    assert not paths.state_dir.exists()
+
+
+def test_remove_stack_files_keeps_a_state_dir_with_a_foreign_file(tmp_path: Path) -> None:
+    paths = VmPaths(tmp_path / "vm")
+    _populate(paths)
+    foreign = paths.state_dir / "notes.txt"
+    foreign.write_text("mine")
+
+    assert remove_stack_files(paths) == [paths.state_dir]
+    assert foreign.read_text() == "mine"
+    assert sorted(p.name for p in paths.state_dir.iterdir()) == ["notes.txt"]
+    assert not paths.ssh_dir.exists()
