@@ -174,7 +174,8 @@ class QemuVm(pulumi.ComponentResource):
             providers.QemuVmProvider(), f"{name}-qemu", inputs, ("pid", "ready_seconds"), _child(self)
         )
         self.pid: pulumi.Output[int] = self.vm.pid  # type: ignore[attr-defined]
-        self.register_outputs({"pid": self.pid})
+        self.ready_seconds: pulumi.Output[float] = self.vm.ready_seconds  # type: ignore[attr-defined]
+        self.register_outputs({"pid": self.pid, "readySeconds": self.ready_seconds})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +209,7 @@ class NexusVm(pulumi.ComponentResource):
             "sshPort": config.network.ssh_port,
             "privateKeyPath": self.seed.private_key_path,
             "vmPid": self.qemu.pid,
+            "vmReadySeconds": self.qemu.ready_seconds,
             "serialLog": str(paths.serial_log),
             "connectScript": str(paths.connect_script),
             "accelerator": args.host.accelerator,

@@ -79,6 +79,9 @@ class StateDirProvider(ResourceProvider):
         return DiffResult(changes=bool(replaces), replaces=replaces, delete_before_replace=True)
 
     def delete(self, _id: str, props: Props) -> None:
+        # A QEMU whose create was interrupted (Ctrl-C) never reached the state; its pid
+        # file is still here, and it must not outlive the stack.
+        vm_process.stop(_paths(props), powerdown_timeout=10, log=lambda line: _say("state", line))
         for kept in remove_stack_files(_paths(props)):
             _say("state", f"kept {kept}: it holds files nexus-nested-vm did not create")
 

@@ -1,0 +1,226 @@
+"""The real thing: the project's own program through the real engine, on a real VM.
+
+A small Debian cloud image is built locally (tests/support/test_image.py), served over
+HTTP with a SHA256SUMS file, and a throwaway stack boots it under TCG. One VM lives
+through the whole lifecycle a developer goes through, in order:
+
+    preview -> up -> ssh -> no-op up -> grow disk -> change memory -> kill -9 -> up -> destroy
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.debian_image import IMAGE_NAME, ensure_test_image
+from tests.support.pulumi_cli import REPO, PulumiCli
+
+pytestmark = [pytest.mark.engine, pytest.mark.vm]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def running(pid: int) -> bool:
+    """An exited process still waiting to be reaped (a zombie) does not count."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while running(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.fixture(scope="module")
+def image_url() -> Iterator[str]:
+    image_dir = ensure_test_image()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(image_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{IMAGE_NAME}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def lab_stack(tmp_path: Path, name: str) -> PulumiCli:
+    return PulumiCli(
+        project_dir=REPO,
+        backend_dir=tmp_path / "backend",
+        stack=name,
+        config_file=tmp_path / f"Pulumi.{name}.yaml",
+    )
+
+
+def lab_config(tmp_path: Path, image_url: str, ssh_port: int, http_port: int) -> dict[str, Any]:
+    return {
+        "nexus:image": {"url": image_url},
+        "nexus:vm": {
+            "accelerator": "tcg",
+            "cpus": 2,
+            "memoryMiB": 1024,
+            "diskSize": "4G",
+            "bootTimeoutSeconds": 600,
+        },
+        "nexus:network": {"sshPort": ssh_port, "forwards": [{"host": http_port, "guest": 80}]},
+        # Package installs take minutes under TCG; the seed's package list is unit-tested.
+        "nexus:guest": {"username": "nexus", "installPackages": False},
+        "nexus:paths": {"stateDir": str(tmp_path / "state"), "cacheDir": str(tmp_path / "cache")},
+    }
+
+
+def ssh(outputs: dict[str, Any], command: str) -> str:
+    argv = [
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-i",
+        outputs["privateKeyPath"],
+        "-p",
+        str(outputs["sshPort"]),
+        "nexus@127.0.0.1",
+        command,
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, f"ssh {command!r} failed: {result.stderr}"
+    return result.stdout.strip()
+
+
+def mem_total_kib(outputs: dict[str, Any]) -> int:
+    line = ssh(outputs, "grep MemTotal /proc/meminfo")
+    return int(re.findall(r"\d+", line)[0])
+
+
+def test_bad_config_fails_before_anything_is_made(tmp_path: Path, image_url: str) -> None:
+    cli = lab_stack(tmp_path, "bad")
+    config = lab_config(tmp_path, image_url, free_port(), free_port())
+    config["nexus:vm"]["memoryMiB"] = 64
+    config["nexus:network"]["sshPort"] = 70000
+    cli.init(config)
+    result = cli.run("preview", *cli.stack_args(), check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "nexus:vm.memoryMiB: got 64" in output
+    assert "nexus:network.sshPort: got 70000" in output
+    assert "Traceback" not in output
+    up = cli.up(check=False)
+    assert up.returncode != 0
+    assert not (tmp_path / "state").exists()
+    assert [r["type"] for r in cli.resources()] in ([], ["pulumi:pulumi:Stack"])
+
+
+def test_lab_lifecycle(tmp_path: Path, image_url: str) -> None:
+    ssh_port, http_port = free_port(), free_port()
+    cli = lab_stack(tmp_path, "lab")
+    cli.init(lab_config(tmp_path, image_url, ssh_port, http_port))
+    state_dir, cache_dir = tmp_path / "state", tmp_path / "cache"
+    last_pid = 0
+    try:
+        preview = cli.preview()
+        for kind in ("NexusVm", "BaseImage", "OverlayDisk", "CloudInitSeed", "QemuVm"):
+            assert f"nexus:lab:{kind}" in preview.stdout, preview.stdout
+        assert "to create" in preview.stdout
+        assert not state_dir.exists(), "preview must not change anything"
+
+        started = time.monotonic()
+        cli.up()
+        print(f"first up (download + boot to SSH + cloud-init): {time.monotonic() - started:.0f} s")
+        outputs = cli.outputs()
+        assert outputs["sshPort"] == ssh_port
+        assert outputs["accelerator"] == "tcg"
+        assert Path(outputs["privateKeyPath"]).stat().st_mode & 0o777 == 0o600
+        assert ssh(outputs, "whoami") == "nexus"
+        assert ssh(outputs, "sudo -n true && echo sudo-ok") == "sudo-ok"
+        assert ssh(outputs, "cloud-init status").endswith("done")
+        assert (state_dir / "connect-ssh.sh").is_file()
+        assert (state_dir / "serial.log").stat().st_size > 0
+        pid = outputs["vmPid"]
+        assert running(pid)
+        ssh(outputs, "echo kept > /home/nexus/marker")
+
+        second = cli.up()
+        assert "unchanged" in second.stdout and "updated" not in second.stdout, second.stdout
+
+        # Growing the disk resizes it in place while the VM runs.
+        cli.set_config("nexus:vm.diskSize", "6G")
+        cli.up()
+        assert ssh(outputs, "lsblk -bdno SIZE /dev/vda") == str(6 << 30)
+        assert cli.outputs()["vmPid"] == pid
+
+        # Shrinking is refused at preview, naming the key.
+        cli.set_config("nexus:vm.diskSize", "2G")
+        refused = cli.run("preview", *cli.stack_args(), check=False)
+        assert refused.returncode != 0
+        assert "nexus:vm.diskSize" in refused.stdout + refused.stderr
+        cli.set_config("nexus:vm.diskSize", "6G")
+
+        # More memory restarts the VM on the same disk.
+        before_kib = mem_total_kib(outputs)
+        cli.set_config("nexus:vm.memoryMiB", "1536")
+        cli.up()
+        outputs = cli.outputs()
+        assert outputs["vmPid"] != pid
+        assert gone_within(pid, 10)
+        assert mem_total_kib(outputs) > before_kib + 400 * 1024
+        assert ssh(outputs, "cat /home/nexus/marker") == "kept"
+
+        # A VM killed behind Pulumi's back: preview shows it, up starts it again.
+        os.kill(outputs["vmPid"], signal.SIGKILL)
+        time.sleep(1)
+        drift = cli.preview()
+        assert "~ 1 to update" in drift.stdout or "1 to update" in drift.stdout, drift.stdout
+        cli.up()
+        outputs = cli.outputs()
+        assert running(outputs["vmPid"])
+        assert ssh(outputs, "cat /home/nexus/marker") == "kept"
+        last_pid = outputs["vmPid"]
+    finally:
+        destroyed = cli.destroy(check=False)
+
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    assert last_pid and gone_within(last_pid, 10)
+    assert port_is_free(ssh_port) and port_is_free(http_port)
+    assert not state_dir.exists()
+    assert cli.resources() == []
+    cached = list(cache_dir.rglob(IMAGE_NAME))
+    assert len(cached) == 1 and cached[0].stat().st_size > 0, "the shared image cache stays"
