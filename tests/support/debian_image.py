@@ -42,7 +42,10 @@ RECIPE_VERSION = "debian12-r1"
 IMAGE_NAME = "debian-12-nexus-test.qcow2"
 SUMS_NAME = "SHA256SUMS"
 COMPLETE_MARKER = ".complete"
-DEFAULT_CACHE_BASE = Path.home() / ".cache" / "nexus-nested-vm" / "test-image"
+# Beside the toolchain and the image cache; NEXUS_CACHE_DIR moves all of them (scripts/setup).
+DEFAULT_CACHE_BASE = (
+    Path(os.environ.get("NEXUS_CACHE_DIR", Path.home() / ".cache" / "nexus-nested-vm")) / "test-image"
+)
 
 SUITE = "bookworm"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
