@@ -29,6 +29,10 @@ from .ssh import SshTarget
 TYPE_PREFIX = "nexus:lab"
 
 
+def qmp_tcp_port(config: NexusConfig, host: HostFacts) -> int | None:
+    return config.network.qmp_port if host.os == "windows" else None
+
+
 def _child(parent: pulumi.Resource) -> pulumi.ResourceOptions:
     return pulumi.ResourceOptions(parent=parent)
 
@@ -80,6 +84,7 @@ class OverlayDisk(pulumi.ComponentResource):
         config: NexusConfig,
         base: BaseImage,
         qemu_img: str,
+        host: HostFacts,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(f"{TYPE_PREFIX}:OverlayDisk", name, None, opts)
@@ -90,6 +95,7 @@ class OverlayDisk(pulumi.ComponentResource):
             "disk_size": config.vm.disk_size,
             "size_bytes": disk_size_bytes(config.vm.disk_size),
             "qemu_img": qemu_img,
+            "qmp_tcp_port": qmp_tcp_port(config, host),
         }
         self.disk = _Dynamic(providers.OverlayDiskProvider(), f"{name}-qcow2", inputs, (), _child(self))
         self.id = self.disk.id
@@ -142,14 +148,15 @@ class QemuVm(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(f"{TYPE_PREFIX}:QemuVm", name, None, opts)
-        paths = VmPaths(config.state_dir)
+        paths = VmPaths(config.state_dir, qmp_tcp_port(config, host))
         files = VmFiles(
             overlay_disk=paths.overlay_disk,
             seed_iso=paths.seed_iso,
             serial_log=paths.serial_log,
             pid_file=paths.pid_file,
             firmware_vars=paths.firmware_vars,
-            qmp_socket=paths.qmp_socket,
+            qmp_socket=None if paths.qmp_tcp_port else paths.qmp_socket,
+            qmp_tcp_port=paths.qmp_tcp_port,
         )
         network = config.network
         inputs = {
@@ -169,6 +176,7 @@ class QemuVm(pulumi.ComponentResource):
             "instance_id": seed.instance_id,
             "overlay_id": disk.id,
             "boot_timeout_seconds": config.vm.boot_timeout_seconds,
+            "qmp_tcp_port": paths.qmp_tcp_port,
         }
         self.vm = _Dynamic(
             providers.QemuVmProvider(), f"{name}-qemu", inputs, ("pid", "ready_seconds"), _child(self)
@@ -194,7 +202,9 @@ class NexusVm(pulumi.ComponentResource):
         self.state = StateDir(f"{name}-state", config.state_dir, _child(self))
         after_state = pulumi.ResourceOptions(parent=self, depends_on=[self.state])
         self.base_image = BaseImage(f"{name}-image", config, after_state)
-        self.disk = OverlayDisk(f"{name}-disk", config, self.base_image, args.qemu_img, after_state)
+        self.disk = OverlayDisk(
+            f"{name}-disk", config, self.base_image, args.qemu_img, args.host, after_state
+        )
         self.seed = CloudInitSeed(f"{name}-seed", config, after_state)
         self.qemu = QemuVm(f"{name}-vm", config, args.host, self.disk, self.seed, after_state)
 

@@ -86,6 +86,7 @@ SCHEMA: dict[str, Any] = {
                 # QEMU's user networking forwards only from IPv4 host addresses.
                 "bindAddress": {"enum": ["127.0.0.1", "0.0.0.0"]},
                 "sshPort": _PORT,
+                "qmpPort": _PORT,
                 "forwards": {
                     "type": "array",
                     "maxItems": 32,
@@ -176,6 +177,8 @@ class NetworkConfig:
     bind_address: str
     ssh_port: int
     forwards: tuple[PortForward, ...]
+    # Only used on Windows, whose QEMU cannot put QMP on a UNIX socket.
+    qmp_port: int = 4444
 
     def all_forwards(self) -> tuple[PortForward, ...]:
         """SSH first, then the extra forwards: the order QEMU gets them in."""
@@ -233,6 +236,7 @@ def load_config(raw: Mapping[str, Any], *, stack: str, home: Path) -> NexusConfi
     network_config = NetworkConfig(
         bind_address=network.get("bindAddress", "127.0.0.1"),
         ssh_port=int(network.get("sshPort", 2222)),
+        qmp_port=int(network.get("qmpPort", 4444)),
         forwards=forwards,
     )
     _check_unique_host_ports(network_config)

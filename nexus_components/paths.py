@@ -14,6 +14,15 @@ from pathlib import Path
 @dataclass(frozen=True)
 class VmPaths:
     state_dir: Path
+    # Windows QEMU has no UNIX sockets: there QMP listens on this localhost TCP port.
+    qmp_tcp_port: int | None = None
+
+    @property
+    def qmp_address(self) -> str | tuple[str, int]:
+        """What QEMU's -qmp listens on and the QMP client connects to."""
+        if self.qmp_tcp_port is not None:
+            return ("127.0.0.1", self.qmp_tcp_port)
+        return str(self.qmp_socket)
 
     @property
     def overlay_disk(self) -> Path:

@@ -59,7 +59,8 @@ def _changed(olds: Props, news: Props, keys: tuple[str, ...]) -> list[str]:
 
 
 def _paths(props: Props) -> VmPaths:
-    return VmPaths(Path(props["state_dir"]))
+    qmp_tcp_port = props.get("qmp_tcp_port")
+    return VmPaths(Path(props["state_dir"]), int(qmp_tcp_port) if qmp_tcp_port else None)
 
 
 @_reports_errors
@@ -297,7 +298,7 @@ class QemuVmProvider(ResourceProvider):
                 for forward in props["forwards"]
             ),
         )
-        vm_process.check_ports_free(network)
+        vm_process.check_ports_free(network, qmp_tcp_port=paths.qmp_tcp_port)
         if props.get("firmware_vars_template") and not paths.firmware_vars.exists():
             shutil.copyfile(props["firmware_vars_template"], paths.firmware_vars)
         target = ssh.SshTarget(

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .config import NetworkConfig
+from .config import NetworkConfig, PortForward
 from .errors import VmError
 from .paths import VmPaths, remove_quietly
 from .ssh import SshTarget
@@ -30,10 +30,13 @@ _CLOUD_INIT_OK = (0, 2)
 _SSH_UNREACHABLE = 255
 
 
-def check_ports_free(network: NetworkConfig) -> None:
+def check_ports_free(network: NetworkConfig, *, qmp_tcp_port: int | None = None) -> None:
     """Report a busy forward port before QEMU starts, naming the config key that sets it."""
-    for index, forward in enumerate(network.all_forwards()):
-        key = "nexus:network.sshPort" if index == 0 else f"nexus:network.forwards[{index - 1}].host"
+    ports = [("nexus:network.sshPort", network.all_forwards()[0])]
+    ports += [(f"nexus:network.forwards[{i}].host", forward) for i, forward in enumerate(network.forwards)]
+    if qmp_tcp_port is not None:
+        ports.append(("nexus:network.qmpPort", PortForward(qmp_tcp_port, 0)))
+    for key, forward in ports:
         kind = socket.SOCK_STREAM if forward.protocol == "tcp" else socket.SOCK_DGRAM
         with socket.socket(socket.AF_INET, kind) as probe:
             try:
@@ -48,11 +51,14 @@ def check_ports_free(network: NetworkConfig) -> None:
 
 
 def launch(argv: Sequence[str], paths: VmPaths, *, timeout: float = 120.0) -> int:
-    """Start QEMU (it daemonizes) and return its pid; on failure nothing keeps running."""
+    """Start QEMU detached from us and return its pid; on failure nothing keeps running."""
     for stale in paths.runtime_files():
         remove_quietly(stale)
     try:
-        result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+        if "-daemonize" in argv:
+            returncode, output = _run_daemonizing(argv, timeout)
+        else:
+            returncode, output = _spawn_detached(argv, paths, settle_seconds=3.0)
     except FileNotFoundError as error:
         raise VmError(
             f"QEMU could not be started: {error}", command=argv, hint="check nexus:vm.qemuBinary"
@@ -64,14 +70,13 @@ def launch(argv: Sequence[str], paths: VmPaths, *, timeout: float = 120.0) -> in
             command=argv,
             hint="see the command above; run it by hand without -daemonize to watch it",
         ) from error
-    output = (result.stdout + result.stderr).strip()
     paths.qemu_log.write_text(output + "\n" if output else "")
-    if result.returncode != 0:
+    if returncode != 0:
         _stop_pid_file_process(paths)
         for stale in paths.runtime_files():
             remove_quietly(stale)
         raise VmError(
-            f"QEMU exited with status {result.returncode} while starting",
+            f"QEMU exited with status {returncode} while starting",
             command=argv,
             output=output,
             hint="fix the cause named in the output; nothing was left running",
@@ -80,6 +85,41 @@ def launch(argv: Sequence[str], paths: VmPaths, *, timeout: float = 120.0) -> in
     if pid is None:
         raise VmError("QEMU started but wrote no live pid file", command=argv, output=output)
     return pid
+
+
+def _run_daemonizing(argv: Sequence[str], timeout: float) -> tuple[int, str]:
+    # With -daemonize QEMU reports start-up errors through its exit status, then detaches.
+    result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+    return result.returncode, (result.stdout + result.stderr).strip()
+
+
+def _spawn_detached(argv: Sequence[str], paths: VmPaths, *, settle_seconds: float) -> tuple[int, str]:
+    """Where QEMU cannot daemonize (Windows): start it in its own process group, and
+    treat an exit within the first seconds as a failed start."""
+    flags = 0
+    if sys.platform == "win32":
+        flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP
+    with paths.qemu_log.open("wb") as log:
+        process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            creationflags=flags,
+            start_new_session=sys.platform != "win32",
+        )
+    try:
+        returncode = process.wait(timeout=settle_seconds)
+    except subprocess.TimeoutExpired:
+        _wait_for_file(paths.pid_file, timeout=30)
+        return 0, paths.qemu_log.read_text(errors="replace").strip()
+    return returncode or 1, paths.qemu_log.read_text(errors="replace").strip()
+
+
+def _wait_for_file(path: Path, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def running_pid(paths: VmPaths) -> int | None:
@@ -173,13 +213,13 @@ def qmp_execute(paths: VmPaths, command: str, **arguments: object) -> object:
     """Run one QMP command over the VM's socket; raises VmError when QEMU refuses."""
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
-    monitor = QEMUMonitorProtocol(str(paths.qmp_socket))
+    monitor = QEMUMonitorProtocol(paths.qmp_address)
     try:
         monitor.connect()
         return monitor.cmd(command, **arguments)
     except Exception as error:
         raise VmError(
-            f"QMP command {command!r} failed: {error}", hint=f"is QEMU running (socket {paths.qmp_socket})?"
+            f"QMP command {command!r} failed: {error}", hint=f"is QEMU running (QMP at {paths.qmp_address})?"
         ) from error
     finally:
         with contextlib.suppress(Exception):
@@ -209,6 +249,8 @@ def _stop_pid_file_process(paths: VmPaths) -> None:
 
 
 def _alive(pid: int) -> bool:
+    if sys.platform == "win32":
+        return _alive_windows(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -220,6 +262,22 @@ def _alive(pid: int) -> bool:
         # A zombie has exited; only its parent has not collected it yet.
         return stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z"
     return True
+
+
+def _alive_windows(pid: int) -> bool:
+    # os.kill(pid, 0) would send CTRL_C_EVENT on Windows; ask for the exit code instead.
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    process_query_limited_information, still_active = 0x1000, 259
+    handle = kernel32.OpenProcess(process_query_limited_information, False, pid)
+    if not handle:
+        return False
+    try:
+        code = ctypes.c_ulong()
+        return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == still_active
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:

@@ -192,7 +192,7 @@ def test_all_files_covers_every_property_naming_a_file(tmp_path: Path) -> None:
     named = {
         getattr(paths, name)
         for name, member in vars(VmPaths).items()
-        if isinstance(member, property) and name != "state_dir"
+        if isinstance(member, property) and isinstance(getattr(paths, name), Path)
     }
     dirs = set(paths.all_dirs())
     assert dirs == {paths.state_dir, paths.ssh_dir}
@@ -200,6 +200,11 @@ def test_all_files_covers_every_property_naming_a_file(tmp_path: Path) -> None:
     assert len(paths.all_files()) == len(set(paths.all_files())) == 12
     assert set(paths.runtime_files()) <= set(paths.all_files())
     assert all(path.is_relative_to(paths.state_dir) for path in paths.all_files())
+
+
+def test_qmp_address_is_the_socket_or_localhost_tcp_on_windows(tmp_path: Path) -> None:
+    assert VmPaths(tmp_path).qmp_address == str(tmp_path / "qmp.sock")
+    assert VmPaths(tmp_path, qmp_tcp_port=4444).qmp_address == ("127.0.0.1", 4444)
 
 
 def _populate(paths: VmPaths) -> None:

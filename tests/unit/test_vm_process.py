@@ -1,0 +1,114 @@
+"""The QEMU process layer against a real QEMU: launch, liveness, the stop ladder, errors.
+
+The VMs here are paused (`-S`) with blank disks: starting and stopping QEMU is what is
+under test, not booting a guest (tests/e2e does that).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nexus_components.config import NetworkConfig, PortForward, load_config
+from nexus_components.errors import VmError
+from nexus_components.paths import VmPaths
+from nexus_components.qemu_argv import HostFacts, VmFiles, build_qemu_argv
+from nexus_components.seed_iso import write_seed_iso
+from nexus_components.vm_process import check_ports_free, launch, running_pid, stop
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def paused_vm_argv(paths: VmPaths, *, daemonize: bool) -> list[str]:
+    config = load_config(
+        {
+            "vm": {"accelerator": "tcg", "memoryMiB": 512},
+            "network": {"sshPort": free_port(), "forwards": []},
+            "paths": {"stateDir": str(paths.state_dir)},
+        },
+        stack="unit",
+        home=paths.state_dir,
+    )
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(paths.overlay_disk), "1G"], check=True)
+    write_seed_iso(paths.seed_iso, {"user-data": b"#cloud-config\n", "meta-data": b"instance-id: unit\n"})
+    host = HostFacts(
+        os="linux" if daemonize else "windows", accelerator="tcg", qemu_binary="qemu-system-x86_64"
+    )
+    files = VmFiles(
+        overlay_disk=paths.overlay_disk,
+        seed_iso=paths.seed_iso,
+        serial_log=paths.serial_log,
+        pid_file=paths.pid_file,
+        firmware_vars=paths.firmware_vars,
+        qmp_socket=paths.qmp_socket,
+    )
+    return [*build_qemu_argv(config, host, files), "-S"]
+
+
+def gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
+@pytest.mark.parametrize("daemonize", [True, False], ids=["posix-daemonize", "detached-spawn-as-on-windows"])
+def test_launch_then_stop_leaves_nothing_running(tmp_path: Path, daemonize: bool) -> None:
+    paths = VmPaths(tmp_path)
+    argv = paused_vm_argv(paths, daemonize=daemonize)
+    assert ("-daemonize" in argv) is daemonize
+
+    pid = launch(argv, paths)
+    assert running_pid(paths) == pid
+    assert paths.qmp_socket.exists()
+
+    # A paused guest cannot act on ACPI powerdown: the ladder must go on to quit.
+    stop(paths, powerdown_timeout=1)
+    assert gone(pid)
+    assert running_pid(paths) is None
+    assert not paths.pid_file.exists() and not paths.qmp_socket.exists()
+
+
+def test_failed_launch_names_the_command_and_output_and_leaves_nothing(tmp_path: Path) -> None:
+    paths = VmPaths(tmp_path)
+    argv = paused_vm_argv(paths, daemonize=True)
+    argv[argv.index("-machine") + 1] = "no-such-machine,accel=tcg"
+    with pytest.raises(VmError) as raised:
+        launch(argv, paths)
+    message = str(raised.value)
+    assert "QEMU exited with status" in message
+    assert "command: qemu-system-x86_64" in message
+    assert "no-such-machine" in message
+    assert "next step:" in message
+    assert not paths.pid_file.exists()
+
+
+def test_stale_pid_file_of_another_process_is_not_our_vm(tmp_path: Path) -> None:
+    paths = VmPaths(tmp_path)
+    paths.pid_file.write_text(f"{os.getpid()}\n")  # alive, but not a QEMU with this pid file
+    assert running_pid(paths) is None
+    stop(paths, powerdown_timeout=1)  # must not kill the test process
+    assert not paths.pid_file.exists()
+
+
+def test_busy_forward_port_is_reported_with_its_key(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        network = NetworkConfig(
+            "127.0.0.1", free_port(), (PortForward(free_port(), 80), PortForward(busy, 443))
+        )
+        with pytest.raises(VmError, match=rf"nexus:network.forwards\[1\].host: host port {busy} .* in use"):
+            check_ports_free(network)
+        with pytest.raises(VmError, match=rf"nexus:network.qmpPort: host port {busy}"):
+            check_ports_free(NetworkConfig("127.0.0.1", free_port(), ()), qmp_tcp_port=busy)
