@@ -149,15 +149,7 @@ class QemuVm(pulumi.ComponentResource):
     ) -> None:
         super().__init__(f"{TYPE_PREFIX}:QemuVm", name, None, opts)
         paths = VmPaths(config.state_dir, qmp_tcp_port(config, host))
-        files = VmFiles(
-            overlay_disk=paths.overlay_disk,
-            seed_iso=paths.seed_iso,
-            serial_log=paths.serial_log,
-            pid_file=paths.pid_file,
-            firmware_vars=paths.firmware_vars,
-            qmp_socket=None if paths.qmp_tcp_port else paths.qmp_socket,
-            qmp_tcp_port=paths.qmp_tcp_port,
-        )
+        files = VmFiles.of(paths)
         network = config.network
         inputs = {
             "name": config.vm.name,

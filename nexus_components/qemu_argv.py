@@ -11,6 +11,7 @@ from pathlib import PurePath
 
 from .config import NexusConfig, PortForward
 from .errors import ConfigError
+from .paths import VmPaths
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,18 @@ class VmFiles:
     firmware_vars: PurePath
     qmp_socket: PurePath | None  # None on Windows: QMP goes over TCP there
     qmp_tcp_port: int | None = None
+
+    @classmethod
+    def of(cls, paths: VmPaths) -> VmFiles:
+        return cls(
+            overlay_disk=paths.overlay_disk,
+            seed_iso=paths.seed_iso,
+            serial_log=paths.serial_log,
+            pid_file=paths.pid_file,
+            firmware_vars=paths.firmware_vars,
+            qmp_socket=None if paths.qmp_tcp_port else paths.qmp_socket,
+            qmp_tcp_port=paths.qmp_tcp_port,
+        )
 
 
 DISK_ID = "disk0"  # the id QMP's block_resize addresses

@@ -62,15 +62,7 @@ def stack_config(name: str, home: Path) -> NexusConfig:
 
 
 def files_of(state_dir: Path) -> VmFiles:
-    paths = VmPaths(state_dir)
-    return VmFiles(
-        overlay_disk=paths.overlay_disk,
-        seed_iso=paths.seed_iso,
-        serial_log=paths.serial_log,
-        pid_file=paths.pid_file,
-        firmware_vars=paths.firmware_vars,
-        qmp_socket=paths.qmp_socket,
-    )
+    return VmFiles.of(VmPaths(state_dir))
 
 
 def config_of(raw: dict[str, Any]) -> NexusConfig:

@@ -42,15 +42,7 @@ def paused_vm_argv(paths: VmPaths, *, daemonize: bool) -> list[str]:
     host = HostFacts(
         os="linux" if daemonize else "windows", accelerator="tcg", qemu_binary="qemu-system-x86_64"
     )
-    files = VmFiles(
-        overlay_disk=paths.overlay_disk,
-        seed_iso=paths.seed_iso,
-        serial_log=paths.serial_log,
-        pid_file=paths.pid_file,
-        firmware_vars=paths.firmware_vars,
-        qmp_socket=paths.qmp_socket,
-    )
-    return [*build_qemu_argv(config, host, files), "-S"]
+    return [*build_qemu_argv(config, host, VmFiles.of(paths)), "-S"]
 
 
 def gone(pid: int) -> bool:
