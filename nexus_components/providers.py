@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import shutil
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -169,7 +170,8 @@ class OverlayDiskProvider(ResourceProvider):
             int(props["size_bytes"]),
             size_key="nexus:vm.diskSize",
         )
-        return CreateResult(id_=f"{paths.overlay_disk}@{props['base_digest'][:12]}", outs=props)
+        # A fresh id per creation: the VM depends on it, so a re-created disk re-creates the VM.
+        return CreateResult(id_=f"{paths.overlay_disk}@{uuid.uuid4().hex[:12]}", outs=props)
 
     def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
         if news["size_bytes"] < olds["size_bytes"]:

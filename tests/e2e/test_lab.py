@@ -126,6 +126,18 @@ def ssh(outputs: dict[str, Any], command: str) -> str:
     return result.stdout.strip()
 
 
+def qemu_processes_of(state_dir: Path) -> list[int]:
+    """Every live process whose command line mentions the stack's state directory."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(state_dir).encode() in cmdline.read_bytes() and running(int(cmdline.parent.name)):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
 def mem_total_kib(outputs: dict[str, Any]) -> int:
     line = ssh(outputs, "grep MemTotal /proc/meminfo")
     return int(re.findall(r"\d+", line)[0])
@@ -147,6 +159,28 @@ def test_bad_config_fails_before_anything_is_made(tmp_path: Path, image_url: str
     assert up.returncode != 0
     assert not (tmp_path / "state").exists()
     assert [r["type"] for r in cli.resources()] in ([], ["pulumi:pulumi:Stack"])
+
+
+def test_boot_timeout_shows_the_serial_console_and_leaves_no_vm(tmp_path: Path, image_url: str) -> None:
+    cli = lab_stack(tmp_path, "slow")
+    config = lab_config(tmp_path, image_url, free_port(), free_port())
+    config["nexus:vm"]["bootTimeoutSeconds"] = 30  # a TCG boot takes about 45 s here
+    cli.init(config)
+    state_dir = tmp_path / "state"
+
+    result = cli.up(check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "the VM was not ready within 30 s" in output, output
+    assert "last lines of the serial console" in output
+    assert "raise nexus:vm.bootTimeoutSeconds" in output
+    # The engine prints a provider's traceback; ours is cut to the message itself.
+    assert "vm_process.py" not in output, output
+    assert qemu_processes_of(state_dir) == [], "a VM that never became ready is not left running"
+
+    cli.destroy()
+    assert not state_dir.exists()
+    assert cli.resources() == []
 
 
 def test_lab_lifecycle(tmp_path: Path, image_url: str) -> None:
@@ -219,6 +253,7 @@ def test_lab_lifecycle(tmp_path: Path, image_url: str) -> None:
 
     assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
     assert last_pid and gone_within(last_pid, 10)
+    assert qemu_processes_of(state_dir) == []
     assert port_is_free(ssh_port) and port_is_free(http_port)
     assert not state_dir.exists()
     assert cli.resources() == []

@@ -1,0 +1,220 @@
+"""The providers' create/diff/delete hooks, called directly on real files (no engine).
+
+What `pulumi preview` shows is decided by these diffs: they are where "shrinking is
+refused", "a new base image replaces the overlay" and "a killed VM is started again"
+live.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pulumi.dynamic import CreateResult, UpdateResult
+
+from nexus_components.errors import NexusError, VmError
+from nexus_components.paths import VmPaths
+from nexus_components.providers import (
+    CloudInitSeedProvider,
+    OverlayDiskProvider,
+    QemuVmProvider,
+    SshKeyProvider,
+    StateDirProvider,
+)
+from nexus_components.seed_iso import read_seed_iso
+
+
+@pytest.fixture
+def base_image(tmp_path: Path) -> Path:
+    base = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "1G"], check=True)
+    return base
+
+
+def overlay_props(state_dir: Path, base: Path, size: str, digest: str = "a" * 64) -> dict[str, Any]:
+    units = {"G": 1 << 30, "M": 1 << 20}
+    return {
+        "state_dir": str(state_dir),
+        "base_path": str(base),
+        "base_digest": digest,
+        "disk_size": size,
+        # Numbers come back from the engine as floats; the providers must cope.
+        "size_bytes": float(int(size[:-1]) * units[size[-1]]),
+        "qemu_img": "qemu-img",
+        "qmp_tcp_port": None,
+    }
+
+
+def outs(result: CreateResult | UpdateResult) -> dict[str, Any]:
+    assert result.outs is not None
+    return dict(result.outs)
+
+
+def virtual_size(path: Path) -> int:
+    out = subprocess.run(["qemu-img", "info", "--output=json", str(path)], capture_output=True, text=True)
+    return int(json.loads(out.stdout)["virtual-size"])
+
+
+def test_overlay_is_created_on_the_base_and_grows_offline(tmp_path: Path, base_image: Path) -> None:
+    provider = OverlayDiskProvider()
+    olds = outs(provider.create(overlay_props(tmp_path, base_image, "2G")))
+    overlay = VmPaths(tmp_path).overlay_disk
+    assert virtual_size(overlay) == 2 << 30
+    info = subprocess.run(["qemu-img", "info", str(overlay)], capture_output=True, text=True).stdout
+    assert f"backing file: {base_image}" in info
+
+    news = overlay_props(tmp_path, base_image, "3G")
+    grow = provider.diff("id", olds, news)
+    assert grow.changes and not grow.replaces
+    provider.update("id", olds, news)
+    assert virtual_size(overlay) == 3 << 30
+
+    provider.delete("id", news)
+    assert not overlay.exists()
+    assert base_image.exists(), "the base image is never touched"
+
+
+def test_overlay_smaller_than_the_base_image_is_refused(tmp_path: Path, base_image: Path) -> None:
+    with pytest.raises(VmError, match=r"nexus:vm.diskSize: .* smaller than the base image"):
+        OverlayDiskProvider().create(overlay_props(tmp_path, base_image, "512M"))
+    assert not VmPaths(tmp_path).overlay_disk.exists()
+
+
+def test_shrinking_is_refused_at_diff_and_a_new_base_replaces(tmp_path: Path, base_image: Path) -> None:
+    provider = OverlayDiskProvider()
+    olds = outs(provider.create(overlay_props(tmp_path, base_image, "2G")))
+    with pytest.raises(VmError, match=r"nexus:vm.diskSize: shrinking the disk from 2G to 1G is refused"):
+        provider.diff("id", olds, overlay_props(tmp_path, base_image, "1G"))
+    new_base = provider.diff("id", olds, overlay_props(tmp_path, base_image, "2G", digest="b" * 64))
+    assert new_base.replaces == ["base_digest"] and new_base.delete_before_replace
+    unchanged = provider.diff("id", olds, overlay_props(tmp_path, base_image, "2G"))
+    assert not unchanged.changes
+
+
+def test_a_vanished_overlay_is_created_again(tmp_path: Path, base_image: Path) -> None:
+    provider = OverlayDiskProvider()
+    created = provider.create(overlay_props(tmp_path, base_image, "2G"))
+    VmPaths(tmp_path).overlay_disk.unlink()
+    assert provider.diff("id", outs(created), overlay_props(tmp_path, base_image, "2G")).replaces == ["path"]
+    again = provider.create(overlay_props(tmp_path, base_image, "2G"))
+    assert again.id != created.id, "a new disk gets a new id, so the VM on it is re-created too"
+
+
+def vm_props(state_dir: Path, **changes: Any) -> dict[str, Any]:
+    props: dict[str, Any] = {
+        "name": "nexus-unit",
+        "state_dir": str(state_dir),
+        "argv": ["qemu-system-x86_64", "-m", "1024M"],
+        "ssh_port": 2222.0,
+        "forwards": [],
+        "bind_address": "127.0.0.1",
+        "username": "nexus",
+        "private_key": "/k",
+        "instance_id": "nexus-1",
+        "overlay_id": "disk@1",
+        "qmp_tcp_port": None,
+    }
+    props.update(changes)
+    return props
+
+
+def test_vm_diff_restarts_on_changes_replaces_on_a_new_disk_and_notices_a_dead_vm(tmp_path: Path) -> None:
+    provider = QemuVmProvider()
+    olds = vm_props(tmp_path)
+    # No QEMU runs for this state dir: preview must say it will be started again.
+    dead = provider.diff("id", olds, vm_props(tmp_path))
+    assert dead.changes and not dead.replaces
+
+    memory = provider.diff("id", olds, vm_props(tmp_path, argv=["qemu-system-x86_64", "-m", "2048M"]))
+    assert memory.changes and not memory.replaces
+
+    new_disk = provider.diff("id", olds, vm_props(tmp_path, overlay_id="disk@2"))
+    assert new_disk.replaces == ["overlay_id"] and new_disk.delete_before_replace
+
+
+def test_seed_is_rewritten_when_user_data_changes(tmp_path: Path) -> None:
+    props = {
+        "state_dir": str(tmp_path),
+        "username": "nexus",
+        "hostname": "lab",
+        "arch": "x86_64",
+        "install_packages": False,
+        "packages": [],
+        "user_data": {},
+        "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7 test",
+    }
+    provider = CloudInitSeedProvider()
+    first = outs(provider.create(props))
+    label, files = read_seed_iso(VmPaths(tmp_path).seed_iso)
+    assert label == "cidata" and b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7 test" in files["user-data"]
+    assert not provider.diff("id", first, props).changes
+
+    changed = {**props, "packages": ["htop"], "install_packages": True}
+    assert provider.diff("id", first, changed).changes
+    second = outs(provider.update("id", first, changed))
+    assert second["instance_id"] != first["instance_id"], "cloud-init re-runs on a changed seed"
+    assert b"htop" in read_seed_iso(VmPaths(tmp_path).seed_iso)[1]["user-data"]
+    provider.delete("id", second)
+    assert not VmPaths(tmp_path).seed_iso.exists() and not VmPaths(tmp_path).user_data.exists()
+
+
+def test_generated_key_is_removed_on_delete_but_a_users_key_is_not(tmp_path: Path) -> None:
+    provider = SshKeyProvider()
+    generated = outs(
+        provider.create(
+            {
+                "state_dir": str(tmp_path),
+                "comment": "nexus-unit",
+                "private_key_file": None,
+                "public_key_file": None,
+            }
+        )
+    )
+    private_key = Path(generated["private_key_path"])
+    assert private_key.stat().st_mode & 0o777 == 0o600
+    assert generated["public_key"].startswith("ssh-ed25519 ")
+    provider.delete("id", generated)
+    assert not private_key.exists()
+
+    own = tmp_path / "own"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(own)], check=True)
+    users = outs(
+        provider.create(
+            {
+                "state_dir": str(tmp_path),
+                "comment": "x",
+                "private_key_file": str(own),
+                "public_key_file": f"{own}.pub",
+            }
+        )
+    )
+    provider.delete("id", users)
+    assert own.exists() and Path(f"{own}.pub").exists()
+
+    with pytest.raises(NexusError, match=r"nexus:guest.sshPrivateKeyFile: .*missing does not exist"):
+        provider.create(
+            {
+                "state_dir": str(tmp_path),
+                "comment": "x",
+                "private_key_file": str(tmp_path / "missing"),
+                "public_key_file": f"{own}.pub",
+            }
+        )
+
+
+def test_state_dir_delete_removes_the_stacks_files_but_keeps_foreign_ones(tmp_path: Path) -> None:
+    provider = StateDirProvider()
+    state = tmp_path / "state"
+    props = outs(provider.create({"state_dir": str(state)}))
+    assert state.stat().st_mode & 0o777 == 0o700
+    VmPaths(state).serial_log.write_text("boot\n")
+    provider.delete("id", props)
+    assert not state.exists()
+
+    provider.create({"state_dir": str(state)})
+    (state / "notes.txt").write_text("mine")
+    provider.delete("id", props)
+    assert (state / "notes.txt").read_text() == "mine"
