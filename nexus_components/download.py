@@ -226,7 +226,11 @@ def _read_remote_sums(source: ImageSource, sums_url: str, timeout: float) -> str
     try:
         response = requests.get(sums_url, timeout=timeout)
     except requests.RequestException as error:
-        raise DownloadError(f"could not fetch {sums_url}: {error}", hint=hint) from error
+        raise DownloadError(
+            f"could not fetch {sums_url}: {error}",
+            hint=f"no network here? point {source.url_key} at a local copy of the image or a file:// URL "
+            f"(with {source.sha256_key} or a SHA256SUMS beside it); otherwise " + hint,
+        ) from error
     with response:
         if response.status_code != 200:
             raise DownloadError(
