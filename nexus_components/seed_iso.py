@@ -3,12 +3,6 @@
 pycdlib is pure Python, so macOS and Windows hosts need no cloud-localds, genisoimage
 or xorriso. The layout matches `cloud-localds`: ISO9660 level-1 names (USERDATA.;1),
 plus Joliet and Rock Ridge 1.09 so the guest sees the real names (user-data).
-
-Determinism: pycdlib stamps every volume descriptor, directory record and Rock Ridge
-TF entry with `time.time()` rendered in the host's local time zone, and offers no
-parameter to override it. `_frozen_clock` swaps the `time` module pycdlib's modules
-use for a fixed-epoch UTC clock while one ISO is built, so the same files give the
-same bytes (and the same hash for drift checks) on every host and in every TZ.
 """
 
 from __future__ import annotations
@@ -17,16 +11,10 @@ import contextlib
 import io
 import os
 import tempfile
-import threading
-import time as _systime
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
 
 import pycdlib
-import pycdlib.dates
-import pycdlib.headervd
-import pycdlib.pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
 from nexus_components.errors import NexusError
@@ -41,44 +29,6 @@ _ISO9660_NAMES = {
     "meta-data": "/METADATA.;1",
     "network-config": "/NETWORKC.;1",
 }
-
-# 2024-01-01T00:00:00Z: any fixed instant works; it is only stamped on the ISO entries.
-FIXED_EPOCH = 1_704_067_200.0
-
-# Modules of pycdlib that read the clock (time.time) or local zone (time.localtime)
-# on the create path; udf and inplaceeditor do too but are not used here.
-_CLOCK_MODULES: tuple[ModuleType, ...] = (pycdlib.pycdlib, pycdlib.headervd, pycdlib.dates)
-_CLOCK_ATTR = "time"  # each of those modules does `import time`
-_clock_lock = threading.Lock()
-
-
-class _FixedUtcClock:
-    """The slice of the `time` module pycdlib uses, with a fixed now and UTC as local."""
-
-    @staticmethod
-    def time() -> float:
-        return FIXED_EPOCH
-
-    @staticmethod
-    def localtime(secs: float | None = None) -> _systime.struct_time:
-        return _systime.gmtime(FIXED_EPOCH if secs is None else secs)
-
-    gmtime = staticmethod(_systime.gmtime)
-    strftime = staticmethod(_systime.strftime)
-
-
-@contextlib.contextmanager
-def _frozen_clock() -> Iterator[None]:
-    # Module-global swap, so serialise builds; readers (open/parse) never hit the clock.
-    with _clock_lock:
-        saved = [(module, getattr(module, _CLOCK_ATTR)) for module in _CLOCK_MODULES]
-        try:
-            for module, _ in saved:
-                setattr(module, _CLOCK_ATTR, _FixedUtcClock)
-            yield
-        finally:
-            for module, original in saved:
-                setattr(module, _CLOCK_ATTR, original)
 
 
 def write_seed_iso(path: Path, files: Mapping[str, bytes]) -> None:
@@ -107,24 +57,22 @@ def write_seed_iso(path: Path, files: Mapping[str, bytes]) -> None:
     iso = pycdlib.PyCdlib()
     tmp_name = ""
     try:
-        with _frozen_clock():
-            iso.new(interchange_level=1, vol_ident=VOLUME_LABEL, joliet=3, rock_ridge="1.09")
-            # Fixed order (not the caller's dict order) so the bytes depend only on content.
-            for name in (name for name in SEED_FILES if name in files):
-                data = files[name]
-                iso.add_fp(
-                    io.BytesIO(data),
-                    len(data),
-                    iso_path=_ISO9660_NAMES[name],
-                    rr_name=name,
-                    joliet_path="/" + name,
-                    file_mode=0o100444,
-                )
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "wb") as out:
-                iso.write_fp(out)
-                out.flush()
-                os.fsync(out.fileno())
+        iso.new(interchange_level=1, vol_ident=VOLUME_LABEL, joliet=3, rock_ridge="1.09")
+        for name in (name for name in SEED_FILES if name in files):
+            data = files[name]
+            iso.add_fp(
+                io.BytesIO(data),
+                len(data),
+                iso_path=_ISO9660_NAMES[name],
+                rr_name=name,
+                joliet_path="/" + name,
+                file_mode=0o100444,
+            )
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as out:
+            iso.write_fp(out)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp_name, path)
         tmp_name = ""
     except OSError as exc:
