@@ -158,6 +158,7 @@ class QemuVm(pulumi.ComponentResource):
             "accelerator": host.accelerator,
             "cpus": config.vm.cpus,
             "memory_mib": config.vm.memory_mib,
+            "firmware_code": host.firmware_code if config.vm.arch == "aarch64" else None,
             "firmware_vars_template": config.vm.firmware_vars,
             "bind_address": network.bind_address,
             "ssh_host": "127.0.0.1" if network.bind_address == "0.0.0.0" else network.bind_address,

@@ -246,6 +246,19 @@ class CloudInitSeedProvider(ResourceProvider):
         return {**props, "instance_id": instance_id}
 
 
+def _ensure_firmware_vars(paths: VmPaths, code: str | None, template: str | None) -> None:
+    """The VM's own writable UEFI variable store, kept across restarts like its disk."""
+    if code is None or paths.firmware_vars.exists():
+        return
+    if template:
+        shutil.copyfile(template, paths.firmware_vars)
+    else:
+        # Without a template, an all-zero store the size of the code image (pflash
+        # units must match) is what edk2 initialises on first boot.
+        with paths.firmware_vars.open("wb") as store:
+            store.truncate(Path(code).stat().st_size)
+
+
 @_reports_errors
 class QemuVmProvider(ResourceProvider):
     """The QEMU process. `up` returns once SSH answers and cloud-init is done."""
@@ -301,8 +314,7 @@ class QemuVmProvider(ResourceProvider):
             ),
         )
         vm_process.check_ports_free(network, qmp_tcp_port=paths.qmp_tcp_port)
-        if props.get("firmware_vars_template") and not paths.firmware_vars.exists():
-            shutil.copyfile(props["firmware_vars_template"], paths.firmware_vars)
+        _ensure_firmware_vars(paths, props.get("firmware_code"), props.get("firmware_vars_template"))
         target = ssh.SshTarget(
             host=props["ssh_host"],
             port=network.ssh_port,

@@ -23,6 +23,7 @@ from nexus_components.providers import (
     QemuVmProvider,
     SshKeyProvider,
     StateDirProvider,
+    _ensure_firmware_vars,
 )
 from nexus_components.seed_iso import read_seed_iso
 
@@ -218,3 +219,28 @@ def test_state_dir_delete_removes_the_stacks_files_but_keeps_foreign_ones(tmp_pa
     (state / "notes.txt").write_text("mine")
     provider.delete("id", props)
     assert (state / "notes.txt").read_text() == "mine"
+
+
+def test_aarch64_gets_its_own_uefi_variable_store(tmp_path: Path) -> None:
+    code = tmp_path / "edk2-aarch64-code.fd"
+    code.write_bytes(b"\x01" * 4096)
+    template = tmp_path / "edk2-arm-vars.fd"
+    template.write_bytes(b"\x02" * 4096)
+
+    from_template = VmPaths(tmp_path / "a")
+    from_template.state_dir.mkdir()
+    _ensure_firmware_vars(from_template, str(code), str(template))
+    assert from_template.firmware_vars.read_bytes() == template.read_bytes()
+    from_template.firmware_vars.write_bytes(b"\x03" * 4096)  # the guest saved a boot entry
+    _ensure_firmware_vars(from_template, str(code), str(template))
+    assert from_template.firmware_vars.read_bytes() == b"\x03" * 4096, "kept across restarts"
+
+    blank = VmPaths(tmp_path / "b")
+    blank.state_dir.mkdir()
+    _ensure_firmware_vars(blank, str(code), None)
+    assert blank.firmware_vars.read_bytes() == b"\x00" * 4096
+
+    x86 = VmPaths(tmp_path / "c")
+    x86.state_dir.mkdir()
+    _ensure_firmware_vars(x86, None, None)
+    assert not x86.firmware_vars.exists()
