@@ -20,17 +20,15 @@ from nexus_components.config import (
     load_config,
 )
 from nexus_components.errors import ConfigError, NexusError
+from tests.support.stacks import STACKS, stack_settings
 
-STACKS = Path(__file__).resolve().parents[2] / "stacks"
 HOME = Path("/home/lab")
 
 
 def stack_raw(name: str) -> dict[str, Any]:
-    """The `nexus:` namespace of stacks/Pulumi.<name>.yaml, keyed without the prefix (as Pulumi hands it)."""
     document = yaml.safe_load((STACKS / f"Pulumi.{name}.yaml").read_text())
-    config = document["config"]
-    assert all(key.startswith("nexus:") for key in config), config.keys()
-    return {key.removeprefix("nexus:"): value for key, value in config.items()}
+    assert all(key.startswith("nexus:") for key in document["config"]), "only the nexus: namespace"
+    return stack_settings(name)
 
 
 def load(raw: dict[str, Any], stack: str = "lab") -> NexusConfig:

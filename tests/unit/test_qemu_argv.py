@@ -14,7 +14,6 @@ from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any
 
 import pytest
-import yaml
 
 from nexus_components.config import NexusConfig, PortForward, load_config
 from nexus_components.errors import ConfigError
@@ -27,8 +26,8 @@ from nexus_components.qemu_argv import (
     hostfwd_rules,
     qemu_opt_value,
 )
+from tests.support.stacks import stack_settings
 
-STACKS = Path(__file__).resolve().parents[2] / "stacks"
 LINUX_HOME = Path("/home/lab")
 MAC_HOME = Path("/Users/lab")
 
@@ -56,9 +55,7 @@ MOCK_WINDOWS_FILES = VmFiles(
 
 
 def stack_config(name: str, home: Path) -> NexusConfig:
-    document = yaml.safe_load((STACKS / f"Pulumi.{name}.yaml").read_text())
-    raw = {key.removeprefix("nexus:"): value for key, value in document["config"].items()}
-    return load_config(raw, stack=name, home=home)
+    return load_config(stack_settings(name), stack=name, home=home)
 
 
 def files_of(state_dir: Path) -> VmFiles:
