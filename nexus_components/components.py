@@ -161,7 +161,7 @@ class QemuVm(pulumi.ComponentResource):
             "firmware_code": host.firmware_code if config.vm.arch == "aarch64" else None,
             "firmware_vars_template": config.vm.firmware_vars,
             "bind_address": network.bind_address,
-            "ssh_host": "127.0.0.1" if network.bind_address == "0.0.0.0" else network.bind_address,
+            "ssh_host": network.ssh_host,
             "ssh_port": network.ssh_port,
             "forwards": [dataclasses.asdict(forward) for forward in network.forwards],
             "username": config.guest.username,
@@ -202,14 +202,14 @@ class NexusVm(pulumi.ComponentResource):
         self.qemu = QemuVm(f"{name}-vm", config, args.host, self.disk, self.seed, after_state)
 
         paths = VmPaths(config.state_dir)
-        ssh_host = "127.0.0.1" if config.network.bind_address == "0.0.0.0" else config.network.bind_address
+        network = config.network
         self.outputs: dict[str, Any] = {
             "sshCommand": self.seed.private_key_path.apply(
                 lambda key: SshTarget(
-                    ssh_host, config.network.ssh_port, config.guest.username, Path(key)
+                    network.ssh_host, network.ssh_port, config.guest.username, Path(key)
                 ).interactive_command()
             ),
-            "sshPort": config.network.ssh_port,
+            "sshPort": network.ssh_port,
             "privateKeyPath": self.seed.private_key_path,
             "vmPid": self.qemu.pid,
             "vmReadySeconds": self.qemu.ready_seconds,

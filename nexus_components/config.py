@@ -180,6 +180,11 @@ class NetworkConfig:
     # Only used on Windows, whose QEMU cannot put QMP on a UNIX socket.
     qmp_port: int = 4444
 
+    @property
+    def ssh_host(self) -> str:
+        """Where the host reaches the forwarded SSH port."""
+        return "127.0.0.1" if self.bind_address == "0.0.0.0" else self.bind_address
+
     def all_forwards(self) -> tuple[PortForward, ...]:
         """SSH first, then the extra forwards: the order QEMU gets them in."""
         return (PortForward(self.ssh_port, 22), *self.forwards)
