@@ -197,7 +197,11 @@ def test_lab_lifecycle(tmp_path: Path, image_url: str) -> None:
         assert not state_dir.exists(), "preview must not change anything"
 
         started = time.monotonic()
-        cli.up()
+        first = cli.up()
+        # Progress on the long steps reaches the user while `up` runs.
+        assert "[image] downloaded debian-12-nexus-test.qcow2" in first.stdout, first.stdout
+        assert "[vm] waiting for SSH" in first.stdout
+        assert "[vm] ready after" in first.stdout
         print(f"first up (download + boot to SSH + cloud-init): {time.monotonic() - started:.0f} s")
         outputs = cli.outputs()
         assert outputs["sshPort"] == ssh_port
@@ -243,6 +247,9 @@ def test_lab_lifecycle(tmp_path: Path, image_url: str) -> None:
         time.sleep(1)
         drift = cli.preview()
         assert "~ 1 to update" in drift.stdout or "1 to update" in drift.stdout, drift.stdout
+        cli.refresh()
+        (vm_state,) = [r for r in cli.resources() if r["urn"].endswith("::nexus-vm-qemu")]
+        assert vm_state["outputs"]["pid"] == 0, "refresh records that the VM is not running"
         cli.up()
         outputs = cli.outputs()
         assert running(outputs["vmPid"])
