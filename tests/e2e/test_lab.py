@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.support.debian_image import IMAGE_NAME, ensure_test_image
-from tests.support.pulumi_cli import REPO, PulumiCli
+from tests.support.pulumi_cli import PulumiCli, project_view
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm]
 
@@ -78,11 +78,12 @@ def image_url() -> Iterator[str]:
 
 
 def lab_stack(tmp_path: Path, name: str) -> PulumiCli:
+    project = project_view(tmp_path / "project")
     return PulumiCli(
-        project_dir=REPO,
+        project_dir=project,
         backend_dir=tmp_path / "backend",
         stack=name,
-        config_file=tmp_path / f"Pulumi.{name}.yaml",
+        config_file=project / f"Pulumi.{name}.yaml",
     )
 
 

@@ -50,7 +50,7 @@ def cli(tmp_path: Path) -> PulumiCli:
         project_dir=project,
         backend_dir=tmp_path / "backend",
         stack="probe",
-        config_file=tmp_path / "Pulumi.probe.yaml",
+        config_file=project / "Pulumi.probe.yaml",
         extra_env={"PYTHONPATH": str(REPO), "PULUMI_PYTHON_CMD": str(REPO / ".venv" / "bin" / "python")},
     )
 

@@ -9,7 +9,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
+
+
+def project_view(dest: Path) -> Path:
+    """The project's program in a scratch directory, so that stack files Pulumi writes
+    (`stack init` puts an encryption salt in Pulumi.<stack>.yaml) land there, not in
+    the checkout's stacks/."""
+    dest.mkdir(parents=True)
+    project = yaml.safe_load((REPO / "Pulumi.yaml").read_text())
+    for checkout_only in ("stackConfigDir", "backend"):
+        project.pop(checkout_only, None)
+    (dest / "Pulumi.yaml").write_text(yaml.safe_dump(project, sort_keys=False))
+    for name in ("__main__.py", "nexus_components", ".venv"):
+        (dest / name).symlink_to(REPO / name)
+    return dest
 
 
 def toolchain_bin() -> Path:
@@ -66,8 +82,10 @@ class PulumiCli:
 
     def init(self, config: dict[str, Any]) -> None:
         self.backend_dir.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(json.dumps({"config": config}, indent=2))
         self.run("stack", "init", self.stack)
+        # Keep what `stack init` wrote there (the passphrase's salt) beside the config.
+        settings = yaml.safe_load(self.config_file.read_text()) if self.config_file.exists() else None
+        self.config_file.write_text(yaml.safe_dump({**(settings or {}), "config": config}))
 
     def preview(self, *extra: str) -> subprocess.CompletedProcess[str]:
         return self.run("preview", *self.stack_args(), "--diff", *extra)
