@@ -130,11 +130,27 @@ def running_pid(paths: VmPaths) -> int | None:
         return None
     if not _alive(pid):
         return None
-    cmdline = Path(f"/proc/{pid}/cmdline")
     # A reused pid after a reboot must not be mistaken for our VM.
-    if cmdline.exists() and str(paths.pid_file).encode() not in cmdline.read_bytes():
+    command_line = process_command_line(pid)
+    if command_line is not None and str(paths.pid_file) not in command_line:
         return None
     return pid
+
+
+def process_command_line(pid: int, proc: Path = Path("/proc")) -> str | None:
+    """The process's command line: from /proc on Linux, from ps(1) on macOS; None if unknown."""
+    cmdline = proc / str(pid) / "cmdline"
+    if cmdline.exists():
+        return cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    if sys.platform == "win32":
+        return None
+    try:
+        result = subprocess.run(
+            ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout if result.returncode == 0 else None
 
 
 def wait_until_ready(

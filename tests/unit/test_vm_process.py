@@ -18,7 +18,7 @@ from nexus_components.errors import VmError
 from nexus_components.paths import VmPaths
 from nexus_components.qemu_argv import HostFacts, VmFiles, build_qemu_argv
 from nexus_components.seed_iso import write_seed_iso
-from nexus_components.vm_process import check_ports_free, launch, running_pid, stop
+from nexus_components.vm_process import check_ports_free, launch, process_command_line, running_pid, stop
 
 
 def free_port() -> int:
@@ -104,3 +104,11 @@ def test_busy_forward_port_is_reported_with_its_key(tmp_path: Path) -> None:
             check_ports_free(network)
         with pytest.raises(VmError, match=rf"nexus:network.qmpPort: host port {busy}"):
             check_ports_free(NetworkConfig("127.0.0.1", free_port(), ()), qmp_tcp_port=busy)
+
+
+def test_command_line_comes_from_proc_or_from_ps_where_there_is_no_proc(tmp_path: Path) -> None:
+    from_proc = process_command_line(os.getpid())
+    # macOS has no /proc: point the lookup at an empty directory to take the ps(1) path.
+    from_ps = process_command_line(os.getpid(), proc=tmp_path)
+    assert from_proc is not None and from_ps is not None
+    assert "pytest" in from_proc and "pytest" in from_ps
