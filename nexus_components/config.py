@@ -249,6 +249,10 @@ def load_config(raw: Mapping[str, Any], *, stack: str, home: Path) -> NexusConfi
 
     # JSON Schema counts 2.0 as an integer; int() keeps "2.0" off QEMU's command line.
     name = vm.get("name", f"nexus-{_slug(stack)[:25]}".rstrip("-"))
+    state_dir = _resolve_dir(
+        "stateDir", paths.get("stateDir"), home / ".nexus-nested-vm" / "stacks" / _slug(stack), home
+    )
+    _check_socket_path_fits(state_dir)
     return NexusConfig(
         stack=stack,
         image=ImageConfig(url=image.get("url", default_image_url(arch)), sha256=_lower(image.get("sha256"))),
@@ -277,9 +281,7 @@ def load_config(raw: Mapping[str, Any], *, stack: str, home: Path) -> NexusConfi
             packages=tuple(guest.get("packages", [])),
             user_data=guest.get("userData", {}),
         ),
-        state_dir=_resolve_dir(
-            "stateDir", paths.get("stateDir"), home / ".nexus-nested-vm" / "stacks" / _slug(stack), home
-        ),
+        state_dir=state_dir,
         cache_dir=_resolve_dir(
             "cacheDir", paths.get("cacheDir"), home / ".cache" / "nexus-nested-vm" / "images", home
         ),
@@ -340,6 +342,21 @@ def _check_key_pair(guest: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"nexus:guest.{given[0]} is set but nexus:guest.{missing} is not",
             hint="set both to use your own key pair, or neither to have a per-stack key generated",
+        )
+
+
+# sun_path holds 104 bytes on macOS (108 on Linux); QMP's socket lives in the state dir.
+_MAX_SOCKET_PATH = 103
+_SOCKET_NAME = "qmp.sock"
+
+
+def _check_socket_path_fits(state_dir: Path) -> None:
+    longest_dir = _MAX_SOCKET_PATH - len(_SOCKET_NAME) - 1
+    if len(str(state_dir).encode()) > longest_dir:
+        raise ConfigError(
+            f"nexus:paths.stateDir: {str(state_dir)!r} is too long for QEMU's control socket "
+            f"({len(str(state_dir).encode())} bytes; allowed: at most {longest_dir})",
+            hint="choose a shorter state directory (the default ~/.nexus-nested-vm/stacks/<stack> fits)",
         )
 
 

@@ -476,3 +476,13 @@ def test_disk_size_bytes_matches_qemu_img(tmp_path: Path) -> None:
         ["qemu-img", "info", "--output=json", str(disk)], check=True, capture_output=True, timeout=60
     )
     assert json.loads(info.stdout)["virtual-size"] == disk_size_bytes("3G")
+
+
+def test_state_dir_too_long_for_the_qmp_socket_is_refused() -> None:
+    long_dir = "/srv/" + "x" * 100
+    with pytest.raises(
+        ConfigError, match=r"nexus:paths.stateDir: '/srv/x+' is too long for QEMU's control socket"
+    ):
+        load({"paths": {"stateDir": long_dir}})
+    fits = "/srv/" + "x" * 80
+    assert str(load({"paths": {"stateDir": fits}}).state_dir) == fits
