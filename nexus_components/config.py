@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 
 from .errors import ConfigError
+from .paths import VmPaths
 
 NAMESPACE = "nexus"
 
@@ -189,6 +190,13 @@ class NetworkConfig:
         """SSH first, then the extra forwards: the order QEMU gets them in."""
         return (PortForward(self.ssh_port, 22), *self.forwards)
 
+    def keyed_forwards(self) -> list[tuple[str, PortForward]]:
+        """Each forward with the config key that sets its host port, for error messages."""
+        keys = ["nexus:network.sshPort"] + [
+            f"nexus:network.forwards[{i}].host" for i in range(len(self.forwards))
+        ]
+        return list(zip(keys, self.all_forwards(), strict=True))
+
 
 @dataclass(frozen=True)
 class GuestConfig:
@@ -234,6 +242,7 @@ def load_config(raw: Mapping[str, Any], *, stack: str, home: Path) -> NexusConfi
     paths = document.get("paths", {})
 
     arch = vm.get("arch", "x86_64")
+    # JSON Schema counts 2.0 as an integer; int() keeps "2.0" off QEMU's command line.
     forwards = tuple(
         PortForward(int(f["host"]), int(f["guest"]), f.get("protocol", "tcp"))
         for f in network.get("forwards", [{"host": 8080, "guest": 80}, {"host": 8443, "guest": 443}])
@@ -247,7 +256,6 @@ def load_config(raw: Mapping[str, Any], *, stack: str, home: Path) -> NexusConfi
     _check_unique_host_ports(network_config)
     _check_key_pair(guest)
 
-    # JSON Schema counts 2.0 as an integer; int() keeps "2.0" off QEMU's command line.
     name = vm.get("name", f"nexus-{_slug(stack)[:25]}".rstrip("-"))
     state_dir = _resolve_dir(
         "stateDir", paths.get("stateDir"), home / ".nexus-nested-vm" / "stacks" / _slug(stack), home
@@ -325,8 +333,7 @@ def _key(path: list[Any]) -> str:
 
 def _check_unique_host_ports(network: NetworkConfig) -> None:
     seen: dict[tuple[str, int], str] = {}
-    for index, forward in enumerate(network.all_forwards()):
-        key = "nexus:network.sshPort" if index == 0 else f"nexus:network.forwards[{index - 1}].host"
+    for key, forward in network.keyed_forwards():
         previous = seen.setdefault((forward.protocol, forward.host), key)
         if previous != key:
             raise ConfigError(
@@ -347,11 +354,10 @@ def _check_key_pair(guest: Mapping[str, Any]) -> None:
 
 # sun_path holds 104 bytes on macOS (108 on Linux); QMP's socket lives in the state dir.
 _MAX_SOCKET_PATH = 103
-_SOCKET_NAME = "qmp.sock"
 
 
 def _check_socket_path_fits(state_dir: Path) -> None:
-    longest_dir = _MAX_SOCKET_PATH - len(_SOCKET_NAME) - 1
+    longest_dir = _MAX_SOCKET_PATH - len(VmPaths(state_dir).qmp_socket.name) - 1
     if len(str(state_dir).encode()) > longest_dir:
         raise ConfigError(
             f"nexus:paths.stateDir: {str(state_dir)!r} is too long for QEMU's control socket "

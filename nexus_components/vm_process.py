@@ -32,8 +32,7 @@ _SSH_UNREACHABLE = 255
 
 def check_ports_free(network: NetworkConfig, *, qmp_tcp_port: int | None = None) -> None:
     """Report a busy forward port before QEMU starts, naming the config key that sets it."""
-    ports = [("nexus:network.sshPort", network.all_forwards()[0])]
-    ports += [(f"nexus:network.forwards[{i}].host", forward) for i, forward in enumerate(network.forwards)]
+    ports = network.keyed_forwards()
     if qmp_tcp_port is not None:
         ports.append(("nexus:network.qmpPort", PortForward(qmp_tcp_port, 0)))
     for key, forward in ports:
