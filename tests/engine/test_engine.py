@@ -7,6 +7,7 @@ the CLI that scripts/setup installed, and the test checks what each did on disk.
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from pathlib import Path
@@ -51,29 +52,53 @@ def cli(tmp_path: Path) -> PulumiCli:
         backend_dir=tmp_path / "backend",
         stack="probe",
         config_file=project / "Pulumi.probe.yaml",
-        extra_env={"PYTHONPATH": str(REPO), "PULUMI_PYTHON_CMD": str(REPO / ".venv" / "bin" / "python")},
+        extra_env={"PYTHONPATH": str(REPO)},
     )
 
 
-def test_toolchain_is_the_pinned_one() -> None:
-    pins = dict(
+def pins() -> dict[str, str]:
+    return dict(
         line.split("=", 1)
         for line in (REPO / "toolchain" / "versions.env").read_text().splitlines()
         if line and not line.startswith("#")
     )
-    bin_dir = toolchain_bin()
-    cli = PulumiCli(REPO, Path("/nonexistent"), "none", Path("/nonexistent"))
-    version = cli.run("version").stdout.strip()
-    assert version == f"v{pins['PULUMI_VERSION']}"
+
+
+def test_toolchain_is_the_pinned_one(cli: PulumiCli) -> None:
+    pinned = pins()
+    assert cli.run("version").stdout.strip() == f"v{pinned['PULUMI_VERSION']}"
     for name in ("pulumi-language-python", "pulumi-language-python-exec", "pulumi-resource-pulumi-python"):
-        assert os.access(bin_dir / name, os.X_OK), name
-    requirements = (REPO / "requirements.txt").read_text()
-    assert f"pulumi=={pins['PYTHON_SDK_VERSION']}" in requirements
+        assert os.access(toolchain_bin() / name, os.X_OK), name
+    requirements = (REPO / "requirements.txt").read_text().splitlines()
+    assert f"pulumi=={pinned['PYTHON_SDK_VERSION']}" in requirements
+    assert f"pulumi-command=={pinned['COMMAND_PLUGIN_VERSION']}" in requirements
+    assert f"pulumi-docker=={pinned['DOCKER_PLUGIN_VERSION']}" in requirements
+    # The language host is built against the CLI's own pkg/v3 and sdk/v3.
     host_mod = (REPO / "toolchain/python-host/go.mod").read_text()
     cli_mod = (REPO / "toolchain/pulumi-cli/go.mod").read_text()
-    assert f"pulumi/sdk/v3 v{pins['PYTHON_HOST_VERSION']}" in host_mod
-    assert f"pulumi/pkg/v3 v{pins['PULUMI_VERSION']}" in cli_mod
-    assert f"v{pins['PYTHON_HOST_VERSION']}" in (REPO / "toolchain/pulumi-language-python").read_text()
+    assert f"pulumi/sdk/v3 v{pinned['PULUMI_VERSION']}" in host_mod
+    assert f"pulumi/pkg/v3 v{pinned['PULUMI_VERSION']}" in host_mod
+    assert f"pulumi/pkg/v3 v{pinned['PULUMI_VERSION']}" in cli_mod
+
+
+def test_plugins_are_installed_at_the_pinned_versions(cli: PulumiCli) -> None:
+    pinned = pins()
+    listed = {
+        (plugin["name"], plugin["kind"], plugin["version"])
+        for plugin in json.loads(cli.run("plugin", "ls", "--json").stdout)
+    }
+    assert ("command", "resource", pinned["COMMAND_PLUGIN_VERSION"]) in listed, listed
+    assert ("docker", "resource", pinned["DOCKER_PLUGIN_VERSION"]) in listed, listed
+
+
+def test_the_program_runs_on_the_pinned_language_host(cli: PulumiCli) -> None:
+    """`pulumi about` asks the language host for its version and the interpreter it uses."""
+    cli.init({"engine-probe:target": "/nonexistent"})
+    about = json.loads(cli.run("about", "--json", "--stack", cli.stack).stdout)
+    language = next(plugin for plugin in about["plugins"] if plugin["name"] == "python")
+    assert language["version"] == pins()["PYTHON_HOST_VERSION"], about["plugins"]
+    # Pulumi.yaml's `runtime.options.virtualenv` reaches the host without any shim.
+    assert about["runtime"]["executable"].startswith(str(REPO / ".venv")), about["runtime"]
 
 
 def test_preview_up_noop_refresh_destroy(cli: PulumiCli, tmp_path: Path) -> None:

@@ -36,6 +36,11 @@ def toolchain_bin() -> Path:
     return Path(marker.read_text().strip())
 
 
+def installed_plugins_dir() -> Path:
+    """Where scripts/setup installed the `command` and `docker` plugins."""
+    return Path(os.environ.get("PULUMI_HOME", Path.home() / ".pulumi")) / "plugins"
+
+
 @dataclass
 class PulumiCli:
     """One project directory, a throwaway file backend, one stack, its own config file."""
@@ -54,10 +59,18 @@ class PulumiCli:
             PULUMI_CONFIG_PASSPHRASE="nexus-tests",
             PULUMI_SKIP_UPDATE_CHECK="true",
             PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
-            PULUMI_HOME=str(self.backend_dir / ".pulumi-home"),
+            PULUMI_HOME=str(self.pulumi_home()),
         )
         env.update(self.extra_env)
         return env
+
+    def pulumi_home(self) -> Path:
+        """A throwaway PULUMI_HOME that shares the provider plugins scripts/setup installed."""
+        home = self.backend_dir / ".pulumi-home"
+        if not (home / "plugins").exists():
+            home.mkdir(parents=True, exist_ok=True)
+            (home / "plugins").symlink_to(installed_plugins_dir(), target_is_directory=True)
+        return home
 
     def run(self, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
         argv = ["pulumi", *args, "--non-interactive"]
