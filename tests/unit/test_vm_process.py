@@ -35,7 +35,7 @@ def paused_vm_argv(paths: VmPaths, *, daemonize: bool) -> list[str]:
             "paths": {"stateDir": str(paths.state_dir)},
         },
         stack="unit",
-        home=paths.state_dir,
+        home=paths.state_dir.parent / "home",
     )
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(paths.overlay_disk), "1G"], check=True)
     write_seed_iso(paths.seed_iso, {"user-data": b"#cloud-config\n", "meta-data": b"instance-id: unit\n"})
