@@ -232,7 +232,7 @@ def wait_until_ready(
     """
     started = time.monotonic()
     deadline = started + timeout
-    parent = os.getppid()
+    engine = _engine_lineage()
     watcher = SerialWatcher(paths.serial_log, ready_line) if ready_line else None
     probe_argv = target.argv(["cloud-init", "status", "--wait"], connect_timeout=5)
     probe: subprocess.Popen[str] | None = None
@@ -248,7 +248,7 @@ def wait_until_ready(
                     output=serial_tail(paths),
                     hint=f"the serial console log is {paths.serial_log}",
                 )
-            if os.getppid() != parent:
+            if _engine_lineage() != engine:
                 # The engine was killed (Ctrl-C twice): nobody waits for this VM any more.
                 raise VmError("pulumi stopped while the VM was booting", hint="run `up` again")
             if now >= deadline:
@@ -292,6 +292,17 @@ def wait_until_ready(
         if probe is not None:
             probe.kill()
             probe.wait()
+
+
+def _engine_lineage(proc: Path = Path("/proc")) -> tuple[int, int | None]:
+    """Our parent and its parent. The engine may run the provider through a wrapper script,
+    so the engine's death shows as the wrapper being re-parented."""
+    parent = os.getppid()
+    try:
+        stat = (proc / str(parent) / "stat").read_text()
+        return parent, int(stat.rsplit(")", 1)[-1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return parent, None
 
 
 class SerialWatcher:
