@@ -312,7 +312,7 @@ class QemuVmProvider(ResourceProvider):
     RESTART_KEYS = ("argv", "ssh_port", "forwards", "bind_address", "username", "private_key", "instance_id")
 
     def create(self, props: Props) -> CreateResult:
-        return CreateResult(id_=props["name"], outs=self._start(props))
+        return CreateResult(id_=props["name"], outs=self._start(props, adopt=True))
 
     def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
         replaces = _changed(olds, news, ("state_dir", "overlay_id"))
@@ -347,10 +347,16 @@ class QemuVmProvider(ResourceProvider):
         vm_process.stop(_paths(props), recorded_pid=_recorded_pid(props), log=lambda line: _say("vm", line))
 
     @staticmethod
-    def _start(props: Props) -> Props:
+    def _start(props: Props, *, adopt: bool = False) -> Props:
         paths = _paths(props)
-        # A QEMU of ours from an interrupted run would hold the disk and the ports.
-        vm_process.stop(paths, log=lambda line: _say("vm", line))
+        leftover = vm_process.vm_pids(paths)
+        # An up killed while the VM booted (Ctrl-C twice) leaves QEMU running with this
+        # very command line. Stopping it mid-boot would cut cloud-init's first run short
+        # and leave the guest half set up on this disk, so the create waits for it instead.
+        adopted = adopt and len(leftover) == 1 and vm_process.runs_argv(leftover[0], props["argv"])
+        if not adopted:
+            # Any other QEMU of ours would hold the disk and the ports.
+            vm_process.stop(paths, log=lambda line: _say("vm", line))
         # Numbers come back from the engine as floats.
         network = NetworkConfig(
             bind_address=props["bind_address"],
@@ -360,8 +366,9 @@ class QemuVmProvider(ResourceProvider):
                 for forward in props["forwards"]
             ),
         )
-        vm_process.check_ports_free(network, qmp_tcp_port=paths.qmp_tcp_port)
-        _ensure_firmware_vars(paths, props.get("firmware_code"), props.get("firmware_vars_template"))
+        if not adopted:
+            vm_process.check_ports_free(network, qmp_tcp_port=paths.qmp_tcp_port)
+            _ensure_firmware_vars(paths, props.get("firmware_code"), props.get("firmware_vars_template"))
         target = ssh.SshTarget(
             host=props["ssh_host"],
             port=network.ssh_port,
@@ -372,11 +379,15 @@ class QemuVmProvider(ResourceProvider):
         paths.connect_script.chmod(0o755)
         paths.ssh_config.write_text(ssh.ssh_config_entry(props["name"], target))
 
-        resources = f"{props['cpus']:.0f} vCPU, {props['memory_mib']:.0f} MiB"
-        _say("vm", f"starting QEMU ({props['accelerator']}, {resources})")
-        # The ready line must come from this boot, not from the last one's console.
-        remove_quietly(paths.serial_log)
-        pid = vm_process.launch(props["argv"], paths)
+        if adopted:
+            pid = leftover[0]
+            _say("vm", f"QEMU (pid {pid}) of an interrupted up is still booting this VM; waiting for it")
+        else:
+            resources = f"{props['cpus']:.0f} vCPU, {props['memory_mib']:.0f} MiB"
+            _say("vm", f"starting QEMU ({props['accelerator']}, {resources})")
+            # The ready line must come from this boot, not from the last one's console.
+            remove_quietly(paths.serial_log)
+            pid = vm_process.launch(props["argv"], paths)
         try:
             seconds = vm_process.wait_until_ready(
                 target,

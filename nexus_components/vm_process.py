@@ -196,6 +196,18 @@ def _process_table(proc: Path = Path("/proc")) -> list[tuple[int, str]]:
     return table
 
 
+def runs_argv(pid: int, argv: Sequence[str], proc: Path = Path("/proc")) -> bool:
+    """Whether the process runs exactly this command line (False where that cannot be told)."""
+    cmdline = proc / str(pid) / "cmdline"
+    if cmdline.exists():
+        try:
+            return cmdline.read_bytes().decode(errors="replace").split("\0")[:-1] == list(argv)
+        except OSError:
+            return False
+    command_line = process_command_line(pid, proc)
+    return command_line is not None and command_line.strip() == " ".join(argv)
+
+
 def process_command_line(pid: int, proc: Path = Path("/proc")) -> str | None:
     """The process's command line: from /proc on Linux, from ps(1) on macOS; None if unknown."""
     cmdline = proc / str(pid) / "cmdline"

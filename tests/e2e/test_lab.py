@@ -491,6 +491,9 @@ def test_hard_cancelled_up_then_scripts_up_then_lost_state_dir_then_destroy(
         )
         assert up.returncode == 0, up.stdout + up.stderr
         assert "pending operations" not in up.stdout + up.stderr
+        assert "clearing its 1 unfinished create(s)" in up.stderr, up.stderr
+        # The guest's signal on the serial console ended the wait, then one SSH check.
+        assert re.search(r"\[vm\] cloud-init finished after \d+ s; checking SSH", up.stdout), up.stdout
         assert pending_operations(cli) == []
         outputs = cli.outputs()
         assert qemu_processes_of(state_dir) == [outputs["vmPid"]]

@@ -199,3 +199,33 @@ def test_boot_timeout_shows_a_clean_serial_tail_and_the_bound(tmp_path: Path) ->
     assert "\x1b" not in message and "\n\n\n" not in message
     assert "raise nexus:vm.bootTimeoutSeconds" in message
     assert gone(pid)
+
+
+def test_create_waits_for_the_qemu_an_interrupted_up_left_booting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = VmPaths(tmp_path / "state")
+    paths.state_dir.mkdir()
+    argv = paused_vm_argv(paths, daemonize=True)
+    leftover = launch(argv, paths)  # what the killed up started
+    ssh_port = int(argv[argv.index("-netdev") + 1].split("hostfwd=tcp:127.0.0.1:")[1].split("-")[0])
+    props = {
+        **vm_props(paths, 0),
+        "argv": argv,
+        "bind_address": "127.0.0.1",
+        "ssh_host": "127.0.0.1",
+        "ssh_port": float(ssh_port),
+        "forwards": [],
+        "username": "nexus",
+        "private_key": str(tmp_path / "no-key"),
+        "boot_timeout_seconds": 2.0,
+        "cpus": 2.0,
+        "memory_mib": 512.0,
+        "accelerator": "tcg",
+    }
+    with pytest.raises(VmError, match="not ready within 2 s"):
+        QemuVmProvider().create(props)  # a paused guest never gets ready
+    progress = capsys.readouterr().err
+    assert f"QEMU (pid {leftover}) of an interrupted up is still booting this VM; waiting for it" in progress
+    assert "starting QEMU" not in progress, "no second QEMU on the same disk"
+    assert gone(leftover), "and it is not left running once the wait failed"
