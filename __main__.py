@@ -12,7 +12,13 @@ from pulumi.runtime.config import get_config_env
 from nexus_components.components import NexusVm, NexusVmArgs
 from nexus_components.config import NAMESPACE, load_config
 from nexus_components.errors import NexusError
-from nexus_components.hostfacts import detect_host, find_qemu_img, host_os
+from nexus_components.hostfacts import (
+    accelerator_note,
+    check_before_changes,
+    detect_host,
+    find_qemu_img,
+    host_os,
+)
 
 
 def stack_settings() -> dict[str, Any]:
@@ -32,9 +38,14 @@ try:
     config = load_config(stack_settings(), stack=pulumi.get_stack(), home=Path.home())
     host = detect_host(config.vm)
     qemu_img = find_qemu_img(config.vm, host_os())
+    check_before_changes(config, qemu_img)
 except NexusError as error:
     # A clean message without a Python traceback; nothing has been registered yet.
     raise pulumi.RunError(str(error)) from None
+
+note = accelerator_note(config.vm.accelerator, host.accelerator)
+if note:
+    pulumi.log.warn(note)
 
 lab = NexusVm("nexus", NexusVmArgs(config=config, host=host, qemu_img=qemu_img))
 for output_name, output_value in lab.outputs.items():

@@ -43,7 +43,12 @@ _Dumper.add_representer(
     _Argv, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
 )
 
-FINAL_MESSAGE = "nexus lab is ready: cloud-init $VERSION finished after $UPTIME seconds"
+# cloud-init's last final-stage module prints this on the console, which is the serial
+# port QEMU writes to a file: the host watches that file for READY_LINE instead of polling
+# SSH while the guest boots.
+READY_LINE = "nexus lab is ready:"
+FINAL_MESSAGE = READY_LINE + " cloud-init $VERSION finished after $UPTIME seconds"
+USER_DATA_KEY = "nexus:guest.userData"
 
 
 @dataclass(frozen=True)
@@ -114,8 +119,8 @@ def render_user_data(spec: CloudInitSpec) -> str:
         body = yaml.dump(merged, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1_000_000)
     except yaml.YAMLError as exc:
         raise ConfigError(
-            f"extra_user_data holds a value that cannot be written as YAML: {exc}",
-            hint="use only strings, numbers, booleans, lists and mappings in extra_user_data",
+            f"{USER_DATA_KEY} holds a value that cannot be written as YAML: {exc}",
+            hint=f"use only strings, numbers, booleans, lists and mappings in {USER_DATA_KEY}",
         ) from exc
     return "#cloud-config\n" + body
 
@@ -162,14 +167,24 @@ def _merge_dicts(base: dict[str, Any], extra: Mapping[str, Any], path: tuple[str
                 if plain not in current:
                     current.append(plain)
         elif isinstance(current, (dict, list)) or isinstance(value, Mapping) or _is_sequence(value):
+            key = ".".join([USER_DATA_KEY, *key_path])
+            merged = isinstance(current, (dict, list))
+            effect = "merged into the one the lab generates" if merged else "it replaces the generated value"
             raise ConfigError(
-                f"extra_user_data key {'.'.join(key_path)!r} is a {type(value).__name__} "
-                f"but the generated value is a {type(current).__name__}",
-                hint="give that key the same kind of value (list or mapping) so it can be merged",
+                f"{key}: got {value!r} ({_kind(value)}); allowed: {_kind(current)}, {effect}",
+                hint=f"give {key} {_kind(current)} value or remove it",
             )
         else:
             base[key] = _plain(value)
     return base
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if _is_sequence(value):
+        return "a list"
+    return f"a {type(value).__name__}"
 
 
 def _is_sequence(value: object) -> bool:

@@ -1,8 +1,8 @@
 """The lab's layers as Pulumi components, each depending on the one before it.
 
     NexusVm
+      ├─ BaseImage       cloud image in the shared cache (first: it can refuse the disk size)
       ├─ StateDir        the stack's directory (deleted last)
-      ├─ BaseImage       cloud image in the shared cache
       ├─ OverlayDisk     qcow2 on top of the base image
       ├─ CloudInitSeed   SSH key pair + NoCloud ISO
       └─ QemuVm          the QEMU process, ready when SSH and cloud-init are
@@ -52,19 +52,29 @@ class _Dynamic(Resource):
 
 
 class StateDir(pulumi.ComponentResource):
-    def __init__(self, name: str, state_dir: Path, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, state_dir: Path, stack: str | None = None, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__(f"{TYPE_PREFIX}:StateDir", name, None, opts)
-        self.dir = _Dynamic(
-            providers.StateDirProvider(), f"{name}-dir", {"state_dir": str(state_dir)}, (), _child(self)
-        )
+        inputs = {"state_dir": str(state_dir), "stack": stack or pulumi.get_stack()}
+        self.dir = _Dynamic(providers.StateDirProvider(), f"{name}-dir", inputs, (), _child(self))
         self.path = self.dir.id
         self.register_outputs({"path": self.path})
 
 
 class BaseImage(pulumi.ComponentResource):
-    def __init__(self, name: str, config: NexusConfig, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, config: NexusConfig, qemu_img: str, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__(f"{TYPE_PREFIX}:BaseImage", name, None, opts)
-        inputs = {"url": config.image.url, "sha256": config.image.sha256, "cache_dir": str(config.cache_dir)}
+        inputs = {
+            "url": config.image.url,
+            "sha256": config.image.sha256,
+            "cache_dir": str(config.cache_dir),
+            # Not part of the image's identity: the image checks that the disk can hold it.
+            "disk_size": config.vm.disk_size,
+            "qemu_img": qemu_img,
+        }
         self.image = _Dynamic(
             providers.BaseImageProvider(),
             f"{name}-download",
@@ -192,9 +202,15 @@ class NexusVm(pulumi.ComponentResource):
     def __init__(self, name: str, args: NexusVmArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{TYPE_PREFIX}:NexusVm", name, None, opts)
         config = args.config
-        self.state = StateDir(f"{name}-state", config.state_dir, _child(self))
+        # The image first: what only it can tell (its size) fails before the VM's own files exist.
+        self.base_image = BaseImage(f"{name}-image", config, args.qemu_img, _child(self))
+        self.state = StateDir(
+            f"{name}-state",
+            config.state_dir,
+            config.stack,
+            pulumi.ResourceOptions(parent=self, depends_on=[self.base_image]),
+        )
         after_state = pulumi.ResourceOptions(parent=self, depends_on=[self.state])
-        self.base_image = BaseImage(f"{name}-image", config, after_state)
         self.disk = OverlayDisk(
             f"{name}-disk", config, self.base_image, args.qemu_img, args.host, after_state
         )

@@ -9,6 +9,7 @@ filled in. Errors name the key (`nexus:vm.memoryMiB`), the bad value and what is
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 import jsonschema
 
+from . import cloudinit
 from .errors import ConfigError
 from .paths import VmPaths
 
@@ -37,9 +39,11 @@ ACCELERATORS = ("auto", "kvm", "hvf", "whpx", "tcg")
 # Patterns end in \Z, not $: Python's `$` also matches before a trailing newline, which
 # YAML block scalars produce.
 _TOKEN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*\Z"
+_TOKEN_RULE = "a QEMU name: letters, digits, '.', '_', '+' and '-', starting with a letter or digit"
 # Executables and firmware files: a plain program name or a path. Commas would split
 # QEMU's `file=` option; control characters and newlines have no business in a path.
 _PATH = r"^[^\x00-\x1f,]+\Z"
+_PATH_RULE = "a file name or path without commas or control characters"
 _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 
 SCHEMA: dict[str, Any] = {
@@ -56,27 +60,56 @@ SCHEMA: dict[str, Any] = {
                     "minLength": 1,
                     # A URL has no whitespace; anything without a scheme is a local path.
                     "pattern": r"^(https?://\S+|file://\S+|(?![A-Za-z][A-Za-z0-9+.-]+://)[^\x00-\x1f]+)\Z",
-                    "description": "http(s):// URL, file:// URL or local path of a qcow2 cloud image",
+                    "description": "an http:// or https:// URL or a file:// URL (without spaces), "
+                    "or a local file path, of a qcow2 cloud image",
                 },
-                "sha256": {"type": "string", "pattern": r"^[0-9a-fA-F]{64}\Z"},
+                "sha256": {
+                    "type": "string",
+                    "pattern": r"^[0-9a-fA-F]{64}\Z",
+                    "description": "a SHA-256 digest: 64 hexadecimal digits, as `sha256sum` prints it",
+                },
             },
         },
         "vm": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "name": {"type": "string", "pattern": r"^[a-z][a-z0-9-]{0,30}\Z"},
+                "name": {
+                    "type": "string",
+                    "pattern": r"^[a-z][a-z0-9-]{0,30}\Z",
+                    "description": "lowercase letters, digits and '-', starting with a letter, "
+                    "at most 31 characters",
+                },
                 "arch": {"enum": list(ARCHES)},
                 "cpus": {"type": "integer", "minimum": 1, "maximum": 64},
                 "memoryMiB": {"type": "integer", "minimum": 512, "maximum": 262144},
-                "diskSize": {"type": "string", "pattern": r"^[1-9][0-9]{0,5}[MGT]\Z"},
+                "diskSize": {
+                    "type": "string",
+                    "pattern": r"^[1-9][0-9]{0,5}[MGT]\Z",
+                    "description": "a size such as 20G: a whole number (up to 6 digits) and M, G or T",
+                },
                 "accelerator": {"enum": list(ACCELERATORS)},
-                "machine": {"type": "string", "pattern": _TOKEN},
-                "cpuModel": {"type": "string", "pattern": _TOKEN},
-                "qemuBinary": {"type": "string", "minLength": 1, "pattern": _PATH},
-                "qemuImgBinary": {"type": "string", "minLength": 1, "pattern": _PATH},
-                "firmwareCode": {"type": "string", "minLength": 1, "pattern": _PATH},
-                "firmwareVars": {"type": "string", "minLength": 1, "pattern": _PATH},
+                "machine": {"type": "string", "pattern": _TOKEN, "description": _TOKEN_RULE},
+                "cpuModel": {"type": "string", "pattern": _TOKEN, "description": _TOKEN_RULE},
+                "qemuBinary": {"type": "string", "minLength": 1, "pattern": _PATH, "description": _PATH_RULE},
+                "qemuImgBinary": {
+                    "type": "string",
+                    "minLength": 1,
+                    "pattern": _PATH,
+                    "description": _PATH_RULE,
+                },
+                "firmwareCode": {
+                    "type": "string",
+                    "minLength": 1,
+                    "pattern": _PATH,
+                    "description": _PATH_RULE,
+                },
+                "firmwareVars": {
+                    "type": "string",
+                    "minLength": 1,
+                    "pattern": _PATH,
+                    "description": _PATH_RULE,
+                },
                 "bootTimeoutSeconds": {"type": "integer", "minimum": 30, "maximum": 7200},
             },
         },
@@ -108,15 +141,40 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "username": {"type": "string", "pattern": r"^[a-z_][a-z0-9_-]{0,31}\Z"},
-                "hostname": {"type": "string", "pattern": r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z"},
-                "sshPublicKeyFile": {"type": "string", "minLength": 1, "pattern": _PATH},
-                "sshPrivateKeyFile": {"type": "string", "minLength": 1, "pattern": _PATH},
+                "username": {
+                    "type": "string",
+                    "pattern": r"^[a-z_][a-z0-9_-]{0,31}\Z",
+                    "description": "a Linux user name: lowercase letters, digits, '_' and '-', "
+                    "starting with a letter or '_', at most 32 characters",
+                },
+                "hostname": {
+                    "type": "string",
+                    "pattern": r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z",
+                    "description": "a host name: lowercase letters, digits and '-' (not first or last), "
+                    "at most 63 characters",
+                },
+                "sshPublicKeyFile": {
+                    "type": "string",
+                    "minLength": 1,
+                    "pattern": _PATH,
+                    "description": _PATH_RULE,
+                },
+                "sshPrivateKeyFile": {
+                    "type": "string",
+                    "minLength": 1,
+                    "pattern": _PATH,
+                    "description": _PATH_RULE,
+                },
                 "installPackages": {"type": "boolean"},
                 "packages": {
                     "type": "array",
                     "maxItems": 200,
-                    "items": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9+.:=~-]*\Z"},
+                    "items": {
+                        "type": "string",
+                        "pattern": r"^[a-z0-9][a-z0-9+.:=~-]*\Z",
+                        "description": "a package name (lowercase letters, digits and + . : = ~ -), "
+                        "optionally with =version",
+                    },
                 },
                 "userData": {"type": "object"},
             },
@@ -125,8 +183,8 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "stateDir": {"type": "string", "minLength": 1, "pattern": _PATH},
-                "cacheDir": {"type": "string", "minLength": 1, "pattern": _PATH},
+                "stateDir": {"type": "string", "minLength": 1, "pattern": _PATH, "description": _PATH_RULE},
+                "cacheDir": {"type": "string", "minLength": 1, "pattern": _PATH, "description": _PATH_RULE},
             },
         },
     },
@@ -134,7 +192,8 @@ SCHEMA: dict[str, Any] = {
 
 _ALLOWED_BY_KEYWORD: dict[str, Callable[[Any], str]] = {
     "enum": lambda schema: "one of " + ", ".join(repr(v) for v in schema["enum"]),
-    "pattern": lambda schema: f"a string matching {schema['pattern']}",
+    # Users read what is allowed in words; the regex is only the fallback.
+    "pattern": lambda schema: schema.get("description") or f"a string matching {schema['pattern']}",
     "minimum": lambda schema: f"at least {schema['minimum']}",
     "maximum": lambda schema: f"at most {schema['maximum']}",
     "type": lambda schema: f"a value of type {schema['type']}",
@@ -261,7 +320,8 @@ def load_config(raw: Mapping[str, Any], *, stack: str, home: Path) -> NexusConfi
         "stateDir", paths.get("stateDir"), home / ".nexus-nested-vm" / "stacks" / _slug(stack), home
     )
     _check_socket_path_fits(state_dir)
-    return NexusConfig(
+    _check_not_a_shared_root(state_dir, home, paths.get("stateDir"))
+    config = NexusConfig(
         stack=stack,
         image=ImageConfig(url=image.get("url", default_image_url(arch)), sha256=_lower(image.get("sha256"))),
         vm=VmConfig(
@@ -294,6 +354,19 @@ def load_config(raw: Mapping[str, Any], *, stack: str, home: Path) -> NexusConfi
             "cacheDir", paths.get("cacheDir"), home / ".cache" / "nexus-nested-vm" / "images", home
         ),
     )
+    _check_user_data(config)
+    return config
+
+
+def check_disk_fits_base(disk_size: str, base_virtual_size: int) -> None:
+    """The overlay cannot be smaller than the image under it; known once the image is cached."""
+    if disk_size_bytes(disk_size) < base_virtual_size:
+        at_least = -(-base_virtual_size // (1 << 30))
+        raise ConfigError(
+            f"nexus:vm.diskSize: got {disk_size!r}, smaller than the base image's own disk size "
+            f"({base_virtual_size} bytes); allowed: at least {at_least}G",
+            hint=f"set nexus:vm.diskSize to {at_least}G or more",
+        )
 
 
 def _validate(document: Mapping[str, Any]) -> None:
@@ -364,6 +437,76 @@ def _check_socket_path_fits(state_dir: Path) -> None:
             f"({len(str(state_dir).encode())} bytes; allowed: at most {longest_dir})",
             hint="choose a shorter state directory (the default ~/.nexus-nested-vm/stacks/<stack> fits)",
         )
+
+
+# Directories other programs or people share: a stack's files must not be scattered into
+# them, and destroy must never be able to remove them. Compared after normalisation.
+_SHARED_ROOTS = (
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/usr/local",
+    "/var",
+    "/var/tmp",
+    "/Applications",
+    "/Library",
+    "/System",
+    "/Users",
+    "/Volumes",
+    "/private",
+    "/private/tmp",
+    "/private/var",
+)
+_SHARED_HOME_FOLDERS = (".", "Desktop", "Documents", "Downloads", ".cache", ".config", ".local", ".ssh")
+
+
+def _check_not_a_shared_root(state_dir: Path, home: Path, given: str | None) -> None:
+    normal = Path(os.path.normpath(state_dir))
+    shared = {Path(root) for root in _SHARED_ROOTS}
+    shared |= {Path(os.path.normpath(home / folder)) for folder in _SHARED_HOME_FOLDERS}
+    shared |= set(Path(os.path.normpath(home)).parents)
+    # Any root (C:\ on Windows) and the top-level system folders under it.
+    top_level_system = len(normal.parts) == 2 and normal.name.lower() in ("users", "windows", "program files")
+    if normal in shared or normal == Path(normal.anchor) or top_level_system:
+        raise ConfigError(
+            f"nexus:paths.stateDir: got {given or str(state_dir)!r}"
+            + (f" ({state_dir})" if given and given != str(state_dir) else "")
+            + ", a directory other programs share; "
+            "allowed: a directory of this stack's own, such as ~/.nexus-nested-vm/stacks/<stack>",
+            hint="unset nexus:paths.stateDir to use the default, or name a new directory "
+            "(destroy removes the state directory with everything the stack made in it)",
+        )
+
+
+def _check_user_data(config: NexusConfig) -> None:
+    """Render the seed once with a stand-in key, so a clashing userData fails at preview."""
+    guest = config.guest
+    cloudinit.render_user_data(
+        cloudinit.CloudInitSpec(
+            username=guest.username,
+            ssh_public_key="ssh-ed25519 AAAA preview",
+            hostname=guest.hostname,
+            guest_arch=config.vm.arch,
+            install_packages=guest.install_packages,
+            extra_packages=guest.packages,
+            extra_user_data=guest.user_data,
+        )
+    )
 
 
 def _resolve_dir(key: str, value: str | None, default: Path, home: Path) -> Path:

@@ -67,6 +67,11 @@ def cache_entry_dir(cache_dir: Path, url: str) -> Path:
     return cache_dir / hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
 
 
+def cached_image_path(cache_dir: Path, source: ImageSource) -> Path:
+    """Where `fetch_image` keeps the verified image of `source` (it may not exist yet)."""
+    return cache_entry_dir(cache_dir, source.url) / _image_name(source)
+
+
 def expected_digest(source: ImageSource, *, timeout: float = 30.0) -> str:
     """The configured digest, or the one listed for the image in SHA256SUMS next to the URL."""
     if source.sha256 is not None:
@@ -162,7 +167,13 @@ def log_progress(
         last_logged_at = now
         elapsed = now - started_at
         rate = (done - started_bytes) / elapsed / _MIB if elapsed > 0 else 0.0
-        if finished:
+        if finished and started_bytes:
+            # A resumed download: the rate is that of the bytes this run moved, so say which.
+            log(
+                f"downloaded {name}: {done / _MIB:.1f} MiB, resumed at {started_bytes / _MIB:.1f} MiB: "
+                f"{(done - started_bytes) / _MIB:.1f} MiB in {elapsed:.1f} s ({rate:.1f} MiB/s)"
+            )
+        elif finished:
             log(f"downloaded {name}: {done / _MIB:.1f} MiB in {elapsed:.1f} s ({rate:.1f} MiB/s)")
         elif total:
             percent = done * 100 // total
@@ -349,8 +360,9 @@ def _download(
             ) from error
         if total is not None and done < total:
             raise DownloadError(f"download of {url} ended after {done} of {total} bytes", hint=resume_hint)
-        throttle.finish(done)
     _verify(source, partial_path, hasher.hexdigest(), expected)
+    # "downloaded" only once the bytes are known to be the right ones.
+    throttle.finish(done)
 
 
 def _copy_local(
@@ -389,8 +401,8 @@ def _copy_local(
                 f"could not copy {local_path} into {partial_path}: {error.strerror or error}",
                 hint="check that the image is readable and the cache has free space, then re-run",
             ) from error
-        throttle.finish(done)
     _verify(source, partial_path, hasher.hexdigest(), expected)
+    throttle.finish(done)
 
 
 def _verify(source: ImageSource, partial_path: Path, actual: str, expected: str) -> None:
@@ -398,10 +410,13 @@ def _verify(source: ImageSource, partial_path: Path, actual: str, expected: str)
         return
     partial_path.unlink(missing_ok=True)  # never resume onto bytes known to be wrong
     origin = source.sha256_key if source.sha256 is not None else f"the {SUMS_FILE_NAME} next to the image"
+    # Never suggest pinning `actual`: it is the digest of bytes known to be wrong.
     raise DownloadError(
-        f"{source.url} has SHA-256 {actual}, but {expected} was expected (from {origin})",
-        hint=f"if the image changed on purpose, set {source.sha256_key} to {actual}; "
-        "otherwise the file is corrupt or was tampered with: re-run to fetch it again",
+        f"{source.url} has SHA-256 {actual}, but {expected} was expected (from {origin}); "
+        "the bad copy was deleted",
+        hint="re-run to fetch the image again; if the mismatch repeats, the file at that URL is not "
+        "the one expected: take the image's digest from its publisher and check "
+        f"{source.sha256_key}, or use another mirror in {source.url_key}",
     )
 
 
@@ -438,7 +453,9 @@ class _ProgressThrottle:
             progress(done, total)
 
     def update(self, done: int) -> None:
-        if self._progress is not None and done - self._last_reported >= PROGRESS_STEP:
+        # The last chunk is left to finish(), which runs only after the digest matched.
+        complete = self._total is not None and done >= self._total
+        if self._progress is not None and done - self._last_reported >= PROGRESS_STEP and not complete:
             self._last_reported = done
             self._progress(done, self._total)
 

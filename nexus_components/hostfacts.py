@@ -14,8 +14,10 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import VmConfig
+from . import disk, download
+from .config import NexusConfig, VmConfig, check_disk_fits_base
 from .errors import HostToolError
+from .paths import VmPaths, check_state_dir
 from .qemu_argv import HostFacts, default_cpu_model, default_machine, default_qemu_binary
 
 HARDWARE_ACCELERATOR = {"linux": "kvm", "darwin": "hvf", "windows": "whpx"}
@@ -122,6 +124,26 @@ def detect_host(vm: VmConfig, prober: Prober = qemu_can_start) -> HostFacts:
         qemu_binary=qemu,
         firmware_code=find_firmware(vm),
     )
+
+
+def accelerator_note(requested: str, chosen: str) -> str | None:
+    """What `up` should tell a user whose `auto` fell back to software emulation."""
+    if requested != "auto" or chosen != "tcg":
+        return None
+    return (
+        "nexus:vm.accelerator is 'auto' and this host offers no usable hardware accelerator "
+        "(KVM, HVF or WHPX), so QEMU emulates the CPU in software (TCG): the VM boots in minutes, "
+        "not seconds"
+    )
+
+
+def check_before_changes(config: NexusConfig, qemu_img: str) -> None:
+    """What the machine can already tell at preview: a state directory that is not the
+    stack's to use, and a disk smaller than a base image that is already in the cache."""
+    check_state_dir(VmPaths(config.state_dir), stack=config.stack)
+    cached = download.cached_image_path(config.cache_dir, download.ImageSource(url=config.image.url))
+    if cached.is_file():
+        check_disk_fits_base(config.vm.disk_size, disk.virtual_size(qemu_img, cached))
 
 
 def _hardware_present(os_name: str) -> bool:

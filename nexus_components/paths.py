@@ -2,13 +2,25 @@
 
 Create, delete and the tests all go through `VmPaths`, so `pulumi destroy` can remove
 exactly what the stack made and nothing else, even in a directory the user chose.
+
+A state directory carries a marker file naming its stack and the directories `up`
+created for it: a directory without one that already holds files is the user's, and
+`up` refuses it at preview instead of writing into it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .errors import ConfigError
+
+MARKER_NAME = ".nexus-nested-vm"
+STATE_DIR_KEY = "nexus:paths.stateDir"
 
 
 @dataclass(frozen=True)
@@ -23,6 +35,10 @@ class VmPaths:
         if self.qmp_tcp_port is not None:
             return ("127.0.0.1", self.qmp_tcp_port)
         return str(self.qmp_socket)
+
+    @property
+    def marker(self) -> Path:
+        return self.state_dir / MARKER_NAME
 
     @property
     def overlay_disk(self) -> Path:
@@ -95,10 +111,107 @@ class VmPaths:
             self.overlay_disk,
             self.ssh_private_key,
             self.ssh_public_key,
+            self.marker,
         )
 
     def all_dirs(self) -> tuple[Path, ...]:
         return (self.ssh_dir, self.state_dir)
+
+
+@dataclass(frozen=True)
+class StateDirMarker:
+    """What the marker file records: whose directory this is and what `up` created."""
+
+    stack: str
+    created_dirs: tuple[Path, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def read(cls, paths: VmPaths) -> StateDirMarker | None:
+        try:
+            document = json.loads(paths.marker.read_text())
+            return cls(str(document["stack"]), tuple(Path(d) for d in document.get("created_dirs", [])))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def write(self, paths: VmPaths) -> None:
+        document = {
+            "written_by": "nexus-nested-vm",
+            "stack": self.stack,
+            "created_dirs": [str(d) for d in self.created_dirs],
+        }
+        paths.marker.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def check_state_dir(paths: VmPaths, *, stack: str) -> None:
+    """Refuse, before anything changes, a state directory that is not ours to write into."""
+    state_dir = paths.state_dir
+    for path in (state_dir, *state_dir.parents):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(
+                f"{STATE_DIR_KEY}: {str(state_dir)!r} cannot be a directory: {path} is a file",
+                hint=f"set {STATE_DIR_KEY} to a directory path (it is created if missing)",
+            )
+    if not state_dir.is_dir():
+        return
+    marker = StateDirMarker.read(paths)
+    if marker is not None:
+        if marker.stack != stack:
+            raise ConfigError(
+                f"{STATE_DIR_KEY}: {state_dir} belongs to the stack {marker.stack!r}, not {stack!r}",
+                hint=f"give every stack its own {STATE_DIR_KEY}",
+            )
+        return
+    try:
+        entries = sorted(entry.name for entry in state_dir.iterdir())
+    except OSError as error:
+        raise ConfigError(
+            f"{STATE_DIR_KEY}: {state_dir} cannot be read: {error.strerror or error}",
+            hint=f"fix its permissions or choose another {STATE_DIR_KEY}",
+        ) from error
+    if entries and not _made_by_an_earlier_version(paths, entries):
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise ConfigError(
+            f"{STATE_DIR_KEY}: {state_dir} already exists and holds files nexus-nested-vm did not "
+            f"create ({shown})",
+            hint=f"choose a new or empty directory for {STATE_DIR_KEY} "
+            "(the default ~/.nexus-nested-vm/stacks/<stack> is one); the lab never writes into "
+            "or deletes from a directory that is not its own",
+        )
+
+
+def _made_by_an_earlier_version(paths: VmPaths, entries: Sequence[str]) -> bool:
+    # Stacks made before the marker existed: only our own file names, and the disk or the seed.
+    ours = {path.name for path in paths.all_files() if path.parent == paths.state_dir}
+    ours.add(paths.ssh_dir.name)
+    return set(entries) <= ours and bool({paths.overlay_disk.name, paths.seed_iso.name} & set(entries))
+
+
+def make_state_dir(paths: VmPaths, *, stack: str) -> tuple[Path, ...]:
+    """Create the state directory (and missing parents) and mark it as this stack's.
+
+    Returns the directories created, outermost first; only those are made private
+    (0700) and only those are removed again on destroy. A re-run after an interrupted
+    `up` keeps what the first run recorded.
+    """
+    check_state_dir(paths, stack=stack)
+    previous = StateDirMarker.read(paths)
+    missing = [path for path in (paths.state_dir, *paths.state_dir.parents) if not path.exists()]
+    created = tuple(reversed(missing))
+    for directory in created:
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue  # made by someone else meanwhile: then it is not ours
+        except OSError as error:
+            raise ConfigError(
+                f"{STATE_DIR_KEY}: cannot create {directory}: {error.strerror or error}",
+                hint=f"choose a {STATE_DIR_KEY} in a directory you can write to",
+            ) from error
+        os.chmod(directory, 0o700)
+    if previous is not None:
+        created = previous.created_dirs + tuple(d for d in created if d not in previous.created_dirs)
+    StateDirMarker(stack, created).write(paths)
+    return created
 
 
 def remove_quietly(path: Path) -> None:
@@ -107,19 +220,27 @@ def remove_quietly(path: Path) -> None:
         path.unlink()
 
 
-def remove_stack_files(paths: VmPaths) -> list[Path]:
-    """Remove every known file and then the directories if empty.
+def remove_stack_files(paths: VmPaths, created_dirs: Sequence[Path] | None = None) -> list[Path]:
+    """Remove every known file, then the directories `up` created if they are empty.
 
+    `created_dirs` comes from the marker (or, if it is gone, from the stack's state);
+    without either, the state directory counts as ours, as before markers existed.
     Returns what had to be kept (a directory holding files we did not create).
     """
+    marker = StateDirMarker.read(paths)
+    if created_dirs is None:
+        created_dirs = marker.created_dirs if marker is not None else (paths.state_dir,)
     for path in paths.all_files():
         remove_quietly(path)
+    # Deepest first, so a parent is empty by the time its turn comes.
+    ours = sorted(set(created_dirs), key=lambda d: len(d.parts), reverse=True)
     kept = []
-    for directory in paths.all_dirs():
+    for directory in (paths.ssh_dir, *ours):
         try:
             directory.rmdir()
         except FileNotFoundError:
             pass
         except OSError:
-            kept.append(directory)
+            if directory.is_relative_to(paths.state_dir):
+                kept.append(directory)
     return kept

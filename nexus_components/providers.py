@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import shutil
 import sys
+import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,13 +23,40 @@ from typing import Any, TypeVar, cast
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
 from . import cloudinit, disk, download, seed_iso, ssh, vm_process
-from .config import NetworkConfig, PortForward
+from .config import NetworkConfig, PortForward, check_disk_fits_base
 from .errors import NexusError, VmError
-from .paths import VmPaths, remove_quietly, remove_stack_files
+from .paths import StateDirMarker, VmPaths, make_state_dir, remove_quietly, remove_stack_files
 from .qemu_argv import DISK_ID
 
 Props = dict[str, Any]
 Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+class _MessageOnlyTraceback:
+    """Stands in for the `traceback` module inside the dynamic-provider host.
+
+    The host (pulumi.dynamic's __main__) sends `traceback.format_exc()` to the engine as
+    the error of every failed call. Our errors already say what failed, the command and
+    the next step, so for them the message alone is sent; any other exception (a bug)
+    keeps its full traceback.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(traceback, name)
+
+    @staticmethod
+    def format_exc(limit: int | None = None, chain: bool = True) -> str:
+        error = sys.exc_info()[1]
+        if isinstance(error, NexusError):
+            return str(error)
+        return traceback.format_exc(limit, chain)
+
+
+def _report_our_errors_without_traceback() -> None:
+    host = sys.modules.get("__main__")
+    spec = getattr(host, "__spec__", None)
+    if getattr(spec, "name", None) == "pulumi.dynamic.__main__" and hasattr(host, "traceback"):
+        host.traceback = _MessageOnlyTraceback()  # type: ignore[union-attr]
 
 
 def _clean_errors(method: Method) -> Method:
@@ -36,6 +64,7 @@ def _clean_errors(method: Method) -> Method:
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _report_our_errors_without_traceback()
         try:
             return method(*args, **kwargs)
         except NexusError as error:
@@ -59,6 +88,10 @@ def _changed(olds: Props, news: Props, keys: tuple[str, ...]) -> list[str]:
     return [key for key in keys if olds.get(key) != news.get(key)]
 
 
+def _recorded_pid(props: Props) -> int | None:
+    return int(props.get("pid") or 0) or None
+
+
 def _paths(props: Props) -> VmPaths:
     qmp_tcp_port = props.get("qmp_tcp_port")
     return VmPaths(Path(props["state_dir"]), int(qmp_tcp_port) if qmp_tcp_port else None)
@@ -69,10 +102,8 @@ class StateDirProvider(ResourceProvider):
     """The stack's directory; deleted last, taking every file the stack made with it."""
 
     def create(self, props: Props) -> CreateResult:
-        state_dir = Path(props["state_dir"])
-        state_dir.mkdir(parents=True, exist_ok=True)
-        state_dir.chmod(0o700)
-        return CreateResult(id_=str(state_dir), outs=props)
+        created = make_state_dir(_paths(props), stack=props["stack"])
+        return CreateResult(id_=props["state_dir"], outs={**props, "created_dirs": [str(d) for d in created]})
 
     def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
         replaces = _changed(olds, news, ("state_dir",))
@@ -83,8 +114,12 @@ class StateDirProvider(ResourceProvider):
     def delete(self, _id: str, props: Props) -> None:
         # A QEMU whose create was interrupted (Ctrl-C) never reached the state; its pid
         # file is still here, and it must not outlive the stack.
-        vm_process.stop(_paths(props), powerdown_timeout=10, log=lambda line: _say("state", line))
-        for kept in remove_stack_files(_paths(props)):
+        paths = _paths(props)
+        vm_process.stop(paths, powerdown_timeout=10, log=lambda line: _say("state", line))
+        # The marker names the directories up created; the state is the fallback if it is gone.
+        recorded = [Path(d) for d in props["created_dirs"]] if "created_dirs" in props else None
+        created = None if StateDirMarker.read(paths) is not None else recorded
+        for kept in remove_stack_files(paths, created):
             _say("state", f"kept {kept}: it holds files nexus-nested-vm did not create")
 
 
@@ -102,10 +137,21 @@ class BaseImageProvider(ResourceProvider):
             Path(props["cache_dir"]),
             progress=download.log_progress(lambda line: _say("image", line), name),
         )
-        outs = {**props, "path": str(image.path), "digest": image.sha256, "size": image.size}
+        # Checked here, before any of the VM's own resources exist.
+        virtual_size = disk.virtual_size(props["qemu_img"], image.path)
+        check_disk_fits_base(props["disk_size"], virtual_size)
+        outs = {
+            **props,
+            "path": str(image.path),
+            "digest": image.sha256,
+            "size": image.size,
+            "virtual_size": virtual_size,
+        }
         return CreateResult(id_=image.sha256, outs=outs)
 
     def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
+        if olds.get("virtual_size") and not _changed(olds, news, self.KEYS):
+            check_disk_fits_base(news["disk_size"], int(olds["virtual_size"]))
         replaces = _changed(olds, news, self.KEYS)
         if not Path(olds.get("path", "")).is_file():
             replaces.append("path")
@@ -266,12 +312,12 @@ class QemuVmProvider(ResourceProvider):
     RESTART_KEYS = ("argv", "ssh_port", "forwards", "bind_address", "username", "private_key", "instance_id")
 
     def create(self, props: Props) -> CreateResult:
-        return CreateResult(id_=props["name"], outs=self._start(props))
+        return CreateResult(id_=props["name"], outs=self._start(props, adopt=True))
 
     def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
         replaces = _changed(olds, news, ("state_dir", "overlay_id"))
         restart = _changed(olds, news, self.RESTART_KEYS)
-        if vm_process.running_pid(_paths(olds)) is None:
+        if vm_process.running_pid(_paths(olds), _recorded_pid(olds)) is None:
             restart.append("running")  # killed or host rebooted: start it again on the same disk
         return DiffResult(changes=bool(replaces or restart), replaces=replaces, delete_before_replace=True)
 
@@ -292,18 +338,25 @@ class QemuVmProvider(ResourceProvider):
             remove_quietly(path)
 
     def read(self, id_: str, props: Props) -> ReadResult:
-        pid = vm_process.running_pid(_paths(props))
+        pid = vm_process.running_pid(_paths(props), _recorded_pid(props))
         return ReadResult(id_=id_, outs={**props, "pid": pid or 0})
 
     @staticmethod
     def _stop(props: Props) -> None:
-        vm_process.stop(_paths(props), log=lambda line: _say("vm", line))
+        # The recorded pid finds the VM even if its pid file or state directory is gone.
+        vm_process.stop(_paths(props), recorded_pid=_recorded_pid(props), log=lambda line: _say("vm", line))
 
     @staticmethod
-    def _start(props: Props) -> Props:
+    def _start(props: Props, *, adopt: bool = False) -> Props:
         paths = _paths(props)
-        # A QEMU of ours from an interrupted run would hold the disk and the ports.
-        vm_process.stop(paths, log=lambda line: _say("vm", line))
+        leftover = vm_process.vm_pids(paths)
+        # An up killed while the VM booted (Ctrl-C twice) leaves QEMU running with this
+        # very command line. Stopping it mid-boot would cut cloud-init's first run short
+        # and leave the guest half set up on this disk, so the create waits for it instead.
+        adopted = adopt and len(leftover) == 1 and vm_process.runs_argv(leftover[0], props["argv"])
+        if not adopted:
+            # Any other QEMU of ours would hold the disk and the ports.
+            vm_process.stop(paths, log=lambda line: _say("vm", line))
         # Numbers come back from the engine as floats.
         network = NetworkConfig(
             bind_address=props["bind_address"],
@@ -313,8 +366,9 @@ class QemuVmProvider(ResourceProvider):
                 for forward in props["forwards"]
             ),
         )
-        vm_process.check_ports_free(network, qmp_tcp_port=paths.qmp_tcp_port)
-        _ensure_firmware_vars(paths, props.get("firmware_code"), props.get("firmware_vars_template"))
+        if not adopted:
+            vm_process.check_ports_free(network, qmp_tcp_port=paths.qmp_tcp_port)
+            _ensure_firmware_vars(paths, props.get("firmware_code"), props.get("firmware_vars_template"))
         target = ssh.SshTarget(
             host=props["ssh_host"],
             port=network.ssh_port,
@@ -325,12 +379,22 @@ class QemuVmProvider(ResourceProvider):
         paths.connect_script.chmod(0o755)
         paths.ssh_config.write_text(ssh.ssh_config_entry(props["name"], target))
 
-        resources = f"{props['cpus']:.0f} vCPU, {props['memory_mib']:.0f} MiB"
-        _say("vm", f"starting QEMU ({props['accelerator']}, {resources})")
-        pid = vm_process.launch(props["argv"], paths)
+        if adopted:
+            pid = leftover[0]
+            _say("vm", f"QEMU (pid {pid}) of an interrupted up is still booting this VM; waiting for it")
+        else:
+            resources = f"{props['cpus']:.0f} vCPU, {props['memory_mib']:.0f} MiB"
+            _say("vm", f"starting QEMU ({props['accelerator']}, {resources})")
+            # The ready line must come from this boot, not from the last one's console.
+            remove_quietly(paths.serial_log)
+            pid = vm_process.launch(props["argv"], paths)
         try:
             seconds = vm_process.wait_until_ready(
-                target, paths, timeout=props["boot_timeout_seconds"], log=lambda line: _say("vm", line)
+                target,
+                paths,
+                timeout=props["boot_timeout_seconds"],
+                log=lambda line: _say("vm", line),
+                ready_line=cloudinit.READY_LINE,
             )
         except BaseException:
             # Nothing half-made: a VM that never became ready is not left running.

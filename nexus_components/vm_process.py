@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -121,19 +122,90 @@ def _wait_for_file(path: Path, *, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def running_pid(paths: VmPaths) -> int | None:
-    """The pid of this stack's QEMU, or None if it is not running (killed, host rebooted)."""
+def running_pid(paths: VmPaths, recorded_pid: int | None = None) -> int | None:
+    """The pid of this stack's QEMU, or None if it is not running (killed, host rebooted).
+
+    Looks at the pid file and at the pid the stack's state recorded, so a VM whose pid
+    file (or whole state directory) was deleted by hand is still found.
+    """
+    pids = vm_pids(paths, recorded_pid, scan=False)
+    return pids[0] if pids else None
+
+
+def vm_pids(paths: VmPaths, recorded_pid: int | None = None, *, scan: bool = True) -> list[int]:
+    """Every live QEMU of this stack: the pid file's, the recorded one, and (with `scan`)
+    any process whose command line names this stack's pid file, such as a QEMU started
+    by an `up` that was killed before it could record anything."""
+    candidates = []
+    from_file = _pid_file_pid(paths)
+    if from_file is not None and _is_our_vm(from_file, paths, trust_unknown=True):
+        candidates.append(from_file)
+    # A reused pid after a reboot must not be mistaken for our VM: it has to name our pid file.
+    if recorded_pid and _is_our_vm(recorded_pid, paths, trust_unknown=False):
+        candidates.append(recorded_pid)
+    if scan:
+        identity = _identity(paths)
+        candidates += [pid for pid, command in _process_table() if identity in command and _alive(pid)]
+    return list(dict.fromkeys(candidates))
+
+
+def _pid_file_pid(paths: VmPaths) -> int | None:
     try:
-        pid = int(paths.pid_file.read_text().strip())
+        return int(paths.pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
-    if not _alive(pid):
-        return None
-    # A reused pid after a reboot must not be mistaken for our VM.
+
+
+def _identity(paths: VmPaths) -> str:
+    # QEMU's own -pidfile argument: unique per stack, and on its command line for its lifetime.
+    return f"-pidfile {paths.pid_file}"
+
+
+def _is_our_vm(pid: int, paths: VmPaths, *, trust_unknown: bool) -> bool:
+    if pid <= 0 or pid == os.getpid() or not _alive(pid):
+        return False
     command_line = process_command_line(pid)
-    if command_line is not None and str(paths.pid_file) not in command_line:
-        return None
-    return pid
+    if command_line is None:
+        return trust_unknown  # no /proc and no ps (Windows): only the pid file is trusted
+    return _identity(paths) in command_line
+
+
+def _process_table(proc: Path = Path("/proc")) -> list[tuple[int, str]]:
+    """(pid, command line) of every process we can see; empty where neither /proc nor ps exist."""
+    if proc.is_dir():
+        table = []
+        for cmdline in proc.glob("[0-9]*/cmdline"):
+            try:
+                table.append((int(cmdline.parent.name), cmdline.read_bytes().replace(b"\0", b" ").decode()))
+            except (OSError, ValueError, UnicodeDecodeError):
+                continue
+        return table
+    if sys.platform == "win32":
+        return []
+    try:
+        result = subprocess.run(
+            ["ps", "-axww", "-o", "pid=,command="], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    table = []
+    for line in result.stdout.splitlines():
+        pid, _, command = line.strip().partition(" ")
+        if pid.isdigit():
+            table.append((int(pid), command))
+    return table
+
+
+def runs_argv(pid: int, argv: Sequence[str], proc: Path = Path("/proc")) -> bool:
+    """Whether the process runs exactly this command line (False where that cannot be told)."""
+    cmdline = proc / str(pid) / "cmdline"
+    if cmdline.exists():
+        try:
+            return cmdline.read_bytes().decode(errors="replace").split("\0")[:-1] == list(argv)
+        except OSError:
+            return False
+    command_line = process_command_line(pid, proc)
+    return command_line is not None and command_line.strip() == " ".join(argv)
 
 
 def process_command_line(pid: int, proc: Path = Path("/proc")) -> str | None:
@@ -153,67 +225,172 @@ def process_command_line(pid: int, proc: Path = Path("/proc")) -> str | None:
 
 
 def wait_until_ready(
-    target: SshTarget, paths: VmPaths, *, timeout: float, log: Log, poll_seconds: float = 3.0
+    target: SshTarget,
+    paths: VmPaths,
+    *,
+    timeout: float,
+    log: Log,
+    ready_line: str | None = None,
+    fallback_poll_seconds: float = 10.0,
+    tick_seconds: float = 0.2,
 ) -> float:
-    """Block until SSH answers and cloud-init is done; return the seconds it took."""
+    """Block until SSH answers and cloud-init is done; return the seconds it took.
+
+    The guest announces the end of cloud-init with `ready_line` on its serial console,
+    which QEMU writes to a file: the host notices within a tick and checks SSH once.
+    SSH is also tried every `fallback_poll_seconds`, for images whose console is not on
+    the serial port; each try (`cloud-init status --wait`) itself waits for cloud-init
+    once SSH answers.
+    """
     started = time.monotonic()
     deadline = started + timeout
-    announced_ssh = False
-    last_report = started
-    while True:
-        if running_pid(paths) is None:
-            raise VmError(
-                "QEMU exited while the VM was booting",
-                output=serial_tail(paths),
-                hint=f"the serial console log is {paths.serial_log}",
-            )
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise VmError(
-                f"the VM was not ready within {timeout:.0f} s "
-                f"(SSH on {target.host}:{target.port} and cloud-init)",
-                output=serial_tail(paths),
-                hint="raise nexus:vm.bootTimeoutSeconds if the guest is just slow (TCG is), "
-                f"or read {paths.serial_log}",
-            )
-        probe = target.argv(["cloud-init", "status", "--wait"], connect_timeout=5)
-        try:
-            result = subprocess.run(probe, capture_output=True, text=True, timeout=remaining, check=False)
-        except subprocess.TimeoutExpired:
-            continue
-        if result.returncode in _CLOUD_INIT_OK:
-            return time.monotonic() - started
-        if result.returncode != _SSH_UNREACHABLE:
-            raise VmError(
-                "cloud-init finished with an error inside the VM",
-                command=probe,
-                output=result.stdout + result.stderr,
-                hint="read /var/log/cloud-init-output.log in the VM (ssh in with the sshCommand output)",
-            )
-        if not announced_ssh or time.monotonic() - last_report > 30:
-            log(f"waiting for SSH on {target.host}:{target.port} ({time.monotonic() - started:.0f} s so far)")
-            announced_ssh, last_report = True, time.monotonic()
-        time.sleep(poll_seconds)
-
-
-def stop(paths: VmPaths, *, powerdown_timeout: float = 60.0, log: Log = lambda _: None) -> None:
-    """ACPI powerdown, bounded wait, QMP quit, then SIGKILL; runtime files go in any case."""
+    engine = _engine_lineage()
+    watcher = SerialWatcher(paths.serial_log, ready_line) if ready_line else None
+    probe_argv = target.argv(["cloud-init", "status", "--wait"], connect_timeout=5)
+    probe: subprocess.Popen[str] | None = None
+    next_probe_at = started + (fallback_poll_seconds if watcher else 0.0)
+    signalled = False
+    last_report = started - 30.0
     try:
-        pid = running_pid(paths)
-        if pid is None:
-            return
-        if _qmp(paths, "system_powerdown") and _wait_gone(pid, powerdown_timeout):
-            log(f"VM powered off (pid {pid})")
-            return
-        log(f"VM did not power off within {powerdown_timeout:.0f} s; stopping QEMU")
-        if _qmp(paths, "quit") and _wait_gone(pid, 10):
-            return
-        _kill(pid)
-        if not _wait_gone(pid, 10):
-            raise VmError(f"QEMU (pid {pid}) survived SIGKILL", hint="stop it by hand: kill -9 " + str(pid))
+        while True:
+            now = time.monotonic()
+            if running_pid(paths) is None:
+                raise VmError(
+                    "QEMU exited while the VM was booting",
+                    output=serial_tail(paths),
+                    hint=f"the serial console log is {paths.serial_log}",
+                )
+            if _engine_lineage() != engine:
+                # The engine was killed (Ctrl-C twice): nobody waits for this VM any more.
+                raise VmError("pulumi stopped while the VM was booting", hint="run `up` again")
+            if now >= deadline:
+                raise VmError(
+                    f"the VM was not ready within {timeout:.0f} s "
+                    f"(SSH on {target.host}:{target.port} and cloud-init)",
+                    output=serial_tail(paths),
+                    hint="raise nexus:vm.bootTimeoutSeconds if the guest is just slow (TCG is), "
+                    f"or read {paths.serial_log}",
+                )
+            if watcher is not None and not signalled and watcher.seen():
+                signalled = True
+                next_probe_at = now
+                log(f"cloud-init finished after {now - started:.0f} s; checking SSH")
+            if probe is None and now >= next_probe_at:
+                probe = subprocess.Popen(
+                    probe_argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                )
+            if probe is not None and probe.poll() is not None:
+                output = probe.communicate()[0]
+                returncode, probe = probe.returncode, None
+                if returncode in _CLOUD_INIT_OK:
+                    return time.monotonic() - started
+                if returncode != _SSH_UNREACHABLE:
+                    raise VmError(
+                        "cloud-init finished with an error inside the VM",
+                        command=probe_argv,
+                        output=output,
+                        hint="read /var/log/cloud-init-output.log in the VM "
+                        "(ssh in with the sshCommand output)",
+                    )
+                next_probe_at = now + (1.0 if signalled else fallback_poll_seconds)
+            if now - last_report >= 30:
+                log(
+                    f"waiting for cloud-init and SSH on {target.host}:{target.port} "
+                    f"({now - started:.0f} s so far)"
+                )
+                last_report = now
+            time.sleep(tick_seconds)
+    finally:
+        if probe is not None:
+            probe.kill()
+            probe.wait()
+
+
+def _engine_lineage(proc: Path = Path("/proc")) -> tuple[int, int | None]:
+    """Our parent and its parent. The engine may run the provider through a wrapper script,
+    so the engine's death shows as the wrapper being re-parented."""
+    parent = os.getppid()
+    try:
+        stat = (proc / str(parent) / "stat").read_text()
+        return parent, int(stat.rsplit(")", 1)[-1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return parent, None
+
+
+class SerialWatcher:
+    """Notices a line in the serial console file as QEMU appends to it."""
+
+    def __init__(self, path: Path, needle: str) -> None:
+        self._path = path
+        self._needle = needle.encode()
+        self._offset = 0
+        self._carry = b""  # the end of the last read, for a needle split across two reads
+
+    def seen(self) -> bool:
+        try:
+            with self._path.open("rb") as serial:
+                serial.seek(self._offset)
+                chunk = serial.read()
+        except OSError:
+            return False
+        self._offset += len(chunk)
+        window = self._carry + chunk
+        self._carry = window[-len(self._needle) :]
+        return self._needle in window
+
+
+def stop(
+    paths: VmPaths,
+    *,
+    recorded_pid: int | None = None,
+    powerdown_timeout: float = 60.0,
+    log: Log = lambda _: None,
+) -> None:
+    """Stop every QEMU of this stack: ACPI powerdown, bounded wait, QMP quit, SIGTERM,
+    then SIGKILL. Runtime files go in any case; a QEMU that survives is an error."""
+    try:
+        for pid in vm_pids(paths, recorded_pid):
+            _stop_one(paths, pid, powerdown_timeout, log)
     finally:
         for path in paths.runtime_files():
             remove_quietly(path)
+
+
+def _stop_one(paths: VmPaths, pid: int, powerdown_timeout: float, log: Log) -> None:
+    # QMP reaches only the QEMU that wrote the pid file; any other gets signals.
+    has_monitor = _pid_file_pid(paths) == pid
+    if has_monitor and _qmp(paths, "system_powerdown") and _wait_gone(pid, powerdown_timeout):
+        log(f"VM powered off (pid {pid})")
+        return
+    if has_monitor:
+        log(f"VM did not power off within {powerdown_timeout:.0f} s; stopping QEMU")
+        if _qmp(paths, "quit") and _wait_gone(pid, 10):
+            return
+    else:
+        log(f"stopping QEMU (pid {pid}), whose control socket is gone")
+    # QEMU flushes its disks and exits on SIGTERM.
+    _signal(pid, signal.SIGTERM)
+    if _wait_gone(pid, 10):
+        return
+    _signal(pid, signal.SIGKILL if sys.platform != "win32" else signal.SIGTERM)
+    if not _wait_gone(pid, 10):
+        raise VmError(f"QEMU (pid {pid}) survived SIGKILL", hint=f"stop it by hand: kill -9 {pid}")
+
+
+# CSI (colours, cursor), OSC (titles), charset selection, and the two-byte escapes (ESC c).
+_ANSI_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-Za-z]|[0-~])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def clean_console_text(text: str) -> str:
+    """Console output as plain lines: no colour or cursor codes, no runs of blank lines."""
+    text = _ANSI_ESCAPE.sub("", text.replace("\r\n", "\n")).replace("\r", "\n")
+    lines = [_CONTROL.sub("", line).rstrip() for line in text.split("\n")]
+    kept: list[str] = []
+    for line in lines:
+        if line or (kept and kept[-1]):
+            kept.append(line)
+    return "\n".join(kept).strip("\n")
 
 
 def serial_tail(paths: VmPaths, lines: int = 40) -> str:
@@ -221,7 +398,7 @@ def serial_tail(paths: VmPaths, lines: int = 40) -> str:
         text = paths.serial_log.read_text(errors="replace")
     except OSError:
         return "(no serial console output)"
-    return "last lines of the serial console:\n" + "\n".join(text.splitlines()[-lines:])
+    return "last lines of the serial console:\n" + "\n".join(clean_console_text(text).splitlines()[-lines:])
 
 
 def qmp_execute(paths: VmPaths, command: str, **arguments: object) -> object:
@@ -259,7 +436,7 @@ def _qmp(paths: VmPaths, command: str) -> bool:
 def _stop_pid_file_process(paths: VmPaths) -> None:
     pid = running_pid(paths)
     if pid is not None:
-        _kill(pid)
+        _signal(pid, signal.SIGKILL if sys.platform != "win32" else signal.SIGTERM)
         _wait_gone(pid, 10)
 
 
@@ -304,6 +481,13 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return not _alive(pid)
 
 
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL if sys.platform != "win32" else signal.SIGTERM)
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+    except PermissionError as error:
+        raise VmError(
+            f"cannot stop QEMU (pid {pid}): {error.strerror}",
+            hint=f"it runs as another user: stop it as that user (kill {pid})",
+        ) from error

@@ -5,16 +5,24 @@ HTTP with a SHA256SUMS file, and a throwaway stack boots it under TCG. One VM li
 through the whole lifecycle a developer goes through, in order:
 
     preview -> up -> ssh -> no-op up -> grow disk -> change memory -> kill -9 -> up -> destroy
+
+The tests marked only `engine` stop before a guest boots (a blank 1 GiB qcow2 stands in
+for the image): what must fail at preview, or before the VM's own resources, and how a
+provider's error reads.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
+import json
 import os
 import re
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -25,9 +33,9 @@ from typing import Any
 import pytest
 
 from tests.support.debian_image import IMAGE_NAME, ensure_test_image
-from tests.support.pulumi_cli import PulumiCli, project_view
+from tests.support.pulumi_cli import REPO, PulumiCli, project_view
 
-pytestmark = [pytest.mark.engine, pytest.mark.vm]
+pytestmark = [pytest.mark.engine]
 
 
 def free_port() -> int:
@@ -144,6 +152,7 @@ def mem_total_kib(outputs: dict[str, Any]) -> int:
     return int(re.findall(r"\d+", line)[0])
 
 
+@pytest.mark.vm
 def test_bad_config_fails_before_anything_is_made(tmp_path: Path, image_url: str) -> None:
     cli = lab_stack(tmp_path, "bad")
     config = lab_config(tmp_path, image_url, free_port(), free_port())
@@ -162,6 +171,7 @@ def test_bad_config_fails_before_anything_is_made(tmp_path: Path, image_url: str
     assert [r["type"] for r in cli.resources()] in ([], ["pulumi:pulumi:Stack"])
 
 
+@pytest.mark.vm
 def test_boot_timeout_shows_the_serial_console_and_leaves_no_vm(tmp_path: Path, image_url: str) -> None:
     cli = lab_stack(tmp_path, "slow")
     config = lab_config(tmp_path, image_url, free_port(), free_port())
@@ -177,6 +187,9 @@ def test_boot_timeout_shows_the_serial_console_and_leaves_no_vm(tmp_path: Path, 
     assert "raise nexus:vm.bootTimeoutSeconds" in output
     # The engine prints a provider's traceback; ours is cut to the message itself.
     assert "vm_process.py" not in output, output
+    assert "Traceback" not in output, output
+    tail = output[output.index("last lines of the serial console") :]
+    assert "\x1b" not in tail and "\n\n\n" not in tail, "escape codes and blank runs are stripped"
     assert qemu_processes_of(state_dir) == [], "a VM that never became ready is not left running"
 
     cli.destroy()
@@ -184,6 +197,7 @@ def test_boot_timeout_shows_the_serial_console_and_leaves_no_vm(tmp_path: Path, 
     assert cli.resources() == []
 
 
+@pytest.mark.vm
 def test_lab_lifecycle(tmp_path: Path, image_url: str) -> None:
     ssh_port, http_port = free_port(), free_port()
     cli = lab_stack(tmp_path, "lab")
@@ -201,7 +215,9 @@ def test_lab_lifecycle(tmp_path: Path, image_url: str) -> None:
         first = cli.up()
         # Progress on the long steps reaches the user while `up` runs.
         assert "[image] downloaded debian-12-nexus-test.qcow2" in first.stdout, first.stdout
-        assert "[vm] waiting for SSH" in first.stdout
+        assert "[vm] waiting for cloud-init and SSH" in first.stdout
+        # The guest's own signal on the serial console ended the wait, not an SSH poll.
+        assert re.search(r"\[vm\] cloud-init finished after \d+ s; checking SSH", first.stdout), first.stdout
         assert "[vm] ready after" in first.stdout
         print(f"first up (download + boot to SSH + cloud-init): {time.monotonic() - started:.0f} s")
         outputs = cli.outputs()
@@ -267,3 +283,233 @@ def test_lab_lifecycle(tmp_path: Path, image_url: str) -> None:
     assert cli.resources() == []
     cached = list(cache_dir.rglob(IMAGE_NAME))
     assert len(cached) == 1 and cached[0].stat().st_size > 0, "the shared image cache stays"
+
+
+# --- errors before changes, without booting a guest ------------------------------------------
+
+
+@pytest.fixture
+def blank_image(tmp_path: Path) -> dict[str, str]:
+    """A 1 GiB blank qcow2 as the base image: enough for every layer up to QEMU."""
+    image = tmp_path / "images" / "blank.qcow2"
+    image.parent.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "1G"], check=True)
+    return {"url": str(image), "sha256": hashlib.sha256(image.read_bytes()).hexdigest()}
+
+
+def blank_stack(tmp_path: Path, image: dict[str, str], name: str, **sections: dict[str, Any]) -> PulumiCli:
+    cli = lab_stack(tmp_path, name)
+    config = lab_config(tmp_path, image["url"], free_port(), free_port())
+    config["nexus:image"] = image
+    config["nexus:vm"]["diskSize"] = "2G"
+    for section, values in sections.items():
+        config[f"nexus:{section}"].update(values)
+    cli.init(config)
+    return cli
+
+
+def engine_output(result: subprocess.CompletedProcess[str]) -> str:
+    return result.stdout + result.stderr
+
+
+def assert_no_traceback(output: str) -> None:
+    for trace in ("Traceback", 'File "', "nexus_components.errors", "vm_process.py"):
+        assert trace not in output, output
+
+
+def test_a_provider_error_reads_like_a_config_error(tmp_path: Path, blank_image: dict[str, str]) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        cli = blank_stack(tmp_path, blank_image, "busy", network={"sshPort": busy})
+        result = cli.up(check=False)
+    output = engine_output(result)
+    assert result.returncode != 0
+    assert f"nexus:network.sshPort: host port {busy} on 127.0.0.1 is already in use" in output, output
+    assert f"next step: stop what listens there (`lsof -i :{busy}`)" in output
+    assert_no_traceback(output)
+    cli.destroy()
+    assert not (tmp_path / "state").exists()
+
+
+def test_auto_falling_back_to_tcg_says_so(tmp_path: Path, blank_image: dict[str, str]) -> None:
+    from nexus_components.config import load_config
+    from nexus_components.hostfacts import detect_host
+
+    cli = blank_stack(tmp_path, blank_image, "auto", vm={"accelerator": "auto"})
+    output = engine_output(cli.run("preview", *cli.stack_args()))
+    chosen = detect_host(
+        load_config({"vm": {"accelerator": "auto"}}, stack="x", home=tmp_path).vm
+    ).accelerator
+    said = "so QEMU emulates the CPU in software (TCG)" in output
+    assert said == (chosen == "tcg"), output
+
+
+@pytest.mark.parametrize("where", ["users-folder", "shared-root", "a-file"])
+def test_a_state_dir_that_is_not_the_stacks_is_refused_at_preview(
+    tmp_path: Path, blank_image: dict[str, str], where: str
+) -> None:
+    folder = tmp_path / "my-project"
+    folder.mkdir()
+    folder.chmod(0o755)
+    (folder / "serial.log").write_text("my notes\n")
+    state_dir = {"users-folder": str(folder), "shared-root": "/tmp", "a-file": str(folder / "serial.log")}[
+        where
+    ]
+    cli = blank_stack(tmp_path, blank_image, "foreign", paths={"stateDir": state_dir})
+
+    for command in (["preview"], ["up", "--yes", "--skip-preview"]):
+        result = cli.run(*command, *cli.stack_args(), check=False)
+        output = engine_output(result)
+        assert result.returncode != 0
+        assert "nexus:paths.stateDir:" in output, output
+        assert_no_traceback(output)
+    assert (folder / "serial.log").read_text() == "my notes\n"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert sorted(p.name for p in folder.iterdir()) == ["serial.log"]
+    assert [r["type"] for r in cli.resources()] in ([], ["pulumi:pulumi:Stack"])
+
+
+def test_a_disk_smaller_than_the_image_fails_before_the_vms_own_resources(
+    tmp_path: Path, blank_image: dict[str, str]
+) -> None:
+    cli = blank_stack(tmp_path, blank_image, "small", vm={"diskSize": "512M"})
+    # Not cached yet: only the download can tell, and it comes before the VM's files.
+    first = cli.up(check=False)
+    output = engine_output(first)
+    assert first.returncode != 0
+    assert "nexus:vm.diskSize: got '512M', smaller than the base image's own disk size" in output, output
+    assert_no_traceback(output)
+    assert not (tmp_path / "state").exists()
+    made = [r["urn"] for r in cli.resources() if r["type"].startswith("pulumi-python:dynamic")]
+    assert made == [], "nothing of the VM (nor the failed image) is recorded"
+    # Cached now: preview itself refuses it.
+    preview = cli.run("preview", *cli.stack_args(), check=False)
+    assert preview.returncode != 0
+    assert "nexus:vm.diskSize: got '512M'" in engine_output(
+        preview
+    ) and "allowed: at least 1G" in engine_output(preview)
+    cli.destroy()
+
+
+def test_user_data_clashing_with_the_seed_is_refused_at_preview(
+    tmp_path: Path, blank_image: dict[str, str]
+) -> None:
+    cli = blank_stack(tmp_path, blank_image, "userdata", guest={"userData": {"users": "default"}})
+    result = cli.run("preview", *cli.stack_args(), check=False)
+    output = engine_output(result)
+    assert result.returncode != 0
+    assert "nexus:guest.userData.users: got 'default' (a str); allowed: a list" in output, output
+    assert "extra_user_data" not in output
+    assert_no_traceback(output)
+
+
+def test_destroy_removes_the_parent_directories_up_created(
+    tmp_path: Path, blank_image: dict[str, str]
+) -> None:
+    nested = tmp_path / "labs" / "team" / "state"
+    with socket.socket() as holder:  # stops up at QEMU, after every file of the stack is made
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        cli = blank_stack(
+            tmp_path,
+            blank_image,
+            "nested",
+            paths={"stateDir": str(nested)},
+            network={"sshPort": holder.getsockname()[1]},
+        )
+        assert cli.up(check=False).returncode != 0
+    assert (nested / "disk.qcow2").is_file()
+    cli.destroy()
+    assert not (tmp_path / "labs").exists()
+
+
+# --- interrupted up, lost state dir -------------------------------------------------------------
+
+
+def pending_operations(cli: PulumiCli) -> list[dict[str, Any]]:
+    exported = json.loads(cli.run("stack", "export", "--stack", cli.stack).stdout)
+    return list(exported["deployment"].get("pending_operations") or [])
+
+
+def interrupt_twice_while_booting(cli: PulumiCli, state_dir: Path) -> None:
+    """Ctrl-C twice, as a terminal sends it: to the whole process group, once QEMU runs."""
+    argv = ["pulumi", "up", *cli.stack_args(), "--yes", "--skip-preview", "--non-interactive"]
+    up = subprocess.Popen(
+        argv,
+        cwd=cli.project_dir,
+        env=cli.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not qemu_processes_of(state_dir):
+            assert up.poll() is None and time.monotonic() < deadline, "QEMU never started"
+            time.sleep(0.5)
+        time.sleep(3)
+        os.killpg(up.pid, signal.SIGINT)
+        time.sleep(1)
+        os.killpg(up.pid, signal.SIGINT)
+        up.wait(timeout=120)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+
+
+@pytest.mark.vm
+def test_hard_cancelled_up_then_scripts_up_then_lost_state_dir_then_destroy(
+    tmp_path: Path, image_url: str
+) -> None:
+    ssh_port, http_port = free_port(), free_port()
+    cli = lab_stack(tmp_path, "cancel")
+    (cli.project_dir / "scripts").symlink_to(REPO / "scripts")
+    cli.init(lab_config(tmp_path, image_url, ssh_port, http_port))
+    state_dir = tmp_path / "state"
+    try:
+        interrupt_twice_while_booting(cli, state_dir)
+        assert [op["type"] for op in pending_operations(cli)] == ["creating"]
+
+        # scripts/up clears what the killed run left and converges to one VM.
+        up = subprocess.run(
+            [
+                str(cli.project_dir / "scripts" / "up"),
+                cli.stack,
+                "--yes",
+                "--skip-preview",
+                "--non-interactive",
+            ],
+            cwd=cli.project_dir,
+            env={**cli.env(), "NEXUS_SETUP_DONE": "1"},
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            check=False,
+        )
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "pending operations" not in up.stdout + up.stderr
+        assert "clearing its 1 unfinished create(s)" in up.stderr, up.stderr
+        # The guest's signal on the serial console ended the wait, then one SSH check.
+        assert re.search(r"\[vm\] cloud-init finished after \d+ s; checking SSH", up.stdout), up.stdout
+        assert pending_operations(cli) == []
+        outputs = cli.outputs()
+        assert qemu_processes_of(state_dir) == [outputs["vmPid"]]
+        assert ssh(outputs, "whoami") == "nexus"
+        again = cli.up()
+        assert "pending operations" not in again.stdout + again.stderr
+
+        # The state directory deleted by hand: destroy still stops the VM it recorded.
+        pid = outputs["vmPid"]
+        shutil.rmtree(state_dir)
+        destroyed = cli.destroy(check=False)
+        stopped = gone_within(pid, 10)
+    finally:
+        for leftover in qemu_processes_of(state_dir):
+            os.kill(leftover, signal.SIGKILL)
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    assert stopped, "destroy left the VM running"
+    assert port_is_free(ssh_port) and port_is_free(http_port)
+    assert cli.resources() == []

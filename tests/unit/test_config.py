@@ -16,6 +16,7 @@ from nexus_components.config import (
     UBUNTU_2404_ARM64,
     NexusConfig,
     PortForward,
+    check_disk_fits_base,
     disk_size_bytes,
     load_config,
 )
@@ -178,20 +179,32 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("cpus-zero", {"vm": {"cpus": 0}}, "nexus:vm.cpus", "got 0", "at least 1"),
     ("cpus-too-many", {"vm": {"cpus": 65}}, "nexus:vm.cpus", "got 65", "at most 64"),
     ("memory-too-small", {"vm": {"memoryMiB": 100}}, "nexus:vm.memoryMiB", "got 100", "at least 512"),
-    ("disk-unit-GB", {"vm": {"diskSize": "20GB"}}, "nexus:vm.diskSize", "got '20GB'", "[MGT]"),
-    ("disk-negative", {"vm": {"diskSize": "-5G"}}, "nexus:vm.diskSize", "got '-5G'", "[MGT]"),
+    ("disk-unit-GB", {"vm": {"diskSize": "20GB"}}, "nexus:vm.diskSize", "got '20GB'", "M, G or T"),
+    ("disk-negative", {"vm": {"diskSize": "-5G"}}, "nexus:vm.diskSize", "got '-5G'", "M, G or T"),
     (
         "disk-shell-injection",
         {"vm": {"diskSize": "20G; rm -rf /"}},
         "nexus:vm.diskSize",
         "got '20G; rm -rf /'",
-        "[MGT]",
+        "M, G or T",
     ),
-    ("disk-trailing-newline", {"vm": {"diskSize": "20G\n"}}, "nexus:vm.diskSize", "got '20G\\n'", "[MGT]"),
+    (
+        "disk-trailing-newline",
+        {"vm": {"diskSize": "20G\n"}},
+        "nexus:vm.diskSize",
+        "got '20G\\n'",
+        "M, G or T",
+    ),
     ("accelerator-xen", {"vm": {"accelerator": "xen"}}, "nexus:vm.accelerator", "got 'xen'", "'whpx'"),
     ("arch-riscv64", {"vm": {"arch": "riscv64"}}, "nexus:vm.arch", "got 'riscv64'", "'aarch64'"),
     ("boot-timeout-short", {"vm": {"bootTimeoutSeconds": 5}}, "nexus:vm.bootTimeoutSeconds", "got 5", "30"),
-    ("vm-name-underscore", {"vm": {"name": "nexus_vm"}}, "nexus:vm.name", "got 'nexus_vm'", "matching"),
+    (
+        "vm-name-underscore",
+        {"vm": {"name": "nexus_vm"}},
+        "nexus:vm.name",
+        "got 'nexus_vm'",
+        "lowercase letters",
+    ),
     ("ssh-port-zero", {"network": {"sshPort": 0}}, "nexus:network.sshPort", "got 0", "at least 1"),
     (
         "ssh-port-70000",
@@ -254,35 +267,35 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str, str, str]] = [
         {"guest": {"username": "root; reboot"}},
         "nexus:guest.username",
         "got 'root; reboot'",
-        "matching",
+        "a Linux user name",
     ),
     (
         "username-traversal",
         {"guest": {"username": "../etc"}},
         "nexus:guest.username",
         "got '../etc'",
-        "matching",
+        "a Linux user name",
     ),
     (
         "username-uppercase",
         {"guest": {"username": "Ubuntu"}},
         "nexus:guest.username",
         "got 'Ubuntu'",
-        "matching",
+        "a Linux user name",
     ),
     (
         "hostname-underscore",
         {"guest": {"hostname": "nexus_lab"}},
         "nexus:guest.hostname",
         "got 'nexus_lab'",
-        "matching",
+        "a host name",
     ),
     (
         "package-shell-injection",
         {"guest": {"packages": ["docker.io && curl evil"]}},
         "nexus:guest.packages[0]",
         "got 'docker.io && curl evil'",
-        "matching",
+        "a package name",
     ),
     (
         "install-packages-not-bool",
@@ -310,25 +323,37 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str, str, str]] = [
         {"image": {"url": "https://example.com/a\nb.img"}},
         "nexus:image.url",
         "got 'https://example.com/a\\nb.img'",
-        "matching",
+        "a file:// URL",
     ),
     (
         "url-trailing-newline",
         {"image": {"url": "https://example.com/noble.img\n"}},
         "nexus:image.url",
         "got 'https://example.com/noble.img\\n'",
-        "matching",
+        "a file:// URL",
     ),
     (
         "url-with-space",
         {"image": {"url": "https://example.com/my image.img"}},
         "nexus:image.url",
         "got 'https://example.com/my image.img'",
-        "matching",
+        "without spaces",
     ),
     ("url-empty", {"image": {"url": ""}}, "nexus:image.url", "got ''", "a non-empty string"),
-    ("sha256-too-short", {"image": {"sha256": "abc123"}}, "nexus:image.sha256", "got 'abc123'", "{64}"),
-    ("sha256-not-hex", {"image": {"sha256": "z" * 64}}, "nexus:image.sha256", repr("z" * 64), "{64}"),
+    (
+        "sha256-too-short",
+        {"image": {"sha256": "abc123"}},
+        "nexus:image.sha256",
+        "got 'abc123'",
+        "64 hexadecimal digits",
+    ),
+    (
+        "sha256-not-hex",
+        {"image": {"sha256": "z" * 64}},
+        "nexus:image.sha256",
+        repr("z" * 64),
+        "64 hexadecimal digits",
+    ),
     (
         "state-dir-relative",
         {"paths": {"stateDir": "state"}},
@@ -362,35 +387,35 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str, str, str]] = [
         {"vm": {"qemuBinary": "/opt/qemu,evil/qemu-system-x86_64"}},
         "nexus:vm.qemuBinary",
         "got '/opt/qemu,evil/qemu-system-x86_64'",
-        "matching",
+        "without commas",
     ),
     (
         "firmware-code-newline",
         {"vm": {"firmwareCode": "/usr/share/a\nb.fd"}},
         "nexus:vm.firmwareCode",
         "got '/usr/share/a\\nb.fd'",
-        "matching",
+        "without commas or control characters",
     ),
     (
         "machine-comma-injection",
         {"vm": {"machine": "q35,accel=kvm"}},
         "nexus:vm.machine",
         "got 'q35,accel=kvm'",
-        "matching",
+        "a QEMU name",
     ),
     (
         "machine-trailing-newline",
         {"vm": {"machine": "q35\n"}},
         "nexus:vm.machine",
         "got 'q35\\n'",
-        "matching",
+        "a QEMU name",
     ),
     (
         "cpu-model-option-injection",
         {"vm": {"cpuModel": "host -daemonize"}},
         "nexus:vm.cpuModel",
         "got 'host -daemonize'",
-        "matching",
+        "a QEMU name",
     ),
 ]
 
@@ -406,6 +431,14 @@ def test_bad_input_is_rejected_naming_key_value_and_rule(
     assert key in message
     assert shown in message
     assert allowed in message
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, id=case[0]) for case in BAD_INPUTS])
+def test_what_is_allowed_is_said_in_words_not_as_a_regex(
+    case: tuple[str, dict[str, Any], str, str, str],
+) -> None:
+    message = config_error(case[1])
+    assert "\\Z" not in message and "matching ^" not in message, message
 
 
 def test_catalogue_is_large_enough() -> None:
@@ -486,3 +519,46 @@ def test_state_dir_too_long_for_the_qmp_socket_is_refused() -> None:
         load({"paths": {"stateDir": long_dir}})
     fits = "/srv/" + "x" * 80
     assert str(load({"paths": {"stateDir": fits}}).state_dir) == fits
+
+
+@pytest.mark.parametrize(
+    "state_dir",
+    ["/", "~", "~/", "/tmp", "/tmp/", "/home", "/var/tmp", "/usr", "/Users", "~/Documents", "/etc/"],
+)
+def test_a_shared_directory_is_refused_as_state_dir(state_dir: str) -> None:
+    message = config_error({"paths": {"stateDir": state_dir}})
+    assert message.startswith(f"nexus:paths.stateDir: got {state_dir!r}")
+    assert "a directory other programs share" in message
+    assert "allowed: a directory of this stack's own" in message
+
+
+@pytest.mark.parametrize("state_dir", ["/tmp/lab", "~/labs/one", "/srv/nexus/lab", "/home/other-lab"])
+def test_a_directory_of_its_own_is_accepted_as_state_dir(state_dir: str) -> None:
+    assert load({"paths": {"stateDir": state_dir}}).state_dir.name in state_dir
+
+
+def test_user_data_clashing_with_the_generated_seed_fails_at_load_naming_the_key() -> None:
+    message = config_error({"guest": {"userData": {"users": "default"}}})
+    assert message.startswith("nexus:guest.userData.users: got 'default' (a str); allowed: a list")
+    assert "extra_user_data" not in message
+    nested = config_error({"guest": {"userData": {"runcmd": {"a": 1}}}})
+    assert nested.startswith("nexus:guest.userData.runcmd: got {'a': 1} (a mapping); allowed: a list")
+    scalar = config_error({"guest": {"userData": {"hostname": ["a", "b"]}}})
+    assert scalar.startswith("nexus:guest.userData.hostname: got ['a', 'b'] (a list); allowed: a str")
+
+
+def test_user_data_that_merges_is_accepted() -> None:
+    config = load(
+        {"guest": {"userData": {"users": ["default"], "write_files": [{"path": "/x", "content": "y"}]}}}
+    )
+    assert config.guest.user_data["users"] == ["default"]
+
+
+def test_a_disk_smaller_than_the_base_image_names_the_key_and_the_minimum() -> None:
+    check_disk_fits_base("3G", 3 << 30)
+    with pytest.raises(ConfigError) as caught:
+        check_disk_fits_base("2G", (2 << 30) + 1)
+    assert str(caught.value).startswith(
+        f"nexus:vm.diskSize: got '2G', smaller than the base image's own disk size ({(2 << 30) + 1} bytes); "
+        "allowed: at least 3G"
+    )

@@ -564,3 +564,50 @@ def test_log_progress_prints_at_most_every_two_seconds_and_a_final_line() -> Non
         f"downloading {IMAGE_NAME}: 45% (123.4 MiB of 270.0 MiB, 61.7 MiB/s)",
         f"downloaded {IMAGE_NAME}: 270.0 MiB in 7.0 s (38.6 MiB/s)",
     ]
+
+
+def test_downloaded_is_not_claimed_when_the_digest_then_fails(
+    server: ImageServer, image_bytes: bytes, tmp_path: Path
+) -> None:
+    lines: list[str] = []
+    with pytest.raises(DownloadError) as failure:
+        fetch_image(ImageSource(server.url(), "0" * 64), tmp_path, progress=log_progress(lines.append))
+    assert not [line for line in lines if line.startswith("downloaded")], lines
+    # The hint must not offer the digest of bytes known to be wrong as the one to pin.
+    assert sha256_of(image_bytes) not in failure.value.hint
+    assert "re-run to fetch the image again" in failure.value.hint
+
+
+def test_local_copy_is_not_claimed_downloaded_when_its_digest_fails(
+    local_image: Path, tmp_path: Path
+) -> None:
+    lines: list[str] = []
+    with pytest.raises(DownloadError):
+        fetch_image(
+            ImageSource(str(local_image), "0" * 64), tmp_path / "cache", progress=log_progress(lines.append)
+        )
+    assert not [line for line in lines if line.startswith("downloaded")], lines
+
+
+def test_a_resumed_download_reports_the_bytes_it_moved_with_their_rate() -> None:
+    lines: list[str] = []
+    now = [10.0]
+    report = log_progress(lines.append, IMAGE_NAME, clock=lambda: now[0])
+    report(200 * MIB, 270 * MIB)  # resumed from a 200 MiB partial
+    now[0] = 17.0
+    report(270 * MIB, 270 * MIB)
+    assert lines == [
+        f"downloaded {IMAGE_NAME}: 270.0 MiB, resumed at 200.0 MiB: 70.0 MiB in 7.0 s (10.0 MiB/s)",
+    ]
+
+
+def test_resumed_download_through_fetch_image_says_it_resumed(
+    server: ImageServer, image_bytes: bytes, tmp_path: Path
+) -> None:
+    source = ImageSource(server.url(), sha256_of(image_bytes))
+    server.state.drop_after_bytes_once = 2 * MIB + 100
+    with pytest.raises(DownloadError):
+        fetch_image(source, tmp_path)
+    lines: list[str] = []
+    fetch_image(source, tmp_path, progress=log_progress(lines.append))
+    assert len(lines) == 1 and ", resumed at " in lines[0], lines

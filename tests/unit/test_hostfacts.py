@@ -16,8 +16,11 @@ from typing import Any
 import pytest
 
 from nexus_components.config import VmConfig, load_config
-from nexus_components.errors import HostToolError, NexusError
+from nexus_components.download import ImageSource, cached_image_path
+from nexus_components.errors import ConfigError, HostToolError, NexusError
 from nexus_components.hostfacts import (
+    accelerator_note,
+    check_before_changes,
     find_qemu,
     linux_kvm_is_hardware,
     probe_command,
@@ -240,3 +243,42 @@ def test_find_qemu_returns_the_binary_on_path(tmp_path: Path, monkeypatch: pytes
     binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}/nonexistent")
     assert find_qemu(vm_config(arch="aarch64"), "linux") == str(binary)
+
+
+# --- what up tells and checks before changing anything ------------------------------------------
+
+
+def test_auto_falling_back_to_tcg_is_said_and_nothing_else_is() -> None:
+    note = accelerator_note("auto", "tcg")
+    assert note is not None and "TCG" in note and "minutes" in note and "nexus:vm.accelerator" in note
+    assert accelerator_note("tcg", "tcg") is None, "asked for on purpose"
+    assert accelerator_note("auto", "kvm") is None
+
+
+def test_before_changes_a_cached_base_image_bigger_than_the_disk_is_refused(tmp_path: Path) -> None:
+    import subprocess
+
+    config = load_config(
+        {
+            "image": {"url": "https://images.example/noble.img"},
+            "vm": {"diskSize": "1G"},
+            "paths": {"stateDir": str(tmp_path / "state"), "cacheDir": str(tmp_path / "cache")},
+        },
+        stack="lab",
+        home=tmp_path / "home",
+    )
+    check_before_changes(config, "qemu-img")  # nothing cached yet: known only once downloaded
+    cached = cached_image_path(config.cache_dir, ImageSource(url=config.image.url))
+    cached.parent.mkdir(parents=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(cached), "3G"], check=True)
+    with pytest.raises(ConfigError, match=r"^nexus:vm.diskSize: got '1G', smaller .* allowed: at least 3G"):
+        check_before_changes(config, "qemu-img")
+    assert not (tmp_path / "state").exists()
+
+
+def test_before_changes_a_state_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("x")
+    config = load_config({"paths": {"stateDir": str(blocker)}}, stack="lab", home=tmp_path / "home")
+    with pytest.raises(ConfigError, match=r"^nexus:paths.stateDir: .* is a file"):
+        check_before_changes(config, "qemu-img")

@@ -7,6 +7,7 @@ live.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -15,9 +16,10 @@ from typing import Any
 import pytest
 from pulumi.dynamic import CreateResult, UpdateResult
 
-from nexus_components.errors import NexusError, VmError
+from nexus_components.errors import ConfigError, NexusError, VmError
 from nexus_components.paths import VmPaths
 from nexus_components.providers import (
+    BaseImageProvider,
     CloudInitSeedProvider,
     OverlayDiskProvider,
     QemuVmProvider,
@@ -209,16 +211,59 @@ def test_generated_key_is_removed_on_delete_but_a_users_key_is_not(tmp_path: Pat
 def test_state_dir_delete_removes_the_stacks_files_but_keeps_foreign_ones(tmp_path: Path) -> None:
     provider = StateDirProvider()
     state = tmp_path / "state"
-    props = outs(provider.create({"state_dir": str(state)}))
+    props = outs(provider.create({"state_dir": str(state), "stack": "unit"}))
     assert state.stat().st_mode & 0o777 == 0o700
     VmPaths(state).serial_log.write_text("boot\n")
     provider.delete("id", props)
     assert not state.exists()
 
-    provider.create({"state_dir": str(state)})
+    props = outs(provider.create({"state_dir": str(state), "stack": "unit"}))
     (state / "notes.txt").write_text("mine")
     provider.delete("id", props)
     assert (state / "notes.txt").read_text() == "mine"
+
+
+def test_state_dir_parents_up_created_go_on_delete_even_without_the_marker(tmp_path: Path) -> None:
+    provider = StateDirProvider()
+    state = tmp_path / "a" / "b" / "state"
+    props = outs(provider.create({"state_dir": str(state), "stack": "unit"}))
+    assert props["created_dirs"] == [str(tmp_path / "a"), str(tmp_path / "a" / "b"), str(state)]
+    VmPaths(state).marker.unlink()  # the state's record is the fallback
+    provider.delete("id", props)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_state_dir_create_refuses_a_users_directory_naming_the_key(tmp_path: Path) -> None:
+    (tmp_path / "serial.log").write_text("mine\n")
+    with pytest.raises(
+        ConfigError, match=r"^nexus:paths.stateDir: .* holds files nexus-nested-vm did not create"
+    ):
+        StateDirProvider().create({"state_dir": str(tmp_path), "stack": "unit"})
+    assert (tmp_path / "serial.log").read_text() == "mine\n"
+
+
+def image_props(tmp_path: Path, image: Path, disk_size: str) -> dict[str, Any]:
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    return {
+        "url": str(image),
+        "sha256": digest,
+        "cache_dir": str(tmp_path / "cache"),
+        "disk_size": disk_size,
+        "qemu_img": "qemu-img",
+    }
+
+
+def test_base_image_refuses_a_disk_smaller_than_itself_at_create_and_at_diff(
+    tmp_path: Path, base_image: Path
+) -> None:
+    provider = BaseImageProvider()
+    with pytest.raises(ConfigError, match=r"^nexus:vm.diskSize: got '512M', smaller than the base image"):
+        provider.create(image_props(tmp_path, base_image, "512M"))
+    olds = outs(provider.create(image_props(tmp_path, base_image, "1G")))
+    assert olds["virtual_size"] == 1 << 30
+    assert not provider.diff("id", olds, image_props(tmp_path, base_image, "2G")).changes
+    with pytest.raises(ConfigError, match=r"^nexus:vm.diskSize: got '100M'.*allowed: at least 1G"):
+        provider.diff("id", olds, image_props(tmp_path, base_image, "100M"))
 
 
 def test_aarch64_gets_its_own_uefi_variable_store(tmp_path: Path) -> None:

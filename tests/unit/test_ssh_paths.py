@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from nexus_components.paths import VmPaths, remove_stack_files
+from nexus_components.errors import ConfigError
+from nexus_components.paths import (
+    StateDirMarker,
+    VmPaths,
+    check_state_dir,
+    make_state_dir,
+    remove_stack_files,
+)
 from nexus_components.ssh import SshTarget, connect_script, generate_key_pair, ssh_config_entry
 
 KEY = Path("/home/lab/.nexus-nested-vm/stacks/lab/ssh/id_ed25519")
@@ -197,7 +204,7 @@ def test_all_files_covers_every_property_naming_a_file(tmp_path: Path) -> None:
     dirs = set(paths.all_dirs())
     assert dirs == {paths.state_dir, paths.ssh_dir}
     assert set(paths.all_files()) == named - dirs
-    assert len(paths.all_files()) == len(set(paths.all_files())) == 12
+    assert len(paths.all_files()) == len(set(paths.all_files())) == 13
     assert set(paths.runtime_files()) <= set(paths.all_files())
     assert all(path.is_relative_to(paths.state_dir) for path in paths.all_files())
 
@@ -250,3 +257,88 @@ def test_remove_stack_files_keeps_a_state_dir_with_a_foreign_file(tmp_path: Path
     assert foreign.read_text() == "mine"
     assert sorted(p.name for p in paths.state_dir.iterdir()) == ["notes.txt"]
     assert not paths.ssh_dir.exists()
+
+
+# --- the state directory's marker -------------------------------------------------------------
+
+
+def test_make_state_dir_creates_parents_privately_and_destroy_removes_exactly_those(tmp_path: Path) -> None:
+    paths = VmPaths(tmp_path / "made" / "by-up" / "state")
+    created = make_state_dir(paths, stack="lab")
+    assert created == (tmp_path / "made", tmp_path / "made" / "by-up", paths.state_dir)
+    assert all(stat.S_IMODE(d.stat().st_mode) == 0o700 for d in created)
+    assert StateDirMarker.read(paths) == StateDirMarker("lab", created)
+    paths.overlay_disk.write_bytes(b"x")
+
+    assert remove_stack_files(paths) == []
+    assert list(tmp_path.iterdir()) == [], "the parents up created are gone too"
+
+
+def test_an_empty_directory_the_user_made_is_used_but_neither_chmodded_nor_deleted(tmp_path: Path) -> None:
+    paths = VmPaths(tmp_path / "mine")
+    paths.state_dir.mkdir(mode=0o755)
+    paths.state_dir.chmod(0o755)
+    assert make_state_dir(paths, stack="lab") == ()
+    assert stat.S_IMODE(paths.state_dir.stat().st_mode) == 0o755
+    paths.serial_log.write_text("boot\n")
+    assert remove_stack_files(paths) == []
+    assert paths.state_dir.is_dir() and list(paths.state_dir.iterdir()) == []
+
+
+def test_a_rerun_after_an_interrupted_create_keeps_the_recorded_parents(tmp_path: Path) -> None:
+    paths = VmPaths(tmp_path / "parent" / "state")
+    first = make_state_dir(paths, stack="lab")
+    assert make_state_dir(paths, stack="lab") == first
+    remove_stack_files(paths)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_users_non_empty_directory_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    project.chmod(0o755)
+    (project / "serial.log").write_text("my own notes\n")
+    (project / "README.md").write_text("mine\n")
+    paths = VmPaths(project)
+    with pytest.raises(ConfigError) as caught:
+        make_state_dir(paths, stack="lab")
+    message = str(caught.value)
+    assert message.startswith(f"nexus:paths.stateDir: {project} already exists and holds files")
+    assert "README.md, serial.log" in message
+    assert "next step: choose a new or empty directory for nexus:paths.stateDir" in message
+    assert (project / "serial.log").read_text() == "my own notes\n"
+    assert stat.S_IMODE(project.stat().st_mode) == 0o755
+    assert not paths.marker.exists()
+
+
+def test_a_directory_of_another_stack_is_refused(tmp_path: Path) -> None:
+    paths = VmPaths(tmp_path / "state")
+    make_state_dir(paths, stack="linux")
+    with pytest.raises(
+        ConfigError, match=r"nexus:paths.stateDir: .* belongs to the stack 'linux', not 'mac'"
+    ):
+        check_state_dir(paths, stack="mac")
+    check_state_dir(paths, stack="linux")
+
+
+def test_a_state_dir_made_before_markers_existed_is_still_ours(tmp_path: Path) -> None:
+    paths = VmPaths(tmp_path / "old")
+    paths.ssh_dir.mkdir(parents=True)
+    for path in (paths.overlay_disk, paths.seed_iso, paths.serial_log, paths.pid_file):
+        path.write_bytes(b"x")
+    check_state_dir(paths, stack="lab")
+
+
+@pytest.mark.parametrize("where", ["itself", "parent"])
+def test_a_state_dir_that_is_a_file_is_a_config_error(tmp_path: Path, where: str) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    state_dir = blocker if where == "itself" else blocker / "state"
+    with pytest.raises(ConfigError) as caught:
+        check_state_dir(VmPaths(state_dir), stack="lab")
+    assert str(caught.value).startswith(
+        f"nexus:paths.stateDir: {str(state_dir)!r} cannot be a directory: {blocker} is a file"
+    )
+    with pytest.raises(ConfigError):
+        make_state_dir(VmPaths(state_dir), stack="lab")
+    assert blocker.read_text() == "a file"

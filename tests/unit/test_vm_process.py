@@ -7,18 +7,31 @@ under test, not booting a guest (tests/e2e does that).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nexus_components.config import NetworkConfig, PortForward, load_config
 from nexus_components.errors import VmError
 from nexus_components.paths import VmPaths
+from nexus_components.providers import QemuVmProvider
 from nexus_components.qemu_argv import HostFacts, VmFiles, build_qemu_argv
 from nexus_components.seed_iso import write_seed_iso
-from nexus_components.vm_process import check_ports_free, launch, process_command_line, running_pid, stop
+from nexus_components.ssh import SshTarget
+from nexus_components.vm_process import (
+    SerialWatcher,
+    check_ports_free,
+    clean_console_text,
+    launch,
+    process_command_line,
+    running_pid,
+    stop,
+    wait_until_ready,
+)
 
 
 def free_port() -> int:
@@ -35,7 +48,7 @@ def paused_vm_argv(paths: VmPaths, *, daemonize: bool) -> list[str]:
             "paths": {"stateDir": str(paths.state_dir)},
         },
         stack="unit",
-        home=paths.state_dir,
+        home=paths.state_dir.parent / "home",
     )
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(paths.overlay_disk), "1G"], check=True)
     write_seed_iso(paths.seed_iso, {"user-data": b"#cloud-config\n", "meta-data": b"instance-id: unit\n"})
@@ -112,3 +125,107 @@ def test_command_line_comes_from_proc_or_from_ps_where_there_is_no_proc(tmp_path
     from_ps = process_command_line(os.getpid(), proc=tmp_path)
     assert from_proc is not None and from_ps is not None
     assert "pytest" in from_proc and "pytest" in from_ps
+
+
+def vm_props(paths: VmPaths, pid: int) -> dict[str, Any]:
+    """What the stack's state holds for the VM: the recorded pid among it."""
+    return {"name": "nexus-unit", "state_dir": str(paths.state_dir), "qmp_tcp_port": None, "pid": float(pid)}
+
+
+def test_destroy_stops_the_vm_by_its_recorded_pid_when_the_state_dir_was_deleted(tmp_path: Path) -> None:
+    paths = VmPaths(tmp_path / "state")
+    paths.state_dir.mkdir()
+    pid = launch(paused_vm_argv(paths, daemonize=True), paths)
+    shutil.rmtree(paths.state_dir)  # pid file and QMP socket with it
+    assert running_pid(paths) is None, "the pid file alone no longer finds it"
+
+    provider = QemuVmProvider()
+    assert not provider.diff("id", vm_props(paths, pid), vm_props(paths, pid)).changes, "still running"
+    provider.delete("id", vm_props(paths, pid))
+    assert gone(pid)
+
+
+def test_stop_finds_a_vm_nothing_recorded_by_its_command_line(tmp_path: Path) -> None:
+    # An up killed between launching QEMU and recording it, then the pid file deleted.
+    paths = VmPaths(tmp_path / "state")
+    paths.state_dir.mkdir()
+    pid = launch(paused_vm_argv(paths, daemonize=True), paths)
+    paths.pid_file.unlink()
+    stop(paths, powerdown_timeout=1)
+    assert gone(pid)
+
+
+def test_a_recorded_pid_of_another_process_is_left_alone(tmp_path: Path) -> None:
+    paths = VmPaths(tmp_path)
+    stop(paths, recorded_pid=os.getpid(), powerdown_timeout=1)  # must not kill the test process
+    assert running_pid(paths, os.getpid()) is None
+
+
+def test_console_text_loses_escape_codes_and_runs_of_blank_lines() -> None:
+    raw = (
+        "\x1b[0m\x1b[1;32m[  OK  ]\x1b[0m Started ssh.service.\r\n\r\n\r\n"
+        "\x1b]0;title\x07\x1bcDebian GNU/Linux 12 lab ttyS0\r\n\r\n\r\n\r\nlab login: \x1b[?25h"
+    )
+    assert clean_console_text(raw) == (
+        "[  OK  ] Started ssh.service.\n\nDebian GNU/Linux 12 lab ttyS0\n\nlab login:"
+    )
+
+
+def test_serial_watcher_sees_a_line_split_across_writes(tmp_path: Path) -> None:
+    log = tmp_path / "serial.log"
+    watcher = SerialWatcher(log, "nexus lab is ready:")
+    assert not watcher.seen(), "no file yet"
+    log.write_text("booting\nnexus lab is re")
+    assert not watcher.seen()
+    with log.open("a") as serial:
+        serial.write("ady: cloud-init 22.4 finished\n")
+    assert watcher.seen()
+
+
+def test_boot_timeout_shows_a_clean_serial_tail_and_the_bound(tmp_path: Path) -> None:
+    paths = VmPaths(tmp_path)
+    pid = launch(paused_vm_argv(paths, daemonize=True), paths)
+    try:
+        with paths.serial_log.open("a") as serial:
+            serial.write("\x1b[1;31mFAILED\x1b[0m to start thing.\r\n\r\n\r\n\r\nlast line\r\n")
+        target = SshTarget("127.0.0.1", free_port(), "nexus", tmp_path / "no-key")
+        with pytest.raises(VmError) as caught:
+            wait_until_ready(target, paths, timeout=2, log=lambda _: None, ready_line="nexus lab is ready:")
+    finally:
+        stop(paths, powerdown_timeout=1)
+    message = str(caught.value)
+    assert message.startswith("the VM was not ready within 2 s")
+    assert "FAILED to start thing.\n\nlast line" in message
+    assert "\x1b" not in message and "\n\n\n" not in message
+    assert "raise nexus:vm.bootTimeoutSeconds" in message
+    assert gone(pid)
+
+
+def test_create_waits_for_the_qemu_an_interrupted_up_left_booting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = VmPaths(tmp_path / "state")
+    paths.state_dir.mkdir()
+    argv = paused_vm_argv(paths, daemonize=True)
+    leftover = launch(argv, paths)  # what the killed up started
+    ssh_port = int(argv[argv.index("-netdev") + 1].split("hostfwd=tcp:127.0.0.1:")[1].split("-")[0])
+    props = {
+        **vm_props(paths, 0),
+        "argv": argv,
+        "bind_address": "127.0.0.1",
+        "ssh_host": "127.0.0.1",
+        "ssh_port": float(ssh_port),
+        "forwards": [],
+        "username": "nexus",
+        "private_key": str(tmp_path / "no-key"),
+        "boot_timeout_seconds": 2.0,
+        "cpus": 2.0,
+        "memory_mib": 512.0,
+        "accelerator": "tcg",
+    }
+    with pytest.raises(VmError, match="not ready within 2 s"):
+        QemuVmProvider().create(props)  # a paused guest never gets ready
+    progress = capsys.readouterr().err
+    assert f"QEMU (pid {leftover}) of an interrupted up is still booting this VM; waiting for it" in progress
+    assert "starting QEMU" not in progress, "no second QEMU on the same disk"
+    assert gone(leftover), "and it is not left running once the wait failed"
