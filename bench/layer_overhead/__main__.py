@@ -14,7 +14,7 @@ from nexus_components.errors import NexusError
 from nexus_components.paths import VmPaths
 
 from .lab import read_lab
-from .layers import find_layers
+from .layers import find_layers, shared_connection
 from .render import render_svg, render_table
 from .results import Settings
 from .run import run_benchmark
@@ -49,14 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"bench-layers: stack {lab.stack}, {settings.repeats} x {settings.seconds:g} s per workload",
             flush=True,
         )
-        layers = find_layers(lab)
-        report = run_benchmark(
-            lab.stack,
-            layers,
-            settings,
-            host_address=lab.ssh.host,
-            progress=lambda line: print(line, flush=True),
-        )
+        with shared_connection(lab.ssh) as control_path:
+            layers = find_layers(lab, control_path)
+            report = run_benchmark(
+                lab.stack,
+                layers,
+                settings,
+                host_address=lab.ssh.host,
+                progress=lambda line: print(line, flush=True),
+            )
     except NexusError as error:
         print(f"bench-layers: {error}", file=sys.stderr)
         return 1

@@ -19,9 +19,13 @@ The guest layers find themselves in the stack outputs:
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
+import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -144,10 +148,16 @@ def find_host(lab: Lab) -> Layer:
 @dataclass(frozen=True)
 class VmShell:
     target: SshTarget
+    # One SSH connection shared by every command (OpenSSH multiplexing): a handshake with
+    # a TCG guest costs seconds, which would otherwise be paid once per workload.
+    control_path: str | None = None
     remote_program: str = f"/var/tmp/{PROGRAM_NAME}"
 
     def command(self, argv: Sequence[str], *, as_root: bool = False) -> list[str]:
-        return self.target.argv(["sudo", "-n", *argv] if as_root else list(argv))
+        command = self.target.argv(["sudo", "-n", *argv] if as_root else list(argv))
+        if self.control_path:
+            command[1:1] = multiplexing_options(self.control_path)
+        return command
 
     def install(self, program: Path) -> str:
         # cat over SSH, not scp: needs nothing in the guest but a shell.
@@ -166,6 +176,30 @@ class VmShell:
         return self.remote_program
 
 
+def multiplexing_options(control_path: str) -> list[str]:
+    # ControlPersist: the shared connection closes itself 60 s after its last use, even if
+    # the benchmark is killed before it can close it.
+    return ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_path}", "-o", "ControlPersist=60"]
+
+
+@contextlib.contextmanager
+def shared_connection(target: SshTarget) -> Iterator[str | None]:
+    """A control socket path for the run (POSIX OpenSSH only), closed and removed after it."""
+    if os.name != "posix":
+        yield None
+        return
+    # A short path: UNIX socket paths are limited to about 104 bytes.
+    directory = tempfile.mkdtemp(prefix="nexus-bench-")
+    control_path = str(Path(directory) / "ssh")
+    try:
+        yield control_path
+    finally:
+        with contextlib.suppress(BenchError):
+            stop = ["ssh", "-o", f"ControlPath={control_path}", "-O", "exit", f"{target.user}@{target.host}"]
+            run_in("vm", stop, timeout=30)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def http_routes_to_vm(
     forwards: Sequence[Forward], taken_by_container: Sequence[int]
 ) -> tuple[HttpRoute, ...]:
@@ -173,13 +207,13 @@ def http_routes_to_vm(
     return tuple(HttpRoute(f.host, f.guest) for f in forwards if f.guest not in taken_by_container)
 
 
-def find_vm(lab: Lab) -> tuple[Layer, VmShell]:
+def find_vm(lab: Lab, control_path: str | None = None) -> tuple[Layer, VmShell]:
     if not process_is_running(lab.vm_pid):
         raise BenchError(
             f"layer vm: the stack's QEMU (pid {lab.vm_pid}) is not running",
             hint=f"start it again with `scripts/pulumi up --stack {lab.stack}`",
         )
-    shell = VmShell(lab.ssh)
+    shell = VmShell(lab.ssh, control_path)
     probe = run_in("vm", shell.command(["uname", "-m"]), timeout=60)
     if probe.returncode == SSH_UNREACHABLE:
         raise BenchError(
@@ -276,8 +310,8 @@ def find_inner_vm(lab: Lab, container: Layer) -> Layer:
     return not_up("inner-vm", "-", "the stack exports no way into an inner VM")
 
 
-def find_layers(lab: Lab) -> list[Layer]:
+def find_layers(lab: Lab, control_path: str | None = None) -> list[Layer]:
     """Every layer, outermost first; raises on a layer the stack has that does not answer."""
-    vm, vm_shell = find_vm(lab)
+    vm, vm_shell = find_vm(lab, control_path)
     container = find_container(lab, vm, vm_shell)
     return [find_host(lab), vm, container, find_inner_vm(lab, container)]

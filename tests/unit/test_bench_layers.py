@@ -241,6 +241,14 @@ def test_vm_commands_are_quoted_and_root_goes_through_sudo() -> None:
     assert remote_words(shell.command(["id"], as_root=True)) == ["sudo", "-n", "id"]
 
 
+def test_vm_commands_share_one_ssh_connection() -> None:
+    argv = VmShell(TARGET, "/tmp/nexus-bench-x/ssh").command(["id"])
+    destination = argv.index("nexus@127.0.0.1")
+    assert "ControlPath=/tmp/nexus-bench-x/ssh" in argv[:destination]
+    assert "ControlPersist=60" in argv[:destination]
+    assert remote_words(argv) == ["id"]
+
+
 def test_container_commands_run_through_docker_exec_in_the_vm() -> None:
     shell = ContainerShell(VmShell(TARGET), "nexus-playground")
     assert remote_words(shell.command(["/tmp/nexus-bench", "info"])) == [
