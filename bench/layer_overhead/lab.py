@@ -21,6 +21,9 @@ from nexus_components.ssh import SshTarget
 from .errors import BenchError
 
 STACK_TYPE = "pulumi:pulumi:Stack"
+# pulumi-docker's container: its `ports` output is what Docker really published on the VM.
+CONTAINER_TYPE = "docker:index/container:Container"
+CONTAINER_OUTPUT = "playgroundContainer"
 # The QemuVm component's dynamic resource (nexus_components/components.py: f"{name}-qemu").
 VM_RESOURCE_SUFFIX = "-qemu"
 
@@ -41,6 +44,8 @@ class Lab:
     ssh: SshTarget
     vm_pid: int
     forwards: tuple[Forward, ...]
+    # (VM port, container port) pairs the playground container publishes, tcp only.
+    container_ports: tuple[tuple[int, int], ...]
     # Every stack output, for the guest layers (container, inner VM) to find themselves in.
     outputs: Mapping[str, Any]
 
@@ -74,6 +79,14 @@ def lab_from_deployment(stack: str, deployment: Mapping[str, Any]) -> Lab:
         for f in vm_inputs.get("forwards") or []
         if f.get("protocol", "tcp") == "tcp"
     )
+    container = outputs.get(CONTAINER_OUTPUT)
+    container_ports = tuple(
+        (int(port["external"]), int(port["internal"]))
+        for r in resources
+        if r.get("type") == CONTAINER_TYPE and container and (r.get("outputs") or {}).get("name") == container
+        for port in (r.get("outputs") or {}).get("ports") or []
+        if port.get("protocol", "tcp") == "tcp" and port.get("external")
+    )
     return Lab(
         stack=stack,
         state_dir=Path(str(outputs["stateDir"])),
@@ -83,6 +96,7 @@ def lab_from_deployment(stack: str, deployment: Mapping[str, Any]) -> Lab:
         ),
         vm_pid=int(outputs["vmPid"]),
         forwards=forwards,
+        container_ports=container_ports,
         outputs=outputs,
     )
 

@@ -10,11 +10,11 @@ have is returned "not up" with the reason, and a layer the stack has but that do
 answer is an error naming it. Adding a layer means writing its `LayerShell` and its
 `find_*` function, nothing else: the runner, table and chart take any list of layers.
 
-The guest layers find themselves in the stack outputs:
-    playgroundContainer   name of the running playground container (container layer)
-    playgroundPorts       [{"vm": 80, "container": 80}, ...]: container ports published
-                          on the VM, for HTTP through the VM's forwards
-    innerVm...            nothing yet: no way into the inner VM is exported
+The guest layers find themselves in the stack (see `lab.Lab`):
+    playgroundContainer   output: the playground container's name (container layer); the
+                          ports it publishes on the VM come from its Docker resource
+    innerVmAccelerator    output: the inner VM runs; no way to run commands in it is
+                          exported yet, so its column says why it is not measured
 """
 
 from __future__ import annotations
@@ -25,21 +25,20 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from nexus_components.ssh import SshTarget
 
 from .errors import BenchError
-from .lab import Forward, Lab, process_is_running
+from .lab import CONTAINER_OUTPUT, Forward, Lab, process_is_running
 
 # OpenSSH's exit status when it could not connect or authenticate.
 SSH_UNREACHABLE = 255
 PROGRAM_NAME = "nexus-bench"
-CONTAINER_OUTPUT = "playgroundContainer"
-CONTAINER_PORTS_OUTPUT = "playgroundPorts"
+INNER_VM_ACCELERATOR_OUTPUT = "innerVmAccelerator"
 
 GO_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
@@ -226,13 +225,12 @@ def find_vm(lab: Lab, control_path: str | None = None) -> tuple[Layer, VmShell]:
     machine = checked("vm", "uname -m", probe).strip()
     if machine not in GO_ARCH:
         raise BenchError(f"layer vm: unsupported architecture {machine!r}; allowed: x86_64, aarch64")
-    published = container_ports(lab.outputs)
     layer = Layer(
         "vm",
         lab.accelerator,
         shell,
         platform=f"linux/{GO_ARCH[machine]}",
-        http_routes=http_routes_to_vm(lab.forwards, [vm_port for vm_port, _ in published]),
+        http_routes=http_routes_to_vm(lab.forwards, [vm_port for vm_port, _ in lab.container_ports]),
     )
     return layer, shell
 
@@ -255,14 +253,12 @@ class ContainerShell:
         # `docker cp` needs nothing inside the container, not even a shell.
         in_vm = self.vm.install(program)
         copy = self.vm.command(["docker", "cp", in_vm, f"{self.container}:{self.program_path}"], as_root=True)
-        checked("container", "docker cp of the workload program", run_in("container", copy, timeout=120))
+        try:
+            checked("container", "docker cp of the workload program", run_in("container", copy, timeout=120))
+        finally:
+            # The VM's copy was only a stop on the way in.
+            run_in("container", self.vm.command(["rm", "-f", in_vm]), timeout=60)
         return self.program_path
-
-
-def container_ports(outputs: Mapping[str, Any]) -> list[tuple[int, int]]:
-    """(VM port, container port) pairs from the `playgroundPorts` output."""
-    published = outputs.get(CONTAINER_PORTS_OUTPUT) or []
-    return [(int(p["vm"]), int(p["container"])) for p in published if p.get("protocol", "tcp") == "tcp"]
 
 
 def http_routes_to_container(
@@ -298,7 +294,7 @@ def find_container(lab: Lab, vm: Layer, vm_shell: VmShell) -> Layer:
         ContainerShell(vm_shell, str(name)),
         platform=vm.platform,
         scratch_dir="/tmp",
-        http_routes=http_routes_to_container(lab.forwards, container_ports(lab.outputs)),
+        http_routes=http_routes_to_container(lab.forwards, lab.container_ports),
     )
 
 
@@ -306,8 +302,14 @@ def find_container(lab: Lab, vm: Layer, vm_shell: VmShell) -> Layer:
 
 
 def find_inner_vm(lab: Lab, container: Layer) -> Layer:
-    # No way into the inner VM is exported yet; when one is, its shell wraps the container's.
-    return not_up("inner-vm", "-", "the stack exports no way into an inner VM")
+    # When the stack exports a way to run commands in the inner VM (SSH through a forward),
+    # its shell wraps the container's and this returns it up.
+    accelerator = lab.outputs.get(INNER_VM_ACCELERATOR_OUTPUT)
+    if not accelerator:
+        return not_up("inner-vm", "-", "the stack has no inner VM")
+    return not_up(
+        "inner-vm", str(accelerator), "the inner VM runs, but the stack exports no way to run commands in it"
+    )
 
 
 def find_layers(lab: Lab, control_path: str | None = None) -> list[Layer]:

@@ -73,7 +73,7 @@ def test_bench_layers_measures_host_and_vm_under_tcg(tmp_path: Path, image_url: 
             for index in range(1, len(WORKLOADS) + 1):
                 assert f"[{layer} {index}/{len(WORKLOADS)}] " in result.stdout
         assert "[container] not up: the stack has no playground container" in result.stdout
-        assert "[inner-vm] not up" in result.stdout
+        assert "[inner-vm] not up: the stack has no inner VM" in result.stdout
 
         # A row per workload, a column per layer naming its accelerator.
         header, rows = table_rows(result.stdout)

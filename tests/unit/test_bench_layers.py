@@ -24,6 +24,7 @@ from bench.layer_overhead.layers import (
     VmShell,
     find_container,
     find_host,
+    find_inner_vm,
     host_platform,
     http_routes_to_container,
     http_routes_to_vm,
@@ -108,7 +109,7 @@ def sample_report(stack: str = "lab") -> Report:
         LayerStatus("host", "native", True, platform="linux/amd64"),
         LayerStatus("vm", "tcg", True, platform="linux/amd64"),
         LayerStatus("container", "tcg", False, "the stack has no playground container"),
-        LayerStatus("inner-vm", "-", False, "the stack exports no way into an inner VM"),
+        LayerStatus("inner-vm", "-", False, "the stack has no inner VM"),
     )
     measurements = [Measurement(w.name, "host", (100.0, 110.0, 90.0)) for w in WORKLOADS if w.name != "http"]
     measurements += [Measurement(w.name, "vm", (10.0, 10.0, 10.0)) for w in WORKLOADS if w.name != "http"]
@@ -173,9 +174,14 @@ def test_svg_has_a_bar_group_per_workload_and_escapes_text() -> None:
 # --- reading the stack ------------------------------------------------------------------------------
 
 
-def deployment(outputs: dict[str, Any], forwards: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def deployment(
+    outputs: dict[str, Any],
+    forwards: list[dict[str, Any]] | None = None,
+    extra: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     return {
         "resources": [
+            *(extra or []),
             {"urn": "urn:pulumi:lab::nexus-nested-vm::pulumi:pulumi:Stack::nexus-nested-vm-lab",
              "type": "pulumi:pulumi:Stack", "outputs": outputs},
             {"urn": "urn:pulumi:lab::nexus-nested-vm::nexus:lab:NexusVm$nexus:lab:QemuVm$"
@@ -205,6 +211,25 @@ def test_lab_from_deployment_reads_ssh_accelerator_and_forwards() -> None:
     assert lab.ssh == TARGET
     assert lab.accelerator == "tcg" and lab.vm_pid == 42 and lab.state_dir == Path("/state")
     assert lab.forwards == (Forward(8080, 80),)
+
+
+def test_container_ports_come_from_the_playground_containers_docker_resource() -> None:
+    def container(name: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"type": "docker:index/container:Container", "outputs": {"name": name, "ports": ports}}
+
+    extra = [
+        container("other", [{"internal": 22, "external": 2200, "protocol": "tcp"}]),
+        container(
+            "nexus-playground",
+            [
+                {"internal": 80, "external": 8000, "ip": "0.0.0.0", "protocol": "tcp"},
+                {"internal": 53, "external": 53, "protocol": "udp"},
+            ],
+        ),
+    ]
+    outputs = {**LAB_OUTPUTS, "playgroundContainer": "nexus-playground"}
+    assert lab_from_deployment("lab", deployment(outputs, extra=extra)).container_ports == ((8000, 80),)
+    assert lab_from_deployment("lab", deployment(LAB_OUTPUTS, extra=extra)).container_ports == ()
 
 
 def test_a_stack_without_vm_is_not_up() -> None:
@@ -267,7 +292,7 @@ def test_http_routes_chain_forwards_to_published_container_ports() -> None:
 
 
 def lab(outputs: dict[str, Any]) -> Lab:
-    return Lab("lab", Path("/state"), "tcg", TARGET, 42, (Forward(8080, 80),), outputs)
+    return Lab("lab", Path("/state"), "tcg", TARGET, 42, (Forward(8080, 80),), (), outputs)
 
 
 def test_a_stack_without_playground_reports_the_container_not_up() -> None:
@@ -276,6 +301,17 @@ def test_a_stack_without_playground_reports_the_container_not_up() -> None:
     assert not container.up
     assert container.not_up_reason == "the stack has no playground container"
     assert container.accelerator == "tcg"
+
+
+def test_an_inner_vm_without_a_way_in_is_not_up_but_shows_its_accelerator() -> None:
+    vm = Layer("vm", "tcg", VmShell(TARGET))
+    container = Layer("container", "tcg", ContainerShell(VmShell(TARGET), "nexus-playground"))
+    absent = find_inner_vm(lab(LAB_OUTPUTS), container)
+    assert (absent.up, absent.accelerator, absent.not_up_reason) == (False, "-", "the stack has no inner VM")
+    running = find_inner_vm(lab({**LAB_OUTPUTS, "innerVmAccelerator": "kvm"}), container)
+    assert not running.up and running.accelerator == "kvm"
+    assert "no way to run commands in it" in running.not_up_reason
+    assert vm.up
 
 
 # --- the real program on this host ------------------------------------------------------------------
