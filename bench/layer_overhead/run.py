@@ -85,6 +85,8 @@ def measure_http(
     route = layer.http_routes[0]
     # The server exits when its stdin closes (in `finally`), or at the latest after this bound.
     serve = [program, "serve", "--port", str(route.layer_port), "--seconds", f"{settings.timeout():g}"]
+    if layer.name == "host":
+        serve += ["--address", "127.0.0.1"]  # a guest's server must take the forward; the host's stays local
     server = subprocess.Popen(
         shell.command(serve, as_root=layer.name != "host" and route.layer_port < 1024),
         stdin=subprocess.PIPE,

@@ -3,7 +3,7 @@
 //
 //	nexus-bench info
 //	nexus-bench run WORKLOAD --seconds S --repeats R [--dir D] [--file-mib N] [--url U]
-//	nexus-bench serve --port P --seconds S     (HTTP server; exits on stdin EOF or after S)
+//	nexus-bench serve --port P --seconds S [--address A]   (HTTP; exits on stdin EOF or after S)
 //	nexus-bench noop                           (the child of the spawn workload)
 //
 // Every workload runs for a fixed time and reports a rate, so a slow layer (TCG) takes
@@ -320,9 +320,10 @@ func httpLatency(o options) (float64, string, error) {
 func serve(args []string) {
 	flags := flag.NewFlagSet("serve", flag.ExitOnError)
 	port := flags.Int("port", 0, "TCP port to listen on")
+	address := flags.String("address", "", "address to listen on (default: every interface)")
 	seconds := flags.Float64("seconds", 120, "exit after this long")
 	_ = flags.Parse(args)
-	listener, err := net.Listen("tcp", fmt.Sprintf(":%d", *port))
+	listener, err := net.Listen("tcp", net.JoinHostPort(*address, fmt.Sprint(*port)))
 	if err != nil {
 		fail(err.Error())
 	}
