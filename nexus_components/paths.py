@@ -93,6 +93,15 @@ class VmPaths:
     def ssh_config(self) -> Path:
         return self.state_dir / "ssh_config"
 
+    @property
+    def bench_results(self) -> Path:
+        # Written by scripts/bench-layers; part of the stack, so destroy removes them.
+        return self.state_dir / "bench-layers.json"
+
+    @property
+    def bench_chart(self) -> Path:
+        return self.state_dir / "bench-layers.svg"
+
     def runtime_files(self) -> tuple[Path, ...]:
         """Files that only exist while QEMU runs."""
         return (self.qmp_socket, self.pid_file)
@@ -105,6 +114,8 @@ class VmPaths:
             self.qemu_log,
             self.connect_script,
             self.ssh_config,
+            self.bench_results,
+            self.bench_chart,
             self.firmware_vars,
             self.seed_iso,
             self.user_data,

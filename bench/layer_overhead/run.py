@@ -1,0 +1,173 @@
+"""Runs every workload at every layer that is up, with a progress line each, into a Report."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO
+
+from .errors import BenchError
+from .layers import Layer, LayerShell, host_platform, run_in
+from .program import build_program
+from .render import format_value
+from .results import (
+    WORKLOAD_BY_NAME,
+    WORKLOADS,
+    LayerStatus,
+    Measurement,
+    Report,
+    Settings,
+    Workload,
+    parse_measurement,
+)
+
+Progress = Callable[[str], None]
+Builder = Callable[[str], Path]
+SERVER_START_TIMEOUT = 60.0
+
+
+def workload_argv(program: str, workload: Workload, settings: Settings, scratch_dir: str) -> list[str]:
+    return [
+        program,
+        "run",
+        workload.name,
+        "--seconds",
+        f"{settings.seconds:g}",
+        "--repeats",
+        str(settings.repeats),
+        "--dir",
+        scratch_dir,
+        "--file-mib",
+        str(settings.file_mib),
+    ]
+
+
+def run_program(layer_name: str, workload: str, argv: Sequence[str], settings: Settings) -> Measurement:
+    """One run of the program (all repeats); a failure becomes the cell's error, not an abort."""
+    try:
+        result = run_in(layer_name, argv, timeout=settings.timeout())
+    except BenchError as error:
+        return Measurement(workload, layer_name, error=error.what)
+    if result.returncode != 0:
+        lines = result.stderr.decode(errors="replace").strip().splitlines()
+        return Measurement(
+            workload, layer_name, error=lines[-1] if lines else f"exit status {result.returncode}"
+        )
+    try:
+        return parse_measurement(layer_name, workload, result.stdout.decode(errors="replace"))
+    except BenchError as error:
+        return Measurement(workload, layer_name, error=error.what)
+
+
+def _first_line(stream: IO[bytes], timeout: float) -> str:
+    """The first line the stream gives within the time, or "" (a thread, so it works everywhere)."""
+    lines: queue.Queue[bytes] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
+    try:
+        return lines.get(timeout=timeout).decode(errors="replace")
+    except queue.Empty:
+        return ""
+
+
+def measure_http(
+    layer: Layer, shell: LayerShell, program: str, host_program: Path, host_address: str, settings: Settings
+) -> Measurement:
+    """A server in the layer, the client on the host, through the layer's forwarded port."""
+    if not layer.http_routes:
+        return Measurement("http", layer.name, skipped="no forwarded port reaches this layer")
+    route = layer.http_routes[0]
+    # The server exits when its stdin closes (in `finally`), or at the latest after this bound.
+    serve = [program, "serve", "--port", str(route.layer_port), "--seconds", f"{settings.timeout():g}"]
+    if layer.name == "host":
+        serve += ["--address", "127.0.0.1"]  # a guest's server must take the forward; the host's stays local
+    server = subprocess.Popen(
+        shell.command(serve, as_root=layer.name != "host" and route.layer_port < 1024),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert server.stdin is not None and server.stdout is not None
+    try:
+        line = _first_line(server.stdout, SERVER_START_TIMEOUT)
+        if not line:
+            server.kill()
+            _, err = server.communicate(timeout=10)
+            why = (err.decode(errors="replace").strip().splitlines() or ["no answer"])[-1]
+            return Measurement("http", layer.name, skipped=f"no server on port {route.layer_port}: {why}")
+        # Port 0 (the host's own route): the port the server picked.
+        port = route.host_port or int(json.loads(line)["listening"])
+        client = [
+            *workload_argv(str(host_program), WORKLOAD_BY_NAME["http"], settings, "."),
+            "--url",
+            f"http://{host_address}:{port}/",
+        ]
+        return run_program(layer.name, "http", client, settings)
+    finally:
+        with contextlib.suppress(OSError):
+            server.stdin.close()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+
+
+def status_of(layer: Layer) -> LayerStatus:
+    return LayerStatus(layer.name, layer.accelerator, layer.up, layer.not_up_reason, layer.platform)
+
+
+def describe(measurement: Measurement, unit: str) -> str:
+    if measurement.skipped:
+        return f"n/a ({measurement.skipped})"
+    if not measurement.ok:
+        return f"failed: {measurement.error}"
+    spread = measurement.spread_percent
+    return f"{format_value(measurement.median)} {unit}" + (f" ±{spread:.0f}%" if spread is not None else "")
+
+
+def run_benchmark(
+    stack: str,
+    layers: Sequence[Layer],
+    settings: Settings,
+    *,
+    host_address: str = "127.0.0.1",
+    build: Builder = build_program,
+    progress: Progress = print,
+) -> Report:
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    host_program = build(host_platform())  # also the HTTP client at every layer
+    measurements: list[Measurement] = []
+    for layer in layers:
+        if layer.shell is None:
+            progress(f"[{layer.name}] not up: {layer.not_up_reason}")
+            continue
+        shell = layer.shell
+        progress(f"[{layer.name}] accelerator {layer.accelerator}; copying the program in ({layer.platform})")
+        program = shell.install(build(layer.platform))
+        try:
+            for index, workload in enumerate(WORKLOADS, start=1):
+                started = time.monotonic()
+                if workload.name == "http":
+                    address = "127.0.0.1" if layer.name == "host" else host_address
+                    measurement = measure_http(layer, shell, program, host_program, address, settings)
+                else:
+                    argv = shell.command(workload_argv(program, workload, settings, layer.scratch_dir))
+                    measurement = run_program(layer.name, workload.name, argv, settings)
+                measurements.append(measurement)
+                progress(
+                    f"[{layer.name} {index}/{len(WORKLOADS)}] {workload.title}: "
+                    f"{describe(measurement, workload.unit)} ({time.monotonic() - started:.1f} s)"
+                )
+        finally:
+            if layer.name != "host":
+                # Best effort: a layer without rm keeps one small file in its temp directory.
+                with contextlib.suppress(BenchError):
+                    run_in(layer.name, shell.command(["rm", "-f", program]), timeout=60)
+    return Report(stack, created, settings, tuple(status_of(layer) for layer in layers), tuple(measurements))

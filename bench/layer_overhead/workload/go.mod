@@ -1,0 +1,3 @@
+module nexus-nested-vm/bench/workload
+
+go 1.19
