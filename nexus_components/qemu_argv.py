@@ -76,7 +76,9 @@ def default_cpu_model(arch: str, accelerator: str) -> str | None:
         return "host"
     if arch == "aarch64":
         # virt's default CPU is 32-bit; "max" is the widest model TCG and WHPX emulate.
-        return "max"
+        # Under TCG, pointer authentication with the architected QARMA algorithm costs
+        # every signed call and return; QEMU's own algorithm is much cheaper to emulate.
+        return "max,pauth-impdef=on" if accelerator == "tcg" else "max"
     # TCG/WHPX on x86_64: QEMU's default model boots cloud images and still exposes
     # SVM, so an inner VM can use emulated virtualization.
     return None

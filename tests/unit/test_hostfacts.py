@@ -188,7 +188,11 @@ def test_this_pvm_host_is_not_hardware_kvm_and_auto_resolves_to_tcg() -> None:
         ({}, "tcg", ["-machine", "q35,accel=tcg"]),
         ({}, "whpx", ["-machine", "q35,accel=whpx"]),
         ({"arch": "aarch64"}, "hvf", ["-machine", "virt,gic-version=max,accel=hvf", "-cpu", "host"]),
-        ({"arch": "aarch64"}, "tcg", ["-machine", "virt,gic-version=max,accel=tcg", "-cpu", "max"]),
+        (
+            {"arch": "aarch64"},
+            "tcg",
+            ["-machine", "virt,gic-version=max,accel=tcg", "-cpu", "max,pauth-impdef=on"],
+        ),
         ({"machine": "pc", "cpuModel": "EPYC"}, "kvm", ["-machine", "pc,accel=kvm", "-cpu", "EPYC"]),
     ],
 )

@@ -216,7 +216,7 @@ def test_golden_linux_arm64_stack_tcg() -> None:
         "-m",
         "4096M",
         "-cpu",
-        "max",
+        "max,pauth-impdef=on",
         # Debian's AAVMF, found on the host; the VM's own variable store.
         "-drive",
         "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd",
@@ -384,7 +384,8 @@ def test_unresolved_auto_accelerator_is_a_programming_error() -> None:
         ("x86_64", "hvf", None, ["host"]),
         ("aarch64", "hvf", None, ["host"]),
         ("aarch64", "kvm", None, ["host"]),
-        ("aarch64", "tcg", None, ["max"]),
+        ("aarch64", "tcg", None, ["max,pauth-impdef=on"]),
+        ("aarch64", "whpx", None, ["max"]),
         ("x86_64", "tcg", None, []),
         ("x86_64", "whpx", None, []),
         ("x86_64", "tcg", "EPYC-v4", ["EPYC-v4"]),
