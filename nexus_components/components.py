@@ -169,7 +169,7 @@ class QemuVm(pulumi.ComponentResource):
             "cpus": config.vm.cpus,
             "memory_mib": config.vm.memory_mib,
             "firmware_code": host.firmware_code if config.vm.arch == "aarch64" else None,
-            "firmware_vars_template": config.vm.firmware_vars,
+            "firmware_vars_template": host.firmware_vars_template if config.vm.arch == "aarch64" else None,
             "bind_address": network.bind_address,
             "ssh_host": network.ssh_host,
             "ssh_port": network.ssh_port,

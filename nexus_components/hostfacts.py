@@ -12,27 +12,38 @@ import platform
 import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import disk, download
 from .config import NexusConfig, VmConfig, check_disk_fits_base
 from .errors import HostToolError
 from .paths import VmPaths, check_state_dir
-from .qemu_argv import HostFacts, default_cpu_model, default_machine, default_qemu_binary
+from .qemu_argv import HostFacts, default_cpu_model, default_machine, default_qemu_binary, machine_option
 
 HARDWARE_ACCELERATOR = {"linux": "kvm", "darwin": "hvf", "windows": "whpx"}
 
-# Where QEMU packages put the aarch64 UEFI image: Homebrew (Apple Silicon, Intel),
-# Debian/Ubuntu (qemu-efi-aarch64), Fedora, the Windows installer.
-FIRMWARE_CANDIDATES = (
-    "/opt/homebrew/share/qemu/edk2-aarch64-code.fd",
-    "/usr/local/share/qemu/edk2-aarch64-code.fd",
-    "/usr/share/qemu/edk2-aarch64-code.fd",
-    "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
-    "/usr/share/AAVMF/AAVMF_CODE.fd",
-    "/usr/share/edk2/aarch64/QEMU_EFI-pflash.raw",
-    "C:/Program Files/qemu/share/edk2-aarch64-code.fd",
+# Where QEMU packages put the aarch64 UEFI code image for the virt machine's 64 MiB flash,
+# each with its variable-store template. Tried after the copy that ships beside the QEMU
+# binary in use (`<prefix>/share/qemu`, Homebrew and QEMU's own installs).
+AARCH64_FIRMWARE: tuple[tuple[str, str], ...] = (
+    # Homebrew on Apple Silicon, then on Intel Macs.
+    ("/opt/homebrew/share/qemu/edk2-aarch64-code.fd", "/opt/homebrew/share/qemu/edk2-arm-vars.fd"),
+    ("/usr/local/share/qemu/edk2-aarch64-code.fd", "/usr/local/share/qemu/edk2-arm-vars.fd"),
+    # Debian and Ubuntu: qemu-efi-aarch64 (AAVMF). Its qemu-efi-aarch64/QEMU_EFI.fd is a 2 MiB
+    # image for -bios, which the virt machine's flash refuses.
+    ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
+    # Fedora, RHEL and CentOS Stream: edk2-aarch64.
+    ("/usr/share/edk2/aarch64/QEMU_EFI-pflash.raw", "/usr/share/edk2/aarch64/vars-template-pflash.raw"),
+    # Arch Linux: edk2-aarch64.
+    ("/usr/share/edk2/aarch64/QEMU_CODE.fd", "/usr/share/edk2/aarch64/QEMU_VARS.fd"),
+    # QEMU built from source into /usr; the Windows installer.
+    ("/usr/share/qemu/edk2-aarch64-code.fd", "/usr/share/qemu/edk2-arm-vars.fd"),
+    ("C:/Program Files/qemu/share/edk2-aarch64-code.fd", "C:/Program Files/qemu/share/edk2-arm-vars.fd"),
 )
+
+# Each of the virt machine's two flash devices is 64 MiB; QEMU refuses a smaller image.
+VIRT_FLASH_BYTES = 64 * 1024 * 1024
 
 Prober = Callable[[list[str]], bool]
 
@@ -63,17 +74,83 @@ def find_qemu_img(vm: VmConfig, os_name: str) -> str:
     return found
 
 
-def find_firmware(vm: VmConfig) -> str | None:
+@dataclass(frozen=True)
+class Firmware:
+    code: str
+    vars_template: str | None  # None: the VM's variable store starts blank
+
+
+def firmware_candidates(qemu_binary: str) -> list[tuple[str, str]]:
+    """The code/vars pairs to try, the one shipped beside this QEMU binary first."""
+    bin_dir = Path(qemu_binary).resolve().parent
+    beside = [
+        (str(share / "edk2-aarch64-code.fd"), str(share / "edk2-arm-vars.fd"))
+        for share in (bin_dir.parent / "share" / "qemu", bin_dir / "share")
+    ]
+    return [*beside, *(pair for pair in AARCH64_FIRMWARE if pair not in beside)]
+
+
+def find_firmware(vm: VmConfig, os_name: str, qemu_binary: str) -> Firmware | None:
+    """The UEFI code image and variable-store template an aarch64 guest boots with.
+
+    nexus:vm.firmwareCode and nexus:vm.firmwareVars win; a configured code image gets no
+    default template (the pair must match), so its store starts blank.
+    """
     if vm.arch != "aarch64":
         return None
+    if vm.firmware_vars and not Path(vm.firmware_vars).is_file():
+        raise HostToolError(
+            f"nexus:vm.firmwareVars: {vm.firmware_vars!r} does not exist",
+            hint="point it at the UEFI variable-store template that matches nexus:vm.firmwareCode, "
+            "or unset it to start from a blank store",
+        )
     if vm.firmware_code:
-        return vm.firmware_code
-    return next((c for c in FIRMWARE_CANDIDATES if Path(c).is_file()), None)
+        _check_flash_image(vm.firmware_code, vm)
+        return Firmware(vm.firmware_code, vm.firmware_vars)
+    for code, template in firmware_candidates(qemu_binary):
+        if Path(code).is_file():
+            found_template = template if Path(template).is_file() else None
+            return Firmware(code, vm.firmware_vars or found_template)
+    raise HostToolError(
+        "nexus:vm.firmwareCode: an aarch64 guest needs UEFI firmware for QEMU's virt machine and none "
+        "was found (looked for " + ", ".join(code for code, _ in firmware_candidates(qemu_binary)) + ")",
+        hint=_firmware_hint(os_name),
+    )
+
+
+def _check_flash_image(code: str, vm: VmConfig) -> None:
+    path = Path(code)
+    if not path.is_file():
+        raise HostToolError(
+            f"nexus:vm.firmwareCode: {code!r} does not exist",
+            hint="point it at a UEFI code image for aarch64, "
+            "or unset it to use the one QEMU's packages install",
+        )
+    size = path.stat().st_size
+    machine = vm.machine or default_machine(vm.arch)
+    if machine.startswith("virt") and size < VIRT_FLASH_BYTES:
+        raise HostToolError(
+            f"nexus:vm.firmwareCode: {code!r} is {size} bytes; QEMU's virt machine needs a "
+            f"{VIRT_FLASH_BYTES // 2**20} MiB flash image (a -bios image such as QEMU_EFI.fd does not fit)",
+            hint="use the flash image of the same package (Debian/Ubuntu: /usr/share/AAVMF/AAVMF_CODE.fd, "
+            "Fedora: /usr/share/edk2/aarch64/QEMU_EFI-pflash.raw), or unset nexus:vm.firmwareCode",
+        )
+
+
+def _firmware_hint(os_name: str) -> str:
+    install = {
+        "linux": "install it (Debian/Ubuntu: `sudo apt-get install qemu-efi-aarch64`; "
+        "Fedora: `sudo dnf install edk2-aarch64`)",
+        "darwin": "install it with QEMU (`brew install qemu` ships share/qemu/edk2-aarch64-code.fd)",
+        "windows": "reinstall QEMU from https://www.qemu.org/download/#windows (it ships "
+        "share/edk2-aarch64-code.fd)",
+    }[os_name]
+    return install + ", or set nexus:vm.firmwareCode to the UEFI code image's path"
 
 
 def probe_command(qemu: str, vm: VmConfig, accelerator: str) -> list[str]:
     """Start a paused VM with the accelerator and quit at once over QMP on stdio."""
-    argv = [qemu, "-machine", f"{vm.machine or default_machine(vm.arch)},accel={accelerator}"]
+    argv = [qemu, "-machine", machine_option(vm, accelerator)]
     cpu = vm.cpu_model or default_cpu_model(vm.arch, accelerator)
     if cpu:
         argv += ["-cpu", cpu]
@@ -118,11 +195,13 @@ def resolve_accelerator(vm: VmConfig, os_name: str, qemu: str, prober: Prober = 
 def detect_host(vm: VmConfig, prober: Prober = qemu_can_start) -> HostFacts:
     os_name = host_os()
     qemu = find_qemu(vm, os_name)
+    firmware = find_firmware(vm, os_name, qemu)
     return HostFacts(
         os=os_name,
         accelerator=resolve_accelerator(vm, os_name, qemu, prober),
         qemu_binary=qemu,
-        firmware_code=find_firmware(vm),
+        firmware_code=firmware.code if firmware else None,
+        firmware_vars_template=firmware.vars_template if firmware else None,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from .config import NexusConfig, PortForward
+from .config import NexusConfig, PortForward, VmConfig
 from .errors import ConfigError
 from .paths import VmPaths
 
@@ -20,6 +20,7 @@ class HostFacts:
     accelerator: str  # the accelerator chosen for this run (never "auto")
     qemu_binary: str
     firmware_code: str | None = None  # UEFI code image, needed for aarch64 guests
+    firmware_vars_template: str | None = None  # what a new VM's variable store starts as
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,25 @@ def default_machine(arch: str) -> str:
     return "virt" if arch == "aarch64" else "q35"
 
 
+def machine_option(vm: VmConfig, accelerator: str) -> str:
+    """The -machine value: the machine type, its options for this guest, the accelerator."""
+    machine = vm.machine or default_machine(vm.arch)
+    options = [machine]
+    if vm.arch == "aarch64" and machine.startswith("virt"):
+        # virt's default GICv2 stops at 8 vCPUs; "max" is GICv3 under TCG and hvf, and
+        # whatever the host's interrupt controller offers under KVM.
+        options.append("gic-version=max")
+    return ",".join([*options, f"accel={accelerator}"])
+
+
 def default_cpu_model(arch: str, accelerator: str) -> str | None:
     if accelerator in ("kvm", "hvf"):
         return "host"
     if arch == "aarch64":
         # virt's default CPU is 32-bit; "max" is the widest model TCG and WHPX emulate.
-        return "max"
+        # Under TCG, pointer authentication with the architected QARMA algorithm costs
+        # every signed call and return; QEMU's own algorithm is much cheaper to emulate.
+        return "max,pauth-impdef=on" if accelerator == "tcg" else "max"
     # TCG/WHPX on x86_64: QEMU's default model boots cloud images and still exposes
     # SVM, so an inner VM can use emulated virtualization.
     return None
@@ -85,13 +99,12 @@ def build_qemu_argv(config: NexusConfig, host: HostFacts, files: VmFiles) -> lis
     if host.accelerator == "auto":
         raise ValueError("resolve the accelerator before building the command line")
 
-    machine = vm.machine or default_machine(vm.arch)
     argv = [
         host.qemu_binary,
         "-name",
         f"{vm.name},process={vm.name}",
         "-machine",
-        f"{machine},accel={host.accelerator}",
+        machine_option(vm, host.accelerator),
         "-smp",
         str(vm.cpus),
         "-m",
@@ -106,7 +119,8 @@ def build_qemu_argv(config: NexusConfig, host: HostFacts, files: VmFiles) -> lis
         if not code:
             raise ConfigError(
                 "nexus:vm.firmwareCode: an aarch64 guest needs UEFI firmware and none was found",
-                hint="install QEMU's edk2 firmware (Homebrew's qemu ships share/qemu/edk2-aarch64-code.fd) "
+                hint="install QEMU's edk2 firmware (Debian/Ubuntu: qemu-efi-aarch64, Fedora: edk2-aarch64, "
+                "Homebrew's qemu ships share/qemu/edk2-aarch64-code.fd) "
                 "or set nexus:vm.firmwareCode to its path",
             )
         argv += [

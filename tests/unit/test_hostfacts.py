@@ -15,12 +15,16 @@ from typing import Any
 
 import pytest
 
+from nexus_components import hostfacts
 from nexus_components.config import VmConfig, load_config
 from nexus_components.download import ImageSource, cached_image_path
 from nexus_components.errors import ConfigError, HostToolError, NexusError
 from nexus_components.hostfacts import (
+    VIRT_FLASH_BYTES,
+    Firmware,
     accelerator_note,
     check_before_changes,
+    find_firmware,
     find_qemu,
     linux_kvm_is_hardware,
     probe_command,
@@ -186,8 +190,12 @@ def test_this_pvm_host_is_not_hardware_kvm_and_auto_resolves_to_tcg() -> None:
         ({}, "kvm", ["-machine", "q35,accel=kvm", "-cpu", "host"]),
         ({}, "tcg", ["-machine", "q35,accel=tcg"]),
         ({}, "whpx", ["-machine", "q35,accel=whpx"]),
-        ({"arch": "aarch64"}, "hvf", ["-machine", "virt,accel=hvf", "-cpu", "host"]),
-        ({"arch": "aarch64"}, "tcg", ["-machine", "virt,accel=tcg", "-cpu", "max"]),
+        ({"arch": "aarch64"}, "hvf", ["-machine", "virt,gic-version=max,accel=hvf", "-cpu", "host"]),
+        (
+            {"arch": "aarch64"},
+            "tcg",
+            ["-machine", "virt,gic-version=max,accel=tcg", "-cpu", "max,pauth-impdef=on"],
+        ),
         ({"machine": "pc", "cpuModel": "EPYC"}, "kvm", ["-machine", "pc,accel=kvm", "-cpu", "EPYC"]),
     ],
 )
@@ -243,6 +251,120 @@ def test_find_qemu_returns_the_binary_on_path(tmp_path: Path, monkeypatch: pytes
     binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}/nonexistent")
     assert find_qemu(vm_config(arch="aarch64"), "linux") == str(binary)
+
+
+# --- find_firmware ------------------------------------------------------------------------------
+
+
+def flash_image(path: Path, size: int = VIRT_FLASH_BYTES) -> str:
+    """A sparse file of a flash image's size (its content does not matter to the lookup)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as image:
+        image.truncate(size)
+    return str(path)
+
+
+def qemu_prefix(tmp_path: Path) -> str:
+    """A QEMU installed under its own prefix, as Homebrew and `make install` lay it out."""
+    binary = tmp_path / "prefix" / "bin" / "qemu-system-aarch64"
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    binary.write_text("#!/bin/sh\n")
+    return str(binary)
+
+
+def test_x86_64_guests_need_no_firmware(tmp_path: Path) -> None:
+    assert find_firmware(vm_config(), "linux", qemu_prefix(tmp_path)) is None
+
+
+def test_firmware_beside_the_qemu_binary_comes_first(tmp_path: Path) -> None:
+    qemu = qemu_prefix(tmp_path)
+    share = tmp_path / "prefix" / "share" / "qemu"
+    code = flash_image(share / "edk2-aarch64-code.fd")
+    template = flash_image(share / "edk2-arm-vars.fd")
+    assert find_firmware(vm_config(arch="aarch64"), "darwin", qemu) == Firmware(code, template)
+
+
+def test_distribution_pairs_give_code_and_matching_template(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fedora = tmp_path / "usr/share/edk2/aarch64"
+    code = flash_image(fedora / "QEMU_EFI-pflash.raw")
+    template = flash_image(fedora / "vars-template-pflash.raw")
+    missing = (str(tmp_path / "nowhere/AAVMF_CODE.fd"), str(tmp_path / "nowhere/AAVMF_VARS.fd"))
+    monkeypatch.setattr(hostfacts, "AARCH64_FIRMWARE", (missing, (code, template)))
+    assert find_firmware(vm_config(arch="aarch64"), "linux", qemu_prefix(tmp_path)) == Firmware(
+        code, template
+    )
+
+
+def test_code_without_its_template_starts_a_blank_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = flash_image(tmp_path / "fw/code.fd")
+    monkeypatch.setattr(hostfacts, "AARCH64_FIRMWARE", ((code, str(tmp_path / "fw/vars.fd")),))
+    assert find_firmware(vm_config(arch="aarch64"), "linux", qemu_prefix(tmp_path)) == Firmware(code, None)
+
+
+def test_configured_code_gets_no_default_template(tmp_path: Path) -> None:
+    code = flash_image(tmp_path / "mine/code.fd")
+    vm = vm_config(arch="aarch64", firmwareCode=code)
+    assert find_firmware(vm, "linux", qemu_prefix(tmp_path)) == Firmware(code, None)
+    template = flash_image(tmp_path / "mine/vars.fd")
+    vm = vm_config(arch="aarch64", firmwareCode=code, firmwareVars=template)
+    assert find_firmware(vm, "linux", qemu_prefix(tmp_path)) == Firmware(code, template)
+
+
+def test_no_firmware_found_names_the_key_and_the_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hostfacts, "AARCH64_FIRMWARE", ())
+    with pytest.raises(HostToolError) as caught:
+        find_firmware(vm_config(arch="aarch64"), "linux", qemu_prefix(tmp_path))
+    message = str(caught.value)
+    assert message.startswith("nexus:vm.firmwareCode: an aarch64 guest needs UEFI firmware")
+    assert "edk2-aarch64-code.fd" in message  # where it looked
+    assert "apt-get install qemu-efi-aarch64" in message
+    assert "dnf install edk2-aarch64" in message
+
+
+def test_missing_configured_firmware_names_the_key(tmp_path: Path) -> None:
+    vm = vm_config(arch="aarch64", firmwareCode=str(tmp_path / "gone.fd"))
+    with pytest.raises(HostToolError, match=r"nexus:vm.firmwareCode: '.*gone.fd' does not exist"):
+        find_firmware(vm, "linux", qemu_prefix(tmp_path))
+    vm = vm_config(arch="aarch64", firmwareVars=str(tmp_path / "gone-vars.fd"))
+    with pytest.raises(HostToolError, match=r"nexus:vm.firmwareVars: '.*gone-vars.fd' does not exist"):
+        find_firmware(vm, "linux", qemu_prefix(tmp_path))
+
+
+def test_a_bios_sized_image_is_refused_before_qemu_refuses_it(tmp_path: Path) -> None:
+    bios = flash_image(tmp_path / "QEMU_EFI.fd", 2 * 1024 * 1024)
+    with pytest.raises(HostToolError) as caught:
+        find_firmware(vm_config(arch="aarch64", firmwareCode=bios), "linux", qemu_prefix(tmp_path))
+    assert "nexus:vm.firmwareCode" in str(caught.value)
+    assert "needs a 64 MiB flash image" in str(caught.value)
+
+
+REAL_AARCH64_QEMU = shutil.which("qemu-system-aarch64")
+DEBIAN_BIOS_IMAGE = Path("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd")
+
+
+@pytest.mark.skipif(
+    REAL_AARCH64_QEMU is None or not DEBIAN_BIOS_IMAGE.is_file(),
+    reason="needs qemu-system-aarch64 and Debian's qemu-efi-aarch64",
+)
+def test_real_qemu_refuses_the_bios_image_as_flash_and_takes_the_one_found() -> None:
+    """Why QEMU_EFI.fd is no candidate: the virt machine's flash needs the 64 MiB image."""
+    assert REAL_AARCH64_QEMU is not None
+    vm = vm_config(arch="aarch64")
+    found = find_firmware(vm, "linux", REAL_AARCH64_QEMU)
+    assert found is not None and found.vars_template is not None
+
+    def starts_with(code: str) -> bool:
+        drive = f"if=pflash,format=raw,unit=0,readonly=on,file={code}"
+        return qemu_can_start([*probe_command(REAL_AARCH64_QEMU, vm, "tcg"), "-drive", drive])
+
+    assert starts_with(found.code) is True
+    assert starts_with(str(DEBIAN_BIOS_IMAGE)) is False
 
 
 # --- what up tells and checks before changing anything ------------------------------------------

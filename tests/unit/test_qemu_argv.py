@@ -2,7 +2,8 @@
 
 macOS and Windows cannot run here: their HostFacts below are mocks, and their command lines are
 compared with golden lists written out in full. The Linux command line is also handed to the
-installed qemu-system-x86_64 (paused, then quit over QMP) to prove QEMU accepts what we build.
+installed qemu-system-x86_64, and the arm64 one to qemu-system-aarch64 with the host's AAVMF
+firmware (paused, then quit over QMP), to prove QEMU accepts what we build.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ LINUX_HOST_TCG = HostFacts(os="linux", accelerator="tcg", qemu_binary="/usr/bin/
 # mock: macOS cannot run here (Apple Silicon, Homebrew QEMU, firmware not detected on the host)
 MOCK_MAC_HOST = HostFacts(
     os="darwin", accelerator="hvf", qemu_binary="/opt/homebrew/bin/qemu-system-aarch64", firmware_code=None
+)
+LINUX_ARM64_HOST_TCG = HostFacts(
+    os="linux",
+    accelerator="tcg",
+    qemu_binary="/usr/bin/qemu-system-aarch64",
+    firmware_code="/usr/share/AAVMF/AAVMF_CODE.fd",
+    firmware_vars_template="/usr/share/AAVMF/AAVMF_VARS.fd",
 )
 # mock: Windows cannot run here (QEMU's Windows build with the Windows Hypervisor Platform)
 MOCK_WINDOWS_HOST = HostFacts(
@@ -157,7 +165,8 @@ def test_golden_mock_mac_host_hvf_aarch64() -> None:
         "-name",
         "nexus-mac,process=nexus-mac",
         "-machine",
-        "virt,accel=hvf",
+        # GICv3 (virt's default GICv2 stops at 8 vCPUs).
+        "virt,gic-version=max,accel=hvf",
         "-smp",
         "4",
         "-m",
@@ -189,6 +198,50 @@ def test_golden_mock_mac_host_hvf_aarch64() -> None:
         "/Users/lab/.nexus-nested-vm/stacks/mac/qemu.pid",
         "-qmp",
         "unix:/Users/lab/.nexus-nested-vm/stacks/mac/qmp.sock,server=on,wait=off",
+        "-daemonize",
+    ]
+
+
+def test_golden_linux_arm64_stack_tcg() -> None:
+    config = stack_config("arm64", LINUX_HOME)
+    argv = build_qemu_argv(config, LINUX_ARM64_HOST_TCG, files_of(config.state_dir))
+    assert argv == [
+        "/usr/bin/qemu-system-aarch64",
+        "-name",
+        "nexus-arm64,process=nexus-arm64",
+        "-machine",
+        "virt,gic-version=max,accel=tcg",
+        "-smp",
+        "2",
+        "-m",
+        "4096M",
+        "-cpu",
+        "max,pauth-impdef=on",
+        # Debian's AAVMF, found on the host; the VM's own variable store.
+        "-drive",
+        "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd",
+        "-drive",
+        "if=pflash,format=raw,unit=1,file=/home/lab/.nexus-nested-vm/stacks/arm64/efi-vars.fd",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-drive",
+        "id=disk0,if=virtio,format=qcow2,discard=unmap,file=/home/lab/.nexus-nested-vm/stacks/arm64/disk.qcow2",
+        "-drive",
+        "if=virtio,format=raw,readonly=on,file=/home/lab/.nexus-nested-vm/stacks/arm64/cidata.iso",
+        "-netdev",
+        "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80,"
+        "hostfwd=tcp:127.0.0.1:8443-:443",
+        "-device",
+        "virtio-net-pci,netdev=net0",
+        "-device",
+        "virtio-rng-pci",
+        "-serial",
+        "file:/home/lab/.nexus-nested-vm/stacks/arm64/serial.log",
+        "-pidfile",
+        "/home/lab/.nexus-nested-vm/stacks/arm64/qemu.pid",
+        "-qmp",
+        "unix:/home/lab/.nexus-nested-vm/stacks/arm64/qmp.sock,server=on,wait=off",
         "-daemonize",
     ]
 
@@ -331,7 +384,8 @@ def test_unresolved_auto_accelerator_is_a_programming_error() -> None:
         ("x86_64", "hvf", None, ["host"]),
         ("aarch64", "hvf", None, ["host"]),
         ("aarch64", "kvm", None, ["host"]),
-        ("aarch64", "tcg", None, ["max"]),
+        ("aarch64", "tcg", None, ["max,pauth-impdef=on"]),
+        ("aarch64", "whpx", None, ["max"]),
         ("x86_64", "tcg", None, []),
         ("x86_64", "whpx", None, []),
         ("x86_64", "tcg", "EPYC-v4", ["EPYC-v4"]),
@@ -433,3 +487,47 @@ def test_real_qemu_writes_serial_log_where_vmpaths_says_in_a_comma_dir(tmp_path:
 def test_real_qemu_accepts_every_allowed_bind_address(tmp_path: Path, bind_address: str) -> None:
     result = run_paused(ported_config(bind_address), tmp_path / "vm")
     assert result.returncode == 0, result.stderr
+
+
+REAL_AARCH64_QEMU = shutil.which("qemu-system-aarch64")
+AAVMF_CODE = Path("/usr/share/AAVMF/AAVMF_CODE.fd")
+
+
+@pytest.mark.skipif(
+    REAL_AARCH64_QEMU is None or not AAVMF_CODE.is_file() or shutil.which("qemu-img") is None,
+    reason="needs qemu-system-aarch64, qemu-img and Debian's qemu-efi-aarch64",
+)
+@pytest.mark.parametrize("cpus", [2, 12])
+def test_real_qemu_accepts_the_arm64_argv(tmp_path: Path, cpus: int) -> None:
+    """Firmware, flash units, devices and more than virt's GICv2 limit of 8 vCPUs."""
+    assert REAL_AARCH64_QEMU is not None
+    ssh, http = free_ports(2)
+    config = config_of(
+        {
+            "vm": {"arch": "aarch64", "accelerator": "tcg", "cpus": cpus, "memoryMiB": 512},
+            "network": {"sshPort": ssh, "forwards": [{"host": http, "guest": 80}]},
+        }
+    )
+    state_dir = tmp_path / "vm"
+    state_dir.mkdir()
+    files = files_of(state_dir)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(files.overlay_disk), "64M"], check=True, timeout=60
+    )
+    Path(files.seed_iso).write_bytes(b"\0" * 2048)
+    with Path(files.firmware_vars).open("wb") as store:
+        store.truncate(AAVMF_CODE.stat().st_size)
+    host = HostFacts(
+        os="linux", accelerator="tcg", qemu_binary=REAL_AARCH64_QEMU, firmware_code=str(AAVMF_CODE)
+    )
+    argv = build_qemu_argv(config, host, files)
+    result = subprocess.run(
+        [*argv[:-1], "-S", "-qmp", "stdio"],
+        input='{"execute": "qmp_capabilities"}\n{"execute": "query-cpus-fast"}\n{"execute": "quit"}\n',
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count('"cpu-index"') == cpus
