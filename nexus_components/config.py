@@ -18,6 +18,14 @@ from typing import Any
 import jsonschema
 
 from .errors import ConfigError
+from .guest.settings import (
+    INNER_VM_SCHEMA,
+    PLAYGROUND_SCHEMA,
+    InnerVmConfig,
+    PlaygroundConfig,
+    load_inner_vm,
+    load_playground,
+)
 from .paths import VmPaths
 
 NAMESPACE = "nexus"
@@ -129,6 +137,9 @@ SCHEMA: dict[str, Any] = {
                 "cacheDir": {"type": "string", "minLength": 1, "pattern": _PATH},
             },
         },
+        # The guest layers (nexus_components/guest/settings.py).
+        "playground": PLAYGROUND_SCHEMA,
+        "innerVm": INNER_VM_SCHEMA,
     },
 }
 
@@ -140,6 +151,7 @@ _ALLOWED_BY_KEYWORD: dict[str, Callable[[Any], str]] = {
     "type": lambda schema: f"a value of type {schema['type']}",
     "minLength": lambda schema: "a non-empty string",
     "maxItems": lambda schema: f"at most {schema['maxItems']} items",
+    "maxLength": lambda schema: f"at most {schema['maxLength']} characters",
 }
 
 
@@ -218,6 +230,8 @@ class NexusConfig:
     guest: GuestConfig
     state_dir: Path
     cache_dir: Path
+    playground: PlaygroundConfig = field(default_factory=PlaygroundConfig)
+    inner_vm: InnerVmConfig = field(default_factory=InnerVmConfig)
 
 
 def default_image_url(arch: str) -> str:
@@ -230,7 +244,9 @@ def disk_size_bytes(size: str) -> int:
     return int(size[:-1]) * units[size[-1]]
 
 
-def load_config(raw: Mapping[str, Any], *, stack: str, home: Path) -> NexusConfig:
+def load_config(
+    raw: Mapping[str, Any], *, stack: str, home: Path, project_dir: Path | None = None
+) -> NexusConfig:
     """Validate the `nexus:` namespace and fill in the defaults (the seed's values)."""
     document = {key: value for key, value in raw.items() if value is not None}
     _validate(document)
@@ -261,6 +277,9 @@ def load_config(raw: Mapping[str, Any], *, stack: str, home: Path) -> NexusConfi
         "stateDir", paths.get("stateDir"), home / ".nexus-nested-vm" / "stacks" / _slug(stack), home
     )
     _check_socket_path_fits(state_dir)
+    playground = load_playground(
+        document.get("playground", {}), home=home, base_dir=project_dir or Path.cwd()
+    )
     return NexusConfig(
         stack=stack,
         image=ImageConfig(url=image.get("url", default_image_url(arch)), sha256=_lower(image.get("sha256"))),
@@ -293,6 +312,8 @@ def load_config(raw: Mapping[str, Any], *, stack: str, home: Path) -> NexusConfi
         cache_dir=_resolve_dir(
             "cacheDir", paths.get("cacheDir"), home / ".cache" / "nexus-nested-vm" / "images", home
         ),
+        playground=playground,
+        inner_vm=load_inner_vm(document.get("innerVm", {}), playground),
     )
 
 
