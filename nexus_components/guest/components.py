@@ -187,7 +187,8 @@ class Playground(pulumi.ComponentResource):
             # tini as PID 1 reaps the inner QEMU, which detaches from `docker exec`.
             init=True,
             must_run=True,
-            opts=_child(self, provider=self.provider, depends_on=container_deps),
+            # Its name and ports are unique in the VM: the old container goes before the new one.
+            opts=_child(self, provider=self.provider, depends_on=container_deps, delete_before_replace=True),
         )
         self.name = self.container.name
         self.container_id = self.container.id
@@ -200,7 +201,8 @@ class Playground(pulumi.ComponentResource):
         source = args.config.playground.source
         container = args.config.playground.name
         if source.kind == "reference":
-            image = docker.RemoteImage(f"{name}-image", name=source.value, keep_locally=False, opts=on_docker)
+            # Kept in the VM on replace/destroy: an image built FROM it cannot lose its parent.
+            image = docker.RemoteImage(f"{name}-image", name=source.value, keep_locally=True, opts=on_docker)
             return image.image_id, image.repo_digest
         if source.kind == "build":
             context = Path(source.value)
@@ -334,10 +336,10 @@ class GuestLayers(pulumi.ComponentResource):
             dockerReadySeconds=self.engine.ready_seconds,
         )
         if playground_on:
-            self._playground(name, config, access)
+            self._playground(name, config, access, lab)
         self.register_outputs(self.outputs)
 
-    def _playground(self, name: str, config: NexusConfig, access: GuestAccess) -> None:
+    def _playground(self, name: str, config: NexusConfig, access: GuestAccess, lab: NexusVm) -> None:
         self.playground = Playground(
             f"{name}-playground", PlaygroundArgs(config, access, self.engine), _child(self)
         )
@@ -352,7 +354,8 @@ class GuestLayers(pulumi.ComponentResource):
                 ),
             },
             (),
-            _child(self, depends_on=[self.playground]),
+            # Deleted before the stack's directory, which is removed only when empty.
+            _child(self, depends_on=[self.playground, lab.state]),
         )
         self.outputs.update(
             playgroundContainer=self.playground.name,

@@ -153,6 +153,8 @@ class DockerEngineProvider(ResourceProvider):
                 what="add the login user to the docker group",
                 hint="check that the login user has passwordless sudo in the VM",
             )
+            # Groups are read at login: sessions over the shared connection would not see it.
+            close_shared_connection(_target(props))
             check(
                 runner.run(engine.DOCKER_AS_USER, timeout=60),
                 layer=ENGINE_LAYER,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import http.server
 import shlex
+import socket
 import threading
 import time
 import urllib.request
@@ -25,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_lab import gone_within, lab_stack, port_is_free, qemu_processes_of, running, ssh
+from tests.e2e.test_lab import gone_within, lab_stack, qemu_processes_of, running, ssh
 from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image
 from tests.support.playground_rootfs import (
     INNER_INITRD,
@@ -46,11 +47,17 @@ GREETING = 'it\'s "quoted", $HOME and `ticks` stay as typed'
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def nothing_listens(port: int) -> bool:
+    """No listener answers (a connection the VM's side closed may sit in TIME_WAIT a minute,
+    which does not stop QEMU's forward from binding the port again: it sets SO_REUSEADDR)."""
+    with socket.socket() as probe:
+        probe.settimeout(5)
+        return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +112,23 @@ def guest_config(
             "powerdownTimeoutSeconds": 60,
         },
     }
+
+
+REGISTRY_PORT = 5001
+REGISTRY_CONFIG = f"""version: 0.1
+storage:
+  filesystem:
+    rootdirectory: /tmp/nexus-test-registry
+http:
+  addr: 127.0.0.1:{REGISTRY_PORT}
+"""
+
+
+def start_registry() -> str:
+    """A shell line for the VM: Debian's registry binary, detached, on REGISTRY_PORT."""
+    write = shlex.join(["printf", "%s", REGISTRY_CONFIG]) + " > /tmp/nexus-test-registry.yml"
+    serve = "setsid docker-registry serve /tmp/nexus-test-registry.yml"
+    return f"{write} && ({serve} </dev/null >/tmp/nexus-test-registry.log 2>&1 &)"
 
 
 def http_get(port: int, path: str = "/", attempts: int = 30) -> str:
@@ -204,6 +228,46 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         assert after > before + (1 << 30), (before, after)
         assert cli.outputs()["rootFsBytes"] == after
         assert cli.outputs()["vmPid"] == vm_pid, "the disk grows without a restart"
+
+        # A failing guest step names its layer, command and output; the layers below keep running.
+        cli.set_config("nexus:innerVm.kernel", "/opt/nexus/no such vmlinuz")
+        failed = cli.up(check=False)
+        message = failed.stdout + failed.stderr
+        assert failed.returncode != 0
+        assert "inner VM: could not start QEMU in the container nexus-playground" in message, message
+        assert "no such vmlinuz" in message and "command: docker exec nexus-playground" in message, message
+        assert http_get(http_port, "/env.txt") == GREETING
+        assert running(vm_pid)
+        cli.set_config("nexus:innerVm.kernel", INNER_KERNEL)
+
+        # An image reference, pulled from a registry we run ourselves (Debian's docker-registry
+        # in the VM, a second instance without the package's htpasswd auth): push the imported
+        # image there, then switch the source to its reference.
+        reference = f"localhost:{REGISTRY_PORT}/nexus/playground:1"
+        imported = outputs["playgroundImageDigest"]
+        ssh(outputs, start_registry())
+        push = f"docker tag {shlex.quote(imported)} {reference} && docker push -q {reference}"
+        ssh(outputs, f"for i in $(seq 1 20); do {push} && exit 0; sleep 3; done; exit 1")
+        cli.run("config", "rm", "--path", "nexus:playground.rootfsTarball", *cli.stack_args())
+        cli.set_config("nexus:playground.image", reference)
+        cli.up()
+        outputs = cli.outputs()
+        assert outputs["playgroundImageDigest"].startswith("localhost:5000/nexus/playground@sha256:"), outputs
+        assert http_get(http_port, "/env.txt") == GREETING
+        assert outputs["innerVmQmpStatus"] == "running"
+
+        # A build context on the host, built in the VM; a changed file rebuilds.
+        context = tmp_path / "context"
+        context.mkdir()
+        (context / "Dockerfile").write_text(f"FROM {reference}\nCOPY built.html /srv/www/built.html\n")
+        (context / "built.html").write_text("first build")
+        cli.run("config", "rm", "--path", "nexus:playground.image", *cli.stack_args())
+        cli.set_config("nexus:playground.buildContext", str(context))
+        cli.up()
+        assert http_get(http_port, "/built.html") == "first build"
+        (context / "built.html").write_text("second build")
+        cli.up()
+        assert http_get(http_port, "/built.html") == "second build"
     finally:
         destroyed = cli.destroy(check=False)
 
@@ -214,6 +278,6 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
     assert output.index("[inner-vm] powered off") < output.index("[vm] VM powered off"), output
     assert vm_pid and gone_within(vm_pid, 10) and not running(vm_pid)
     assert qemu_processes_of(state_dir) == []
-    assert port_is_free(ssh_port) and port_is_free(http_port)
+    assert nothing_listens(ssh_port) and nothing_listens(http_port)
     assert not state_dir.exists()
     assert cli.resources() == []
