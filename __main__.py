@@ -12,6 +12,7 @@ from pulumi.runtime.config import get_config_env
 from nexus_components.components import NexusVm, NexusVmArgs
 from nexus_components.config import NAMESPACE, load_config
 from nexus_components.errors import NexusError
+from nexus_components.guest.components import GuestLayers, GuestLayersArgs
 from nexus_components.hostfacts import (
     accelerator_note,
     check_before_changes,
@@ -35,7 +36,7 @@ def stack_settings() -> dict[str, Any]:
 
 
 try:
-    config = load_config(stack_settings(), stack=pulumi.get_stack(), home=Path.home())
+    config = load_config(stack_settings(), stack=pulumi.get_stack(), home=Path.home(), project_dir=Path.cwd())
     host = detect_host(config.vm)
     qemu_img = find_qemu_img(config.vm, host_os())
     check_before_changes(config, qemu_img)
@@ -48,5 +49,7 @@ if note:
     pulumi.log.warn(note)
 
 lab = NexusVm("nexus", NexusVmArgs(config=config, host=host, qemu_img=qemu_img))
-for output_name, output_value in lab.outputs.items():
+# Docker, the playground container and the inner VM, on top of the running VM.
+guest = GuestLayers("nexus-guest", GuestLayersArgs(config=config, lab=lab))
+for output_name, output_value in {**lab.outputs, **guest.outputs}.items():
     pulumi.export(output_name, output_value)

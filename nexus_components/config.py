@@ -20,6 +20,14 @@ import jsonschema
 
 from . import cloudinit
 from .errors import ConfigError
+from .guest.settings import (
+    INNER_VM_SCHEMA,
+    PLAYGROUND_SCHEMA,
+    InnerVmConfig,
+    PlaygroundConfig,
+    load_inner_vm,
+    load_playground,
+)
 from .paths import VmPaths
 
 NAMESPACE = "nexus"
@@ -187,6 +195,9 @@ SCHEMA: dict[str, Any] = {
                 "cacheDir": {"type": "string", "minLength": 1, "pattern": _PATH, "description": _PATH_RULE},
             },
         },
+        # The guest layers (nexus_components/guest/settings.py).
+        "playground": PLAYGROUND_SCHEMA,
+        "innerVm": INNER_VM_SCHEMA,
     },
 }
 
@@ -199,6 +210,7 @@ _ALLOWED_BY_KEYWORD: dict[str, Callable[[Any], str]] = {
     "type": lambda schema: f"a value of type {schema['type']}",
     "minLength": lambda schema: "a non-empty string",
     "maxItems": lambda schema: f"at most {schema['maxItems']} items",
+    "maxLength": lambda schema: f"at most {schema['maxLength']} characters",
 }
 
 
@@ -277,6 +289,8 @@ class NexusConfig:
     guest: GuestConfig
     state_dir: Path
     cache_dir: Path
+    playground: PlaygroundConfig = field(default_factory=PlaygroundConfig)
+    inner_vm: InnerVmConfig = field(default_factory=InnerVmConfig)
 
 
 def default_image_url(arch: str) -> str:
@@ -289,7 +303,9 @@ def disk_size_bytes(size: str) -> int:
     return int(size[:-1]) * units[size[-1]]
 
 
-def load_config(raw: Mapping[str, Any], *, stack: str, home: Path) -> NexusConfig:
+def load_config(
+    raw: Mapping[str, Any], *, stack: str, home: Path, project_dir: Path | None = None
+) -> NexusConfig:
     """Validate the `nexus:` namespace and fill in the defaults (the seed's values)."""
     document = {key: value for key, value in raw.items() if value is not None}
     _validate(document)
@@ -321,6 +337,9 @@ def load_config(raw: Mapping[str, Any], *, stack: str, home: Path) -> NexusConfi
     )
     _check_socket_path_fits(state_dir)
     _check_not_a_shared_root(state_dir, home, paths.get("stateDir"))
+    playground = load_playground(
+        document.get("playground", {}), home=home, base_dir=project_dir or Path.cwd()
+    )
     config = NexusConfig(
         stack=stack,
         image=ImageConfig(url=image.get("url", default_image_url(arch)), sha256=_lower(image.get("sha256"))),
@@ -353,6 +372,8 @@ def load_config(raw: Mapping[str, Any], *, stack: str, home: Path) -> NexusConfi
         cache_dir=_resolve_dir(
             "cacheDir", paths.get("cacheDir"), home / ".cache" / "nexus-nested-vm" / "images", home
         ),
+        playground=playground,
+        inner_vm=load_inner_vm(document.get("innerVm", {}), playground),
     )
     _check_user_data(config)
     return config

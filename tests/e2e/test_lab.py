@@ -109,6 +109,8 @@ def lab_config(tmp_path: Path, image_url: str, ssh_port: int, http_port: int) ->
         # Package installs take minutes under TCG; the seed's package list is unit-tested.
         "nexus:guest": {"username": "nexus", "installPackages": False},
         "nexus:paths": {"stateDir": str(tmp_path / "state"), "cacheDir": str(tmp_path / "cache")},
+        # The base test image has no Docker; the guest layers have their own test.
+        "nexus:playground": {"enabled": False},
     }
 
 

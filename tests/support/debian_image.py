@@ -7,7 +7,11 @@ disk BIOS-bootable with extlinux, then convert it to a compressed qcow2. It boot
 like a real cloud image and is configured by a cloud-init NoCloud seed (volume label
 ``cidata``).
 
-The result is cached under ``<cache_root>/<RECIPE_VERSION>/``: ``debian-12-nexus-test.qcow2``,
+Two recipes share this code: ``BASE`` (the host layers' tests) and ``GUEST_LAYERS``, which
+also bakes in the seed's guest packages (Docker, QEMU, libvirt, cpu-checker) and Debian's
+``docker-registry``, so the guest-layer tests do not spend minutes in ``apt-get`` under TCG.
+
+The result is cached under ``<cache_root>/<recipe version>/``: ``debian-12-nexus-test.qcow2``,
 ``SHA256SUMS`` (``sha256sum`` format) and a ``.complete`` marker written last. A build runs in a
 temporary directory next to it, under an exclusive lock, and is renamed into place only when
 finished, so an interrupted build never leaves a half-made image behind.
@@ -34,6 +38,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 # Bump whenever anything below changes what ends up in the image.
@@ -80,10 +85,37 @@ DPKG_OPTIONS: tuple[str, ...] = (
     "path-include=/usr/share/locale/locale.alias",
 )
 
+# What the guest layers need in the VM (the seed's cloud-init packages), plus a registry
+# the image-reference tests can push to and pull from, since no public one is reachable.
+GUEST_LAYER_PACKAGES: tuple[str, ...] = (
+    "docker.io",
+    "apparmor",  # the kernel enables AppArmor; without the parser dockerd cannot start containers
+    "qemu-system-x86",
+    "qemu-utils",
+    "libvirt-daemon-system",
+    "libvirt-clients",
+    "cpu-checker",
+    "docker-registry",
+)
+
 ROOT_LABEL = "rootfs"
 SECTOR = 512
 PART_START_SECTOR = 2048
 RAW_SIZE = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What goes into one cached test image; ``version`` names its cache directory."""
+
+    version: str
+    packages: tuple[str, ...]
+    raw_size: int
+
+
+BASE = Recipe(RECIPE_VERSION, PACKAGES, RAW_SIZE)
+# Bump the version whenever anything that ends up in this image changes.
+GUEST_LAYERS = Recipe("debian12-guest-r2", PACKAGES + GUEST_LAYER_PACKAGES, 4 * 1024**3)
 # Kernel messages at warning level and above only; systemd's status lines and cloud-init's
 # banners still reach the serial console, so a serial log shows how far the boot got.
 KERNEL_ARGS = f"root=LABEL={ROOT_LABEL} ro console=ttyS0,115200n8 loglevel=4"
@@ -112,36 +144,37 @@ Log = Callable[[str], None]
 # --------------------------------------------------------------------------- public API
 
 
-def ensure_test_image(cache_root: Path | None = None, log: Log = print) -> Path:
+def ensure_test_image(cache_root: Path | None = None, log: Log = print, recipe: Recipe = BASE) -> Path:
     """Return a directory holding ``debian-12-nexus-test.qcow2`` and its ``SHA256SUMS``.
 
-    ``cache_root`` is the directory under which one subdirectory per ``RECIPE_VERSION`` is kept
+    ``cache_root`` is the directory under which one subdirectory per recipe version is kept
     (default ``~/.cache/nexus-nested-vm/test-image``). A complete, digest-checked cached image is
     returned at once; otherwise the image is built (a few minutes, needs root), with concurrent
     callers serialised by a lock file.
     """
     base = DEFAULT_CACHE_BASE if cache_root is None else Path(cache_root)
-    final = base / RECIPE_VERSION
+    version = recipe.version
+    final = base / version
     if _is_complete(final):
         return final
 
     base.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(base / f".{RECIPE_VERSION}.lock", log):
+    with _exclusive_lock(base / f".{version}.lock", log):
         # Another process may have finished the build while this one waited for the lock.
         if _is_complete(final):
             return final
-        for stale in sorted(base.glob(f".{RECIPE_VERSION}.build-*")):
+        for stale in sorted(base.glob(f".{version}.build-*")):
             log(f"test image: removing leftovers of an interrupted build: {stale}")
             _remove_build_dir(stale)
         if final.exists():
             log(f"test image: discarding incomplete or corrupt cache entry {final}")
             shutil.rmtree(final)
 
-        work = base / f".{RECIPE_VERSION}.build-{os.getpid()}"
+        work = base / f".{version}.build-{os.getpid()}"
         work.mkdir()
         try:
             started = time.monotonic()
-            _build_image(work, log)
+            _build_image(work, log, recipe)
             os.rename(work, final)
         except BaseException:
             _remove_build_dir(work)
@@ -341,7 +374,7 @@ def find_debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
 # --------------------------------------------------------------------------- build
 
 
-def _mbr(boot_code: bytes, start: int, sectors: int) -> bytes:
+def _mbr(boot_code: bytes, start: int, sectors: int, version: str) -> bytes:
     """A DOS master boot record with syslinux's boot code and one active Linux partition."""
 
     def chs(lba: int) -> bytes:
@@ -353,7 +386,7 @@ def _mbr(boot_code: bytes, start: int, sectors: int) -> bytes:
         return bytes((head, ((cyl >> 2) & 0xC0) | (sector + 1), cyl & 0xFF))
 
     entry = b"\x80" + chs(start) + b"\x83" + chs(start + sectors - 1) + struct.pack("<II", start, sectors)
-    disk_id = int.from_bytes(hashlib.sha256(RECIPE_VERSION.encode()).digest()[:4], "little")
+    disk_id = int.from_bytes(hashlib.sha256(version.encode()).digest()[:4], "little")
     record = boot_code[:440].ljust(440, b"\0") + struct.pack("<IH", disk_id, 0)
     record += entry + b"\0" * 48 + b"\x55\xaa"
     assert len(record) == SECTOR
@@ -425,17 +458,17 @@ def _configure_rootfs(root: Path) -> None:
     )
 
 
-def _build_image(work: Path, log: Log) -> None:
+def _build_image(work: Path, log: Log, recipe: Recipe) -> None:
     mbr_code = _check_prerequisites().read_bytes()
     mirror = find_debian_mirror()
     raw = work / "disk.raw"
     mnt = work / "mnt"
     mnt.mkdir()
 
-    part_sectors = RAW_SIZE // SECTOR - PART_START_SECTOR
+    part_sectors = recipe.raw_size // SECTOR - PART_START_SECTOR
     with raw.open("wb") as disk:
-        disk.truncate(RAW_SIZE)
-        disk.write(_mbr(mbr_code, PART_START_SECTOR, part_sectors))
+        disk.truncate(recipe.raw_size)
+        disk.write(_mbr(mbr_code, PART_START_SECTOR, part_sectors, recipe.version))
 
     def mmdebstrap_progress(line: str) -> None:
         if line.startswith(("I: ", "E: ", "W: ")):
@@ -465,7 +498,7 @@ def _build_image(work: Path, log: Log) -> None:
                     "mmdebstrap",
                     "--mode=root",
                     "--variant=minbase",
-                    "--include=" + ",".join(PACKAGES),
+                    "--include=" + ",".join(recipe.packages),
                     *(f"--dpkgopt={option}" for option in DPKG_OPTIONS),
                     SUITE,
                     str(mnt),
@@ -497,9 +530,11 @@ def _build_image(work: Path, log: Log) -> None:
     raw.unlink()
     mnt.rmdir()
     (work / SUMS_NAME).write_text(f"{_sha256(image)}  {IMAGE_NAME}\n", encoding="utf-8")
-    (work / COMPLETE_MARKER).write_text(f"{RECIPE_VERSION}\n", encoding="utf-8")
+    (work / COMPLETE_MARKER).write_text(f"{recipe.version}\n", encoding="utf-8")
     log(f"test image: {IMAGE_NAME} is {image.stat().st_size / 1024**2:.0f} MiB")
 
 
 if __name__ == "__main__":
-    print(ensure_test_image())
+    # `python -m tests.support.debian_image [guest]`: build or reuse one recipe's image.
+    chosen = GUEST_LAYERS if sys.argv[1:] == ["guest"] else BASE
+    print(ensure_test_image(recipe=chosen))

@@ -171,7 +171,13 @@ def test_same_host_port_for_tcp_and_udp_is_allowed() -> None:
 # (id, raw config, key the error must name, text showing the bad value, text saying what is allowed)
 
 BAD_INPUTS: list[tuple[str, dict[str, Any], str, str, str]] = [
-    ("unknown-top-level-key", {"vmm": {}}, "nexus:vmm", "unknown key", "guest, image, network, paths, vm"),
+    (
+        "unknown-top-level-key",
+        {"vmm": {}},
+        "nexus:vmm",
+        "unknown key",
+        "guest, image, innerVm, network, paths, playground, vm",
+    ),
     ("unknown-nested-key", {"vm": {"memory": 4096}}, "nexus:vm.memory", "unknown key", "memoryMiB"),
     ("section-not-an-object", {"vm": "big"}, "nexus:vm", "'big'", "type object"),
     ("cpus-wrong-type", {"vm": {"cpus": "two"}}, "nexus:vm.cpus", "got 'two'", "type integer"),

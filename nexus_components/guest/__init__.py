@@ -1,0 +1,1 @@
+"""The guest layers: Docker in the VM, the playground container, the optional inner VM."""

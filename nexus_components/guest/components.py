@@ -1,0 +1,378 @@
+"""The guest layers as Pulumi components, on top of the host layers' `NexusVm`.
+
+    GuestLayers
+      ├─ RootFsGrowth      growpart + resize2fs whenever nexus:vm.diskSize grows (pulumi-command)
+      ├─ DockerEngine      waits for cloud-init and the daemon; the seed's checks as outputs
+      ├─ Playground        the `nexus-playground` container (pulumi-docker over ssh://)
+      │    └─ image        registry reference / build context (pulumi-docker), or a tarball
+      │                    copied and imported (pulumi-command)
+      └─ InnerVm           QEMU inside the container (dynamic provider)
+
+Why each part is what it is: the container and its image are pulumi-docker's, the
+ecosystem's provider for exactly this, which reads the container back on refresh; file
+copies and one-shot steps are pulumi-command's `remote.*`; the engine's readiness and
+the inner VM are dynamic providers because their `diff` must look at the machine.
+Destroy runs in dependency order: inner VM, then container and image, then the VM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_docker as docker
+from pulumi_command import remote
+
+from ..components import NexusVm, _Dynamic
+from ..config import NexusConfig, disk_size_bytes
+from ..ssh import SshTarget
+from . import engine, playground
+from . import inner_vm as inner
+from . import providers as guest_providers
+from .settings import InnerVmConfig
+
+TYPE_PREFIX = "nexus:guest"
+# pulumi-command's SSH dial retries: enough for a VM that is still booting under TCG.
+DIAL_ERROR_LIMIT = 60
+PER_DIAL_TIMEOUT = 10
+
+
+def _child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
+    return pulumi.ResourceOptions(parent=parent, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestAccess:
+    """How every guest layer reaches the VM: the forwarded SSH port and the stack's key."""
+
+    ssh_host: str
+    ssh_port: int
+    username: str
+    private_key_path: pulumi.Output[str]
+
+    def props(self) -> dict[str, Any]:
+        return {
+            "ssh_host": self.ssh_host,
+            "ssh_port": self.ssh_port,
+            "username": self.username,
+            "private_key": self.private_key_path,
+        }
+
+    def connection(self) -> remote.ConnectionArgs:
+        # pulumi-command needs the key's content; it stores the connection as a secret.
+        return remote.ConnectionArgs(
+            host=self.ssh_host,
+            port=self.ssh_port,
+            user=self.username,
+            private_key=pulumi.Output.secret(self.private_key_path.apply(_read_key)),
+            dial_error_limit=DIAL_ERROR_LIMIT,
+            per_dial_timeout=PER_DIAL_TIMEOUT,
+        )
+
+    def target(self, private_key: str) -> SshTarget:
+        return SshTarget(self.ssh_host, self.ssh_port, self.username, Path(private_key))
+
+
+def _read_key(path: str) -> str:
+    key = Path(path)
+    return key.read_text() if key.is_file() else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class DockerEngineArgs:
+    access: GuestAccess
+    vm_pid: pulumi.Output[int]
+    instance_id: pulumi.Output[str]
+    timeout_seconds: int
+
+
+class DockerEngine(pulumi.ComponentResource):
+    """Docker in the VM, ready: cloud-init done and the daemon answering the login user."""
+
+    def __init__(self, name: str, args: DockerEngineArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"{TYPE_PREFIX}:DockerEngine", name, None, opts)
+        access = args.access
+        inputs = {
+            **access.props(),
+            "docker_host": engine.docker_host(access.username, access.ssh_host, access.ssh_port),
+            "vm_pid": args.vm_pid,
+            "instance_id": args.instance_id,
+            "timeout_seconds": args.timeout_seconds,
+        }
+        outputs = ("docker_version", "kvm_usable", "kvm_verdict", "libvirt_version", "ready_seconds")
+        self.daemon = _Dynamic(
+            guest_providers.DockerEngineProvider(), f"{name}-daemon", inputs, outputs, _child(self)
+        )
+        self.docker_host: pulumi.Output[str] = self.daemon.id
+        self.docker_version: pulumi.Output[str] = self.daemon.docker_version  # type: ignore[attr-defined]
+        self.kvm_usable: pulumi.Output[bool] = self.daemon.kvm_usable  # type: ignore[attr-defined]
+        self.kvm_verdict: pulumi.Output[str] = self.daemon.kvm_verdict  # type: ignore[attr-defined]
+        self.libvirt_version: pulumi.Output[str] = self.daemon.libvirt_version  # type: ignore[attr-defined]
+        self.ready_seconds: pulumi.Output[float] = self.daemon.ready_seconds  # type: ignore[attr-defined]
+        self.register_outputs(
+            {
+                "dockerHost": self.docker_host,
+                "dockerVersion": self.docker_version,
+                "kvmUsable": self.kvm_usable,
+                "kvmVerdict": self.kvm_verdict,
+                "libvirtVersion": self.libvirt_version,
+            }
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PlaygroundArgs:
+    config: NexusConfig
+    access: GuestAccess
+    engine: DockerEngine
+
+
+class Playground(pulumi.ComponentResource):
+    """The `nexus-playground` container and the image it runs from."""
+
+    def __init__(self, name: str, args: PlaygroundArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"{TYPE_PREFIX}:Playground", name, None, opts)
+        settings = args.config.playground
+        inner_vm = args.config.inner_vm.enabled
+        after_engine = [args.engine]
+        self.provider = docker.Provider(
+            f"{name}-docker",
+            host=args.engine.docker_host,
+            ssh_opts=args.access.private_key_path.apply(
+                lambda key: playground.ssh_options(args.access.target(key))
+            ),
+            opts=_child(self, depends_on=after_engine),
+        )
+        on_docker = _child(self, provider=self.provider, depends_on=after_engine)
+        image_id, self.digest = self._image(name, args, on_docker)
+
+        volumes = [
+            docker.ContainerVolumeArgs(host_path=v.source, container_path=v.target, read_only=v.read_only)
+            if v.is_bind
+            else docker.ContainerVolumeArgs(
+                volume_name=v.source, container_path=v.target, read_only=v.read_only
+            )
+            for v in playground.all_volumes(settings, inner_vm=inner_vm)
+        ]
+        container_deps: list[pulumi.Resource] = [args.engine]
+        if inner_vm:
+            # A named volume of its own, so destroy removes it after the container.
+            self.inner_volume = docker.Volume(
+                f"{name}-inner-vm-volume",
+                name=playground.inner_vm_volume(settings.name).source,
+                opts=on_docker,
+            )
+            container_deps.append(self.inner_volume)
+
+        def device_args(kvm_usable: bool) -> list[docker.ContainerDeviceArgs]:
+            chosen = playground.devices(settings, pass_kvm=inner_vm and bool(kvm_usable))
+            return [docker.ContainerDeviceArgs(host_path=d, container_path=d) for d in chosen]
+
+        self.container = docker.Container(
+            f"{name}-container",
+            name=settings.name,
+            image=image_id,
+            command=list(settings.command) or None,
+            envs=playground.env_list(settings.env),
+            ports=[
+                docker.ContainerPortArgs(internal=p.container, external=p.vm, protocol=p.protocol)
+                for p in settings.ports
+            ],
+            volumes=volumes,
+            restart=settings.restart,
+            privileged=settings.privileged,
+            devices=args.engine.kvm_usable.apply(device_args),
+            # tini as PID 1 reaps the inner QEMU, which detaches from `docker exec`.
+            init=True,
+            must_run=True,
+            # Its name and ports are unique in the VM: the old container goes before the new one.
+            opts=_child(self, provider=self.provider, depends_on=container_deps, delete_before_replace=True),
+        )
+        self.name = self.container.name
+        self.container_id = self.container.id
+        self.register_outputs({"name": self.name, "id": self.container_id, "imageDigest": self.digest})
+
+    def _image(
+        self, name: str, args: PlaygroundArgs, on_docker: pulumi.ResourceOptions
+    ) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+        """The image id the container runs from, and the image's digest (an output)."""
+        source = args.config.playground.source
+        container = args.config.playground.name
+        if source.kind == "reference":
+            # Kept in the VM on replace/destroy: an image built FROM it cannot lose its parent.
+            image = docker.RemoteImage(f"{name}-image", name=source.value, keep_locally=True, opts=on_docker)
+            return image.image_id, image.repo_digest
+        if source.kind == "build":
+            context = Path(source.value)
+            image = docker.RemoteImage(
+                f"{name}-image",
+                name=f"nexus/{container.lower()}:build",
+                build=docker.RemoteImageBuildArgs(context=str(context)),
+                # A changed file in the context (by content) rebuilds.
+                triggers={"context": playground.tree_digest(context)},
+                keep_locally=False,
+                opts=on_docker,
+            )
+            return image.image_id, image.image_id
+        tarball = Path(source.value)
+        digest = playground.file_digest(tarball)
+        steps = playground.tarball_import(source.kind, container, digest)
+        connection = args.access.connection()
+        upload = remote.CopyToRemote(
+            f"{name}-upload",
+            connection=connection,
+            source=pulumi.FileAsset(str(tarball)),
+            remote_path=steps.remote_path,
+            triggers=[digest],
+            opts=_child(self, depends_on=[args.engine]),
+        )
+        imported = remote.Command(
+            f"{name}-import",
+            connection=connection,
+            create=steps.create,
+            delete=steps.delete,
+            triggers=[digest],
+            opts=_child(self, depends_on=[upload]),
+        )
+        image_id = imported.stdout.apply(lambda out: out.strip().splitlines()[-1] if out.strip() else "")
+        return image_id, image_id
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerVmArgs:
+    config: InnerVmConfig
+    access: GuestAccess
+    playground: Playground
+
+
+class InnerVm(pulumi.ComponentResource):
+    """QEMU inside the playground container, KVM where it really runs guests."""
+
+    def __init__(self, name: str, args: InnerVmArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"{TYPE_PREFIX}:InnerVm", name, None, opts)
+        spec = dataclasses.asdict(args.config)
+        spec["forwards"] = [dataclasses.asdict(f) for f in args.config.forwards]
+        inputs = {
+            **args.access.props(),
+            "container": args.playground.name,
+            "container_id": args.playground.container_id,
+            "spec": spec,
+        }
+        self.qemu = _Dynamic(
+            guest_providers.InnerVmProvider(),
+            f"{name}-qemu",
+            inputs,
+            ("accelerator", "pid", "qmp_status", "ready_seconds"),
+            _child(self),
+        )
+        self.accelerator: pulumi.Output[str] = self.qemu.accelerator  # type: ignore[attr-defined]
+        self.qmp_status: pulumi.Output[str] = self.qemu.qmp_status  # type: ignore[attr-defined]
+        self.ready_seconds: pulumi.Output[float] = self.qemu.ready_seconds  # type: ignore[attr-defined]
+        self.register_outputs({"accelerator": self.accelerator, "qmpStatus": self.qmp_status})
+
+
+@dataclasses.dataclass(frozen=True)
+class RootFsGrowthArgs:
+    access: GuestAccess
+    disk_size: str
+    lab: NexusVm
+
+
+class RootFsGrowth(pulumi.ComponentResource):
+    """The seed's `growpart` + `resize2fs`, run again whenever nexus:vm.diskSize changes."""
+
+    def __init__(self, name: str, args: RootFsGrowthArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"{TYPE_PREFIX}:RootFsGrowth", name, None, opts)
+        # A one-shot guest step with nothing to read back: pulumi-command's remote.Command.
+        self.command = remote.Command(
+            f"{name}-resize",
+            connection=args.access.connection(),
+            create=playground.GROW_ROOT_FS,
+            triggers=[disk_size_bytes(args.disk_size)],
+            opts=_child(self, depends_on=[args.lab.qemu, args.lab.disk]),
+        )
+        self.root_fs_bytes = self.command.stdout.apply(lambda out: int(out.strip() or 0))
+        self.register_outputs({"rootFsBytes": self.root_fs_bytes})
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestLayersArgs:
+    config: NexusConfig
+    lab: NexusVm
+
+
+class GuestLayers(pulumi.ComponentResource):
+    """Everything above the VM, each layer depending on the one below it."""
+
+    def __init__(self, name: str, args: GuestLayersArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"{TYPE_PREFIX}:GuestLayers", name, None, opts)
+        config, lab = args.config, args.lab
+        access = GuestAccess(
+            config.network.ssh_host, config.network.ssh_port, config.guest.username, lab.seed.private_key_path
+        )
+        self.outputs: dict[str, Any] = {}
+        self.growth = RootFsGrowth(
+            f"{name}-rootfs", RootFsGrowthArgs(access, config.vm.disk_size, lab), _child(self)
+        )
+        self.outputs["rootFsBytes"] = self.growth.root_fs_bytes
+        playground_on = config.playground.enabled
+        if not (playground_on or config.guest.install_packages):
+            self.register_outputs(self.outputs)
+            return
+        self.engine = DockerEngine(
+            f"{name}-docker",
+            DockerEngineArgs(
+                access, lab.qemu.pid, lab.seed.instance_id, config.playground.ready_timeout_seconds
+            ),
+            _child(self),
+        )
+        self.outputs.update(
+            dockerVersion=self.engine.docker_version,
+            kvmUsable=self.engine.kvm_usable,
+            kvmVerdict=self.engine.kvm_verdict,
+            libvirtVersion=self.engine.libvirt_version,
+            dockerReadySeconds=self.engine.ready_seconds,
+        )
+        if playground_on:
+            self._playground(name, config, access, lab)
+        self.register_outputs(self.outputs)
+
+    def _playground(self, name: str, config: NexusConfig, access: GuestAccess, lab: NexusVm) -> None:
+        self.playground = Playground(
+            f"{name}-playground", PlaygroundArgs(config, access, self.engine), _child(self)
+        )
+        script_path = config.state_dir / "connect-playground.sh"
+        self.shell_script = _Dynamic(
+            guest_providers.ScriptFileProvider(),
+            f"{name}-playground-shell",
+            {
+                "path": str(script_path),
+                "content": access.private_key_path.apply(
+                    lambda key: playground.shell_script(access.target(key), config.playground.name)
+                ),
+            },
+            (),
+            # Deleted before the stack's directory, which is removed only when empty.
+            _child(self, depends_on=[self.playground, lab.state]),
+        )
+        self.outputs.update(
+            playgroundContainer=self.playground.name,
+            playgroundImageDigest=self.playground.digest,
+            playgroundShellScript=str(script_path),
+        )
+        inner_config = config.inner_vm
+        if not inner_config.enabled:
+            return
+        self.inner_vm = InnerVm(
+            f"{name}-inner-vm", InnerVmArgs(inner_config, access, self.playground), _child(self)
+        )
+        vm_ports = playground.ports_by_container_port(config.playground.ports)
+        self.outputs.update(
+            innerVmAccelerator=self.inner_vm.accelerator,
+            innerVmQmpStatus=self.inner_vm.qmp_status,
+            innerVmReadySeconds=self.inner_vm.ready_seconds,
+            innerVmReach=inner.reach_hint(config.playground.name, inner_config, vm_ports),
+            innerVmSerialLog=str(inner.InnerVmPaths(inner_config.name).serial_log),
+        )

@@ -1,0 +1,227 @@
+"""The inner VM: every command the layer sends into the playground container, built here.
+
+The inner VM is a QEMU process inside the container, started with `docker exec` over SSH
+(the shared `CommandRunner`). Its files live in a volume of the container, named in one
+place (`InnerVmPaths`, after `paths.VmPaths`). The accelerator is probed by booting a
+512-byte guest with `-accel kvm` that writes to QEMU's `isa-debug-exit` port: only a
+/dev/kvm that really runs guest code passes, an openable device node is not enough.
+No Pulumi import; unit-tested directly.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from .settings import InnerVmConfig
+
+# Where the container mounts the inner VM's volume.
+VOLUME_MOUNT = PurePosixPath("/var/lib/nexus/inner-vm")
+QEMU_BINARY = "qemu-system-x86_64"
+QEMU_IMG = "qemu-img"
+
+# The probe guest: `mov al, 0x21; out 0xf4, al; hlt; jmp $-1` as a boot sector. QEMU's
+# isa-debug-exit device turns the write into exit status (0x21 << 1) | 1.
+PROBE_CODE = bytes([0xB0, 0x21, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD])
+PROBE_EXIT_STATUS = (0x21 << 1) | 1
+PROBE_TIMEOUT_SECONDS = 60
+
+
+def probe_boot_sector() -> bytes:
+    return PROBE_CODE.ljust(510, b"\0") + b"\x55\xaa"
+
+
+@dataclass(frozen=True)
+class InnerVmPaths:
+    """Every file of one inner VM, as paths inside the container."""
+
+    name: str
+
+    @property
+    def dir(self) -> PurePosixPath:
+        return VOLUME_MOUNT / self.name
+
+    @property
+    def disk(self) -> PurePosixPath:
+        return self.dir / "disk.qcow2"
+
+    @property
+    def qmp_socket(self) -> PurePosixPath:
+        return self.dir / "qmp.sock"
+
+    @property
+    def serial_log(self) -> PurePosixPath:
+        return self.dir / "serial.log"
+
+    @property
+    def pid_file(self) -> PurePosixPath:
+        return self.dir / "qemu.pid"
+
+    @property
+    def probe_image(self) -> PurePosixPath:
+        return self.dir / "kvm-probe.img"
+
+    def runtime_files(self) -> tuple[PurePosixPath, ...]:
+        return (self.qmp_socket, self.pid_file)
+
+
+def _opt(value: object) -> str:
+    """QEMU's option syntax: a comma inside a value is written twice."""
+    return str(value).replace(",", ",,")
+
+
+def build_inner_argv(config: InnerVmConfig, accelerator: str) -> list[str]:
+    """The inner QEMU's command line, in the container (same layering as the VM's own)."""
+    paths = InnerVmPaths(config.name)
+    argv = [
+        QEMU_BINARY,
+        "-name",
+        f"{config.name},process=nexus-inner-{config.name}",
+        "-machine",
+        f"q35,accel={accelerator}",
+        "-smp",
+        str(config.cpus),
+        "-m",
+        f"{config.memory_mib}M",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-drive",
+        f"id=disk0,if=virtio,format=qcow2,file={_opt(paths.disk)}",
+    ]
+    if config.kernel:
+        argv += ["-kernel", config.kernel]
+        if config.initrd:
+            argv += ["-initrd", config.initrd]
+        argv += ["-append", config.kernel_args]
+    elif config.iso:
+        argv += ["-drive", f"media=cdrom,readonly=on,file={_opt(config.iso)}", "-boot", "order=dc"]
+    forwards = [f"hostfwd=tcp::{f.container}-:{f.guest}" for f in config.forwards]
+    argv += [
+        "-netdev",
+        ",".join(["user,id=net0", *forwards]),
+        "-device",
+        "virtio-net-pci,netdev=net0",
+        "-serial",
+        f"file:{paths.serial_log}",
+        "-pidfile",
+        str(paths.pid_file),
+        "-qmp",
+        f"unix:{_opt(paths.qmp_socket)},server=on,wait=off",
+        "-daemonize",
+    ]
+    return argv
+
+
+def probe_argv(accelerator: str, image: PurePosixPath) -> list[str]:
+    """Boot the probe sector with `accelerator`; exits PROBE_EXIT_STATUS if guest code ran."""
+    return [
+        "timeout",
+        str(PROBE_TIMEOUT_SECONDS),
+        QEMU_BINARY,
+        "-accel",
+        accelerator,
+        "-machine",
+        "pc",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-drive",
+        f"file={_opt(image)},format=raw,if=ide",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+    ]
+
+
+def in_container(container: str, argv: Sequence[str], *, stdin: bool = False) -> list[str]:
+    """`docker exec` of an argument list (ssh then quotes every word for the VM's shell)."""
+    return ["docker", "exec", *(["-i"] if stdin else []), container, *argv]
+
+
+def write_file(container: str, path: PurePosixPath) -> list[str]:
+    """Copy stdin to `path` in the container."""
+    return in_container(container, ["dd", f"of={path}", "status=none"], stdin=True)
+
+
+def make_dir(container: str, path: PurePosixPath) -> list[str]:
+    return in_container(container, ["mkdir", "-p", str(path)])
+
+
+def create_disk_if_missing(container: str, disk: PurePosixPath, size: str) -> list[str]:
+    # Values are positional parameters of a fixed script, never pasted into it.
+    script = 'test -e "$1" || qemu-img create -q -f qcow2 "$1" "$2"'
+    return in_container(container, ["sh", "-c", script, "sh", str(disk), size])
+
+
+def running_pid(container: str, pid_file: PurePosixPath) -> list[str]:
+    """Prints the pid if the pid file names a live QEMU of this VM (its command line has the file)."""
+    script = (
+        'pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && grep -qF -- "$1" "/proc/$pid/cmdline" && echo "$pid"'
+    )
+    return in_container(container, ["sh", "-c", script, "sh", str(pid_file)])
+
+
+def kill_pid(container: str, pid: int) -> list[str]:
+    return in_container(container, ["kill", "-9", str(pid)])
+
+
+def remove_files(container: str, paths: Sequence[PurePosixPath]) -> list[str]:
+    return in_container(container, ["rm", "-rf", "--", *(str(path) for path in paths)])
+
+
+def container_state(container: str) -> list[str]:
+    return ["docker", "inspect", "--format", "{{.State.Running}}", container]
+
+
+def qmp_argv(container: str, socket: PurePosixPath) -> list[str]:
+    """socat relays stdin to the QMP socket; -t1 waits a second for the replies after EOF."""
+    return in_container(container, ["socat", "-t1", "-", f"UNIX-CONNECT:{socket}"], stdin=True)
+
+
+def qmp_input(command: str, **arguments: Any) -> bytes:
+    request: dict[str, Any] = {"execute": command}
+    if arguments:
+        request["arguments"] = arguments
+    return (json.dumps({"execute": "qmp_capabilities"}) + "\n" + json.dumps(request) + "\n").encode()
+
+
+def qmp_reply(output: str) -> dict[str, Any] | None:
+    """The reply to the second command (after qmp_capabilities); events and greeting skipped."""
+    replies = []
+    for line in output.splitlines():
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(message, dict) and ("return" in message or "error" in message):
+            replies.append(message)
+    return replies[1] if len(replies) >= 2 else None
+
+
+def qmp_status(output: str) -> str:
+    """`query-status` reply -> "running", "paused", ...; "unknown" if QEMU did not answer."""
+    reply = qmp_reply(output)
+    if reply and isinstance(reply.get("return"), dict):
+        return str(reply["return"].get("status", "unknown"))
+    return "unknown"
+
+
+def serial_tail(container: str, serial_log: PurePosixPath, lines: int = 20) -> list[str]:
+    return in_container(container, ["tail", "-n", str(lines), str(serial_log)])
+
+
+def reach_hint(container: str, config: InnerVmConfig, vm_ports: dict[int, int]) -> str:
+    """How a user reaches the inner VM (the `innerVmReach` output)."""
+    paths = InnerVmPaths(config.name)
+    console = shlex.join(["docker", "exec", container, "tail", "-f", str(paths.serial_log)])
+    hints = [f"serial console: {console}"]
+    for forward in config.forwards:
+        vm_port = vm_ports.get(forward.container)
+        where = f"VM port {vm_port}" if vm_port else f"container port {forward.container} (not published)"
+        hints.append(f"guest port {forward.guest}: {where}")
+    return "; ".join(hints)

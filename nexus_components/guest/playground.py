@@ -1,0 +1,156 @@
+"""What the playground layer hands to pulumi-docker and pulumi-command, as plain values.
+
+The container itself is a pulumi-docker `Container` (the ecosystem's provider for it,
+which reads the container back on refresh); this module turns `PlaygroundConfig` into
+its arguments, and writes the shell lines of the one-shot guest steps (`docker import`
+or `docker load` of a copied tarball, growing the root file system), quoting every
+value with `shlex.quote`. No Pulumi import; unit-tested directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ..ssh import SshTarget
+from .inner_vm import VOLUME_MOUNT
+from .runner import sharing_options
+from .settings import PlaygroundConfig, PublishedPort, Volume
+
+KVM_DEVICE = "/dev/kvm"
+# Where a copied tarball waits in the VM for `docker import`/`docker load`.
+UPLOAD_DIR = PurePosixPath("/var/tmp")
+
+
+def ssh_options(target: SshTarget) -> list[str]:
+    """pulumi-docker's `sshOpts`: the key by path (never its content), no host-key pinning
+    (the VM's host key changes whenever it is recreated; see ssh.py), and the connection
+    the other guest steps share."""
+    return [
+        *sharing_options(target),
+        "-i",
+        str(target.private_key),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+    ]
+
+
+def env_list(env: Mapping[str, str]) -> list[str]:
+    """docker's `NAME=value` form; the value is passed through the API, never a shell."""
+    return [f"{name}={value}" for name, value in sorted(env.items())]
+
+
+def inner_vm_volume(container: str) -> Volume:
+    return Volume(f"{container}-inner-vm", str(VOLUME_MOUNT))
+
+
+def all_volumes(config: PlaygroundConfig, *, inner_vm: bool) -> tuple[Volume, ...]:
+    return (*config.volumes, inner_vm_volume(config.name)) if inner_vm else config.volumes
+
+
+def devices(config: PlaygroundConfig, *, pass_kvm: bool) -> list[str]:
+    """The user's devices, plus /dev/kvm when the inner VM can use it."""
+    chosen = list(config.devices)
+    if pass_kvm and KVM_DEVICE not in chosen:
+        chosen.append(KVM_DEVICE)
+    return chosen
+
+
+def ports_by_container_port(ports: tuple[PublishedPort, ...]) -> dict[int, int]:
+    return {port.container: port.vm for port in ports if port.protocol == "tcp"}
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a tarball: a changed file (by content, not date) makes a new image."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tree_digest(root: Path) -> str:
+    """SHA-256 over a build context's file names, modes and contents, in a stable order."""
+    digest = hashlib.sha256()
+    for directory, subdirs, files in os.walk(root):
+        subdirs.sort()
+        for name in sorted(files):
+            path = Path(directory) / name
+            relative = path.relative_to(root).as_posix()
+            digest.update(relative.encode() + b"\0" + oct(path.stat().st_mode & 0o777).encode() + b"\0")
+            if path.is_symlink():
+                digest.update(os.readlink(path).encode())
+            else:
+                digest.update(bytes.fromhex(file_digest(path)))
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TarballImport:
+    """The one-shot step that turns a copied tarball into an image in the VM."""
+
+    remote_path: str
+    create: str
+    delete: str
+
+
+def tarball_import(kind: str, container: str, digest: str) -> TarballImport:
+    """`docker import` (root file system) or `docker load` (image archive) of the copied file.
+
+    The last line the create command prints is the image id the container runs from.
+    """
+    remote = str(UPLOAD_DIR / f"nexus-{container}-{digest[:16]}.tar")
+    tag = f"nexus/{container.lower()}:{digest[:16]}"
+    q_remote, q_tag = shlex.quote(remote), shlex.quote(tag)
+    if kind == "rootfs-tarball":
+        make = f"docker import {q_remote} {q_tag} >/dev/null"
+    else:
+        # `docker load` names what it loaded; tag it so delete knows what to remove.
+        make = (
+            f"loaded=$(docker load --quiet --input {q_remote}"
+            " | sed -n 's/^Loaded image[^:]*: //p' | tail -n 1)"
+            f' && docker tag "$loaded" {q_tag}'
+        )
+    create = f"set -e; {make}; rm -f {q_remote}; docker image inspect --format '{{{{.Id}}}}' {q_tag}"
+    delete = f"docker image rm --force {q_tag} >/dev/null 2>&1 || true; rm -f {q_remote}"
+    return TarballImport(remote, create, delete)
+
+
+# Grows the partition holding / to the end of its disk, then its file system: the seed's
+# `growpart /dev/vda 1 && resize2fs /dev/vda1`, for whatever disk and partition hold /.
+# growpart exits 1 with NOCHANGE when the partition already fills the disk.
+GROW_ROOT_FS = """set -e
+source=$(findmnt -no SOURCE /)
+name=${source#/dev/}
+disk=/dev/$(lsblk -no PKNAME "$source" | head -n 1)
+partition=$(cat "/sys/class/block/$name/partition")
+status=0; sudo -n growpart "$disk" "$partition" >/tmp/nexus-growpart.log 2>&1 || status=$?
+if [ "$status" -gt 1 ]; then cat /tmp/nexus-growpart.log >&2; exit "$status"; fi
+case $(findmnt -no FSTYPE /) in
+  xfs) sudo -n xfs_growfs / >/dev/null ;;
+  *) sudo -n resize2fs "$source" >/dev/null 2>&1 ;;
+esac
+df -B1 --output=size / | tail -n 1 | tr -d ' '"""
+
+
+def shell_script(target: SshTarget, container: str, shell: str = "sh") -> str:
+    """A script beside connect-ssh.sh that opens a shell in the container, through SSH."""
+    # -t: `docker exec -it` needs a terminal on the VM's side too.
+    ssh = "ssh -t " + target.interactive_command().removeprefix("ssh ")
+    inner = shlex.join(["docker", "exec", "-it", container, shell])
+    return (
+        "#!/bin/sh\n# Written by nexus-nested-vm: opens a shell in the playground container.\n"
+        f"exec {ssh} {shlex.quote(inner)}\n"
+    )

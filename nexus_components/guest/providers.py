@@ -1,0 +1,425 @@
+"""Dynamic providers of the guest layers: the Docker engine's readiness and the inner VM.
+
+Why these two are dynamic providers and not pulumi-command: both must look at the
+machine in `diff`/`read` (a daemon that stopped answering, an inner QEMU that died or
+whose container was recreated shows in `pulumi preview`), which `remote.Command`
+cannot. The container itself is pulumi-docker's; one-shot steps are pulumi-command's
+(see components.py). Every command goes through the shared `CommandRunner`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+
+from ..paths import remove_quietly
+from ..providers import _reports_errors, _say
+from ..ssh import SshTarget
+from . import engine
+from . import inner_vm as inner
+from .runner import (
+    SSH_UNREACHABLE,
+    CommandRunner,
+    GuestError,
+    SshRunner,
+    check,
+    close_shared_connection,
+    output_tail,
+    wait_for,
+)
+from .settings import InnerVmConfig, PortToGuest
+
+Props = dict[str, Any]
+
+ENGINE_LAYER = "Docker engine"
+INNER_LAYER = "inner VM"
+
+
+def _target(props: Props) -> SshTarget:
+    return SshTarget(
+        host=props["ssh_host"],
+        port=int(props["ssh_port"]),
+        user=props["username"],
+        private_key=Path(props["private_key"]),
+    )
+
+
+def _runner(props: Props) -> CommandRunner:
+    return SshRunner(_target(props))
+
+
+def _changed(olds: Props, news: Props, keys: tuple[str, ...]) -> list[str]:
+    return [key for key in keys if olds.get(key) != news.get(key)]
+
+
+# --------------------------------------------------------------------------- Docker engine
+
+
+def _engine_missing(runner: CommandRunner) -> str | None:
+    """What keeps the engine from being ready, or None; raises on what waiting cannot fix."""
+    status = runner.run(engine.CLOUD_INIT_STATUS, timeout=60)
+    if status.returncode in (SSH_UNREACHABLE, 124):
+        return "SSH to the VM does not answer"
+    missing = engine.cloud_init_missing(status.returncode, status.output)
+    if missing == "cloud-init finished with an error":
+        log = runner.run(engine.CLOUD_INIT_LOG_TAIL, timeout=60)
+        raise GuestError(
+            f"{ENGINE_LAYER}: cloud-init finished with an error in the VM "
+            "(a package install may have failed)",
+            command=engine.CLOUD_INIT_STATUS,
+            output="last lines of /var/log/cloud-init-output.log:\n" + (output_tail(log.output) or "(none)"),
+            hint="fix the cause above (nexus:guest.packages, nexus:guest.userData), then `pulumi up`; "
+            "the VM keeps running",
+        )
+    if missing:
+        return missing
+    version = runner.run(engine.DOCKER_SERVER_VERSION, timeout=60)
+    missing = engine.docker_missing(version.returncode, version.output)
+    if missing == "docker is not installed in the VM":
+        raise GuestError(
+            f"{ENGINE_LAYER}: docker is not installed in the VM",
+            command=engine.DOCKER_SERVER_VERSION,
+            output=output_tail(version.output),
+            hint="set nexus:guest.installPackages to true (the seed's packages include docker.io), "
+            "or use an image with Docker, or set nexus:playground.enabled to false",
+        )
+    if missing:
+        state = runner.run(engine.DOCKER_DAEMON_STATE, timeout=30).output or "unknown"
+        return f"{missing}; systemctl says docker is {state}"
+    return None
+
+
+@_reports_errors
+class DockerEngineProvider(ResourceProvider):
+    """Ready when cloud-init is done and the daemon answers; outputs the seed's checks."""
+
+    KEYS = ("ssh_host", "ssh_port", "username", "private_key", "vm_pid", "instance_id")
+
+    def create(self, props: Props) -> CreateResult:
+        return CreateResult(id_=props["docker_host"], outs=self._ready(props))
+
+    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
+        changed = _changed(olds, news, self.KEYS)
+        if not changed and not self._answers(olds):
+            changed.append("daemon")  # stopped, or the VM is down: wait for it again
+        return DiffResult(changes=bool(changed))
+
+    def update(self, _id: str, _olds: Props, news: Props) -> UpdateResult:
+        return UpdateResult(outs=self._ready(news))
+
+    def read(self, id_: str, props: Props) -> ReadResult:
+        answers = self._answers(props)
+        return ReadResult(id_=id_, outs={**props, "answers": answers})
+
+    def delete(self, _id: str, props: Props) -> None:
+        # Docker is part of the VM and goes with it. This is the last guest layer to go:
+        # end the SSH connection the guest layers shared, so no ssh process outlives them.
+        close_shared_connection(_target(props))
+
+    @staticmethod
+    def _answers(props: Props) -> bool:
+        result = _runner(props).run(engine.DOCKER_AS_USER, timeout=60)
+        return result.ok and bool(result.stdout.strip())
+
+    @staticmethod
+    def _ready(props: Props) -> Props:
+        runner = _runner(props)
+        timeout = float(props["timeout_seconds"])
+        seconds, missing = wait_for(
+            lambda: _engine_missing(runner),
+            timeout=timeout,
+            log=lambda line: _say("docker", line),
+            waiting_for="the Docker engine",
+        )
+        if missing is not None:
+            log = runner.run(engine.CLOUD_INIT_LOG_TAIL, timeout=60)
+            raise GuestError(
+                f"{ENGINE_LAYER}: not ready within {timeout:.0f} s: {missing}",
+                command=engine.DOCKER_SERVER_VERSION,
+                output="last lines of /var/log/cloud-init-output.log:\n"
+                + (output_tail(log.output) or "(none)"),
+                hint="raise nexus:playground.readyTimeoutSeconds if the VM is just slow (TCG is), "
+                "or ssh in (sshCommand output) and check `systemctl status docker`",
+            )
+        user_access = runner.run(engine.DOCKER_AS_USER, timeout=60)
+        if not user_access.ok:
+            # pulumi-docker connects as the login user: give it the docker group (next session on).
+            check(
+                runner.run(engine.join_docker_group(props["username"]), timeout=60),
+                layer=ENGINE_LAYER,
+                what="add the login user to the docker group",
+                hint="check that the login user has passwordless sudo in the VM",
+            )
+            # Groups are read at login: sessions over the shared connection would not see it.
+            close_shared_connection(_target(props))
+            check(
+                runner.run(engine.DOCKER_AS_USER, timeout=60),
+                layer=ENGINE_LAYER,
+                what="reach the Docker daemon as the login user",
+                hint="ssh in and run `docker version`",
+            )
+        version = runner.run(engine.DOCKER_AS_USER, timeout=60).stdout.strip()
+        kvm_ok = runner.run(engine.KVM_OK, timeout=60)
+        verdict = engine.parse_kvm_ok(kvm_ok.returncode, kvm_ok.output)
+        libvirt = runner.run(engine.LIBVIRT_VERSION, timeout=60)
+        _say("docker", f"Docker {version} ready after {seconds:.0f} s; kvm-ok: {verdict.verdict}")
+        return {
+            **props,
+            "docker_version": version,
+            "kvm_usable": verdict.usable,
+            "kvm_verdict": verdict.verdict,
+            "libvirt_version": engine.parse_libvirt_version(libvirt.returncode, libvirt.output),
+            "ready_seconds": round(seconds, 1),
+            "answers": True,
+        }
+
+
+# --------------------------------------------------------------------------- inner VM
+
+
+def _inner_config(props: Props) -> InnerVmConfig:
+    spec = props["spec"]
+    return InnerVmConfig(
+        enabled=True,
+        name=spec["name"],
+        cpus=int(spec["cpus"]),
+        memory_mib=int(spec["memory_mib"]),
+        disk_size=spec["disk_size"],
+        accelerator=spec["accelerator"],
+        kernel=spec.get("kernel"),
+        initrd=spec.get("initrd"),
+        kernel_args=spec["kernel_args"],
+        iso=spec.get("iso"),
+        forwards=tuple(PortToGuest(int(f["container"]), int(f["guest"])) for f in spec["forwards"]),
+        powerdown_timeout_seconds=int(spec["powerdown_timeout_seconds"]),
+        boot_timeout_seconds=int(spec["boot_timeout_seconds"]),
+    )
+
+
+class InnerVmMachine:
+    """One inner VM in one container, driven through a runner (the VM's SSH)."""
+
+    def __init__(self, runner: CommandRunner, container: str, config: InnerVmConfig) -> None:
+        self.runner = runner
+        self.container = container
+        self.config = config
+        self.paths = inner.InnerVmPaths(config.name)
+
+    def _check(self, argv: list[str], what: str, hint: str, **kwargs: Any) -> str:
+        result = self.runner.run(argv, **kwargs)
+        return check(
+            result, layer=INNER_LAYER, what=what, hint=hint, where=f"the container {self.container}"
+        ).stdout
+
+    def container_running(self) -> bool:
+        result = self.runner.run(inner.container_state(self.container), timeout=60)
+        return result.ok and result.stdout.strip() == "true"
+
+    def pid(self) -> int | None:
+        result = self.runner.run(inner.running_pid(self.container, self.paths.pid_file), timeout=60)
+        text = result.stdout.strip()
+        return int(text) if result.ok and text.isdigit() else None
+
+    def qmp(self, command: str, **arguments: Any) -> str:
+        result = self.runner.run(
+            inner.qmp_argv(self.container, self.paths.qmp_socket),
+            input_bytes=inner.qmp_input(command, **arguments),
+            timeout=60,
+        )
+        return result.stdout
+
+    def status(self) -> str:
+        return inner.qmp_status(self.qmp("query-status"))
+
+    def choose_accelerator(self) -> str:
+        requested = self.config.accelerator
+        if requested == "tcg":
+            return "tcg"
+        self._check(
+            inner.write_file(self.container, self.paths.probe_image),
+            "write the KVM probe image",
+            "check the container's disk space",
+            input_bytes=inner.probe_boot_sector(),
+            timeout=60,
+        )
+        probe = self.runner.run(
+            inner.in_container(self.container, inner.probe_argv("kvm", self.paths.probe_image)),
+            timeout=inner.PROBE_TIMEOUT_SECONDS + 30,
+        )
+        if probe.returncode == inner.PROBE_EXIT_STATUS:
+            return "kvm"
+        if requested == "kvm":
+            raise GuestError(
+                f"nexus:innerVm.accelerator is 'kvm' but KVM cannot run a guest in the container "
+                f"{self.container} (probe exit status {probe.returncode})",
+                command=probe.argv,
+                output=output_tail(probe.output),
+                hint="set nexus:innerVm.accelerator to 'auto' or 'tcg'; KVM needs /dev/kvm in the VM "
+                "(see the kvmVerdict output) and passed into the container",
+            )
+        _say("inner-vm", f"KVM cannot run a guest here (probe exit status {probe.returncode}); using TCG")
+        return "tcg"
+
+    def start(self, log_prefix: str = "inner-vm") -> Props:
+        started = time.monotonic()
+        self._check(
+            inner.make_dir(self.container, self.paths.dir),
+            "create its directory",
+            "check the volume",
+            timeout=60,
+        )
+        self._check(
+            inner.create_disk_if_missing(self.container, self.paths.disk, self.config.disk_size),
+            f"create its {self.config.disk_size} disk",
+            "check the free space of the VM's disk (nexus:vm.diskSize)",
+            timeout=120,
+        )
+        accelerator = self.choose_accelerator()
+        argv = inner.build_inner_argv(self.config, accelerator)
+        _say(log_prefix, f"starting QEMU in {self.container} ({accelerator})")
+        self._check(
+            inner.in_container(self.container, argv),
+            "start QEMU",
+            "fix the cause named in the output (nexus:innerVm.*); the container keeps running",
+            timeout=120,
+        )
+        _, missing = wait_for(
+            lambda: None if self.status() == "running" else "QMP does not report running yet",
+            timeout=float(self.config.boot_timeout_seconds),
+            poll_seconds=1.0,
+            log=lambda line: _say(log_prefix, line),
+            waiting_for="the inner VM",
+        )
+        if missing is not None:
+            tail = self.runner.run(inner.serial_tail(self.container, self.paths.serial_log), timeout=60)
+            self.stop(powerdown_timeout=1)
+            raise GuestError(
+                f"{INNER_LAYER}: QEMU did not reach status running "
+                f"within {self.config.boot_timeout_seconds} s",
+                command=argv,
+                output="last lines of its serial console:\n" + output_tail(tail.output),
+                hint="raise nexus:innerVm.bootTimeoutSeconds, or check the boot media",
+            )
+        pid = self.pid()
+        seconds = time.monotonic() - started
+        _say(log_prefix, f"running ({accelerator}, pid {pid} in the container) after {seconds:.0f} s")
+        return {
+            "accelerator": accelerator,
+            "pid": pid or 0,
+            "qmp_status": "running",
+            "ready_seconds": round(seconds, 1),
+        }
+
+    def stop(self, *, powerdown_timeout: float | None = None) -> None:
+        """ACPI powerdown, bounded wait, QMP quit, then SIGKILL; runtime files go in any case."""
+        timeout = self.config.powerdown_timeout_seconds if powerdown_timeout is None else powerdown_timeout
+        try:
+            pid = self.pid()
+            if pid is None:
+                return
+            self.qmp("system_powerdown")
+            if self._gone_within(timeout):
+                _say("inner-vm", f"powered off (pid {pid} in {self.container})")
+                return
+            _say("inner-vm", f"did not power off within {timeout:.0f} s; stopping QEMU")
+            self.qmp("quit")
+            if self._gone_within(10):
+                return
+            self.runner.run(inner.kill_pid(self.container, pid), timeout=60)
+            if not self._gone_within(10):
+                raise GuestError(
+                    f"{INNER_LAYER}: QEMU (pid {pid} in {self.container}) survived SIGKILL",
+                    hint=f"remove the container by hand: docker rm -f {self.container}",
+                )
+        finally:
+            self.runner.run(inner.remove_files(self.container, list(self.paths.runtime_files())), timeout=60)
+
+    def _gone_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while self.pid() is not None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(1.0)
+        return True
+
+
+@_reports_errors
+class InnerVmProvider(ResourceProvider):
+    """QEMU inside the playground container; `diff` sees it dead or its container recreated."""
+
+    RESTART_KEYS = ("spec", "container_id", "argv_tcg")
+
+    def create(self, props: Props) -> CreateResult:
+        return CreateResult(id_=f"{props['container']}/{props['spec']['name']}", outs=self._start(props))
+
+    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
+        replaces = _changed(olds, news, ("container",))
+        if olds.get("spec", {}).get("name") != news.get("spec", {}).get("name"):
+            replaces.append("name")
+        restart = _changed(olds, news, self.RESTART_KEYS)
+        if not replaces and not restart and self._machine(olds).pid() is None:
+            restart.append("running")  # QEMU died, or the container restarted
+        return DiffResult(changes=bool(replaces or restart), replaces=replaces, delete_before_replace=True)
+
+    def update(self, _id: str, olds: Props, news: Props) -> UpdateResult:
+        self._stop(olds)
+        return UpdateResult(outs=self._start(news))
+
+    def read(self, id_: str, props: Props) -> ReadResult:
+        machine = self._machine(props)
+        pid = machine.pid()
+        status = machine.status() if pid is not None else "not running"
+        return ReadResult(id_=id_, outs={**props, "pid": pid or 0, "qmp_status": status})
+
+    def delete(self, _id: str, props: Props) -> None:
+        machine = self._machine(props)
+        if not machine.container_running():
+            return  # the container (and every process in it) is already gone
+        self._stop(props)
+        machine.runner.run(inner.remove_files(machine.container, [machine.paths.dir]), timeout=120)
+
+    def _machine(self, props: Props) -> InnerVmMachine:
+        return InnerVmMachine(_runner(props), props["container"], _inner_config(props))
+
+    def _stop(self, props: Props) -> None:
+        machine = self._machine(props)
+        if machine.container_running():
+            machine.stop()
+
+    def _start(self, props: Props) -> Props:
+        machine = self._machine(props)
+        machine.stop(powerdown_timeout=5)  # a QEMU of ours from an interrupted run
+        return {**props, **machine.start()}
+
+
+# --------------------------------------------------------------------------- files beside the stack
+
+
+@_reports_errors
+class ScriptFileProvider(ResourceProvider):
+    """A generated helper script in the stack's directory (connect-playground.sh)."""
+
+    def create(self, props: Props) -> CreateResult:
+        self._write(props)
+        return CreateResult(id_=props["path"], outs=props)
+
+    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
+        path = Path(olds["path"])
+        changed = _changed(olds, news, ("path", "content")) or ([] if path.is_file() else ["missing"])
+        return DiffResult(changes=bool(changed), replaces=_changed(olds, news, ("path",)))
+
+    def update(self, _id: str, _olds: Props, news: Props) -> UpdateResult:
+        self._write(news)
+        return UpdateResult(outs=news)
+
+    def delete(self, _id: str, props: Props) -> None:
+        remove_quietly(Path(props["path"]))
+
+    @staticmethod
+    def _write(props: Props) -> None:
+        path = Path(props["path"])
+        path.write_text(props["content"])
+        path.chmod(0o755)

@@ -1,0 +1,306 @@
+"""The guest layers' stack settings: `nexus:playground` and `nexus:innerVm`.
+
+The JSON Schema fragments here are mounted into the one schema in `config.py`, which
+validates the whole document and reports errors by key; `load_playground` and
+`load_inner_vm` then fill in the defaults (the seed's values) and check what a schema
+cannot express. No Pulumi import: unit-tested directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+DEFAULT_CONTAINER_NAME = "nexus-playground"
+DEFAULT_IMAGE = "ubuntu:24.04"
+RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
+INNER_ACCELERATORS = ("auto", "kvm", "tcg")
+
+_PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+# A container path or VM path: absolute, no control characters, no `:` (docker's volume
+# separator) and no `,` (QEMU's option separator).
+_ABS_PATH = r"^/[^\x00-\x1f:,]*\Z"
+_HOST_PATH = r"^[^\x00-\x1f]+\Z"
+# Docker's own rules for container and volume names.
+_DOCKER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z"
+# repository[:tag][@digest], optionally with a registry host[:port]; no whitespace.
+_IMAGE_REF = r"^[a-z0-9][a-z0-9._/:@-]*[a-zA-Z0-9_.-]*[a-zA-Z0-9]\Z"
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*\Z"
+
+PLAYGROUND_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "enabled": {"type": "boolean"},
+        "name": {"type": "string", "pattern": _DOCKER_NAME},
+        # Where the image comes from: at most one of these (checked in load_playground).
+        "image": {"type": "string", "maxLength": 255, "pattern": _IMAGE_REF},
+        "buildContext": {"type": "string", "minLength": 1, "pattern": _HOST_PATH},
+        "imageTarball": {"type": "string", "minLength": 1, "pattern": _HOST_PATH},
+        "rootfsTarball": {"type": "string", "minLength": 1, "pattern": _HOST_PATH},
+        "ports": {
+            "type": "array",
+            "maxItems": 32,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["vm", "container"],
+                "properties": {"vm": _PORT, "container": _PORT, "protocol": {"enum": ["tcp", "udp"]}},
+            },
+        },
+        "env": {
+            "type": "object",
+            "propertyNames": {"pattern": _ENV_NAME},
+            "additionalProperties": {"type": "string"},
+        },
+        "volumes": {
+            "type": "array",
+            "maxItems": 32,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["source", "target"],
+                "properties": {
+                    # An absolute VM path (bind mount) or a named volume.
+                    "source": {
+                        "type": "string",
+                        "pattern": r"^(/[^\x00-\x1f:,]*|[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62})\Z",
+                    },
+                    "target": {"type": "string", "pattern": _ABS_PATH},
+                    "readOnly": {"type": "boolean"},
+                },
+            },
+        },
+        "restart": {"enum": list(RESTART_POLICIES)},
+        "command": {"type": "array", "maxItems": 64, "items": {"type": "string"}},
+        "privileged": {"type": "boolean"},
+        "devices": {
+            "type": "array",
+            "maxItems": 16,
+            "items": {"type": "string", "pattern": r"^/dev/[^\x00-\x1f:,]+\Z"},
+        },
+        "readyTimeoutSeconds": {"type": "integer", "minimum": 30, "maximum": 7200},
+    },
+}
+
+INNER_VM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "enabled": {"type": "boolean"},
+        "name": {"type": "string", "pattern": r"^[a-z][a-z0-9-]{0,30}\Z"},
+        "cpus": {"type": "integer", "minimum": 1, "maximum": 16},
+        "memoryMiB": {"type": "integer", "minimum": 64, "maximum": 65536},
+        "diskSize": {"type": "string", "pattern": r"^[1-9][0-9]{0,5}[MGT]\Z"},
+        "accelerator": {"enum": list(INNER_ACCELERATORS)},
+        # Boot media, paths inside the playground container (put them there with a volume).
+        "kernel": {"type": "string", "pattern": _ABS_PATH},
+        "initrd": {"type": "string", "pattern": _ABS_PATH},
+        "kernelArgs": {"type": "string", "maxLength": 1024, "pattern": r"^[^\x00-\x1f]*\Z"},
+        "iso": {"type": "string", "pattern": _ABS_PATH},
+        # Ports of the inner VM reachable from the container (publish them with `ports`).
+        "forwards": {
+            "type": "array",
+            "maxItems": 16,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["container", "guest"],
+                "properties": {"container": _PORT, "guest": _PORT},
+            },
+        },
+        "powerdownTimeoutSeconds": {"type": "integer", "minimum": 1, "maximum": 600},
+        "bootTimeoutSeconds": {"type": "integer", "minimum": 10, "maximum": 3600},
+    },
+}
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    vm: int
+    container: int
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class Volume:
+    source: str  # an absolute VM path (bind mount) or a named volume
+    target: str
+    read_only: bool = False
+
+    @property
+    def is_bind(self) -> bool:
+        return self.source.startswith("/")
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Exactly one way the playground image is made."""
+
+    kind: str  # "reference", "build", "image-tarball", "rootfs-tarball"
+    value: str  # the reference, or an absolute host path
+    key: str  # the config key it came from, for error messages
+
+
+@dataclass(frozen=True)
+class PlaygroundConfig:
+    enabled: bool = True
+    name: str = DEFAULT_CONTAINER_NAME
+    source: ImageSource = ImageSource("reference", DEFAULT_IMAGE, "nexus:playground.image")
+    ports: tuple[PublishedPort, ...] = (PublishedPort(80, 80), PublishedPort(443, 443))
+    env: Mapping[str, str] = field(default_factory=dict)
+    volumes: tuple[Volume, ...] = ()
+    restart: str = "unless-stopped"
+    command: tuple[str, ...] = ()
+    privileged: bool = False
+    devices: tuple[str, ...] = ()
+    ready_timeout_seconds: int = 900
+
+
+@dataclass(frozen=True)
+class PortToGuest:
+    container: int
+    guest: int
+
+
+@dataclass(frozen=True)
+class InnerVmConfig:
+    enabled: bool = False
+    name: str = "inner"
+    cpus: int = 1
+    memory_mib: int = 1024
+    disk_size: str = "10G"
+    accelerator: str = "auto"
+    kernel: str | None = None
+    initrd: str | None = None
+    kernel_args: str = "console=ttyS0"
+    iso: str | None = None
+    forwards: tuple[PortToGuest, ...] = ()
+    powerdown_timeout_seconds: int = 60
+    boot_timeout_seconds: int = 300
+
+
+_SOURCE_KEYS = {
+    "image": "reference",
+    "buildContext": "build",
+    "imageTarball": "image-tarball",
+    "rootfsTarball": "rootfs-tarball",
+}
+
+
+def load_playground(raw: Mapping[str, Any], *, home: Path, base_dir: Path) -> PlaygroundConfig:
+    """Defaults and cross-key checks for an already schema-valid `nexus:playground`."""
+    given = [key for key in _SOURCE_KEYS if key in raw]
+    if len(given) > 1:
+        raise ConfigError(
+            "nexus:playground: "
+            + ", ".join(f"nexus:playground.{key}" for key in given)
+            + " are all set; allowed: at most one image source",
+            hint="keep the one the container should run from",
+        )
+    if given:
+        key = given[0]
+        kind = _SOURCE_KEYS[key]
+        value = raw[key] if kind == "reference" else str(_host_path(raw[key], home, base_dir))
+        source = ImageSource(kind, value, f"nexus:playground.{key}")
+    else:
+        source = PlaygroundConfig().source
+    command = tuple(raw.get("command", ()))
+    if source.kind == "rootfs-tarball" and not command:
+        raise ConfigError(
+            f"nexus:playground.command: not set; a root-file-system tarball ({source.value}) "
+            "has no default command",
+            hint="set nexus:playground.command to what the container runs, e.g. [sleep, infinity]",
+        )
+    ports = tuple(
+        PublishedPort(int(p["vm"]), int(p["container"]), p.get("protocol", "tcp"))
+        for p in raw.get("ports", [{"vm": 80, "container": 80}, {"vm": 443, "container": 443}])
+    )
+    _check_unique(
+        [(f"nexus:playground.ports[{i}].vm", (p.protocol, p.vm)) for i, p in enumerate(ports)],
+        "VM port",
+    )
+    volumes = tuple(
+        Volume(v["source"], v["target"], bool(v.get("readOnly", False))) for v in raw.get("volumes", [])
+    )
+    _check_unique(
+        [(f"nexus:playground.volumes[{i}].target", v.target) for i, v in enumerate(volumes)],
+        "container path",
+    )
+    return PlaygroundConfig(
+        enabled=bool(raw.get("enabled", True)),
+        name=raw.get("name", DEFAULT_CONTAINER_NAME),
+        source=source,
+        ports=ports,
+        env=dict(raw.get("env", {})),
+        volumes=volumes,
+        restart=raw.get("restart", "unless-stopped"),
+        command=command,
+        privileged=bool(raw.get("privileged", False)),
+        devices=tuple(raw.get("devices", ())),
+        ready_timeout_seconds=int(raw.get("readyTimeoutSeconds", 900)),
+    )
+
+
+def load_inner_vm(raw: Mapping[str, Any], playground: PlaygroundConfig) -> InnerVmConfig:
+    """Defaults and cross-key checks for an already schema-valid `nexus:innerVm`."""
+    config = InnerVmConfig(
+        enabled=bool(raw.get("enabled", False)),
+        name=raw.get("name", "inner"),
+        cpus=int(raw.get("cpus", 1)),
+        memory_mib=int(raw.get("memoryMiB", 1024)),
+        disk_size=raw.get("diskSize", "10G"),
+        accelerator=raw.get("accelerator", "auto"),
+        kernel=raw.get("kernel"),
+        initrd=raw.get("initrd"),
+        kernel_args=raw.get("kernelArgs", "console=ttyS0"),
+        iso=raw.get("iso"),
+        forwards=tuple(PortToGuest(int(f["container"]), int(f["guest"])) for f in raw.get("forwards", [])),
+        powerdown_timeout_seconds=int(raw.get("powerdownTimeoutSeconds", 60)),
+        boot_timeout_seconds=int(raw.get("bootTimeoutSeconds", 300)),
+    )
+    if not config.enabled:
+        return config
+    if not playground.enabled:
+        raise ConfigError(
+            "nexus:innerVm.enabled: got True; allowed: only with the playground container "
+            "(nexus:playground.enabled is false)",
+            hint="the inner VM runs inside the container: enable nexus:playground or disable nexus:innerVm",
+        )
+    if config.initrd and not config.kernel:
+        raise ConfigError(
+            f"nexus:innerVm.initrd: got {config.initrd!r} without nexus:innerVm.kernel",
+            hint="set nexus:innerVm.kernel too (an initrd is only used with a kernel)",
+        )
+    if config.kernel and config.iso:
+        raise ConfigError(
+            "nexus:innerVm.kernel and nexus:innerVm.iso are both set; allowed: one boot medium",
+            hint="keep the kernel (direct boot) or the ISO",
+        )
+    _check_unique(
+        [(f"nexus:innerVm.forwards[{i}].container", f.container) for i, f in enumerate(config.forwards)],
+        "container port",
+    )
+    return config
+
+
+def _check_unique(keyed: list[tuple[str, object]], what: str) -> None:
+    seen: dict[object, str] = {}
+    for key, value in keyed:
+        previous = seen.setdefault(value, key)
+        if previous != key:
+            raise ConfigError(
+                f"{key}: {what} is already used by {previous}", hint=f"give each its own {what}"
+            )
+
+
+def _host_path(value: str, home: Path, base_dir: Path) -> Path:
+    """A host path as the user wrote it: `~/` expanded, relative to the project directory."""
+    if value == "~" or value.startswith("~/"):
+        return home / value[2:]
+    path = Path(value)
+    return path if path.is_absolute() else (base_dir / path).resolve()

@@ -1,0 +1,237 @@
+"""The guest layers for real: Docker in the VM, the playground container, the inner VM.
+
+The project's own program through the real engine boots the guest test image (Docker,
+QEMU, libvirt baked in) under TCG; the playground image is a root-file-system tarball
+made with mmdebstrap, copied into the VM and `docker import`ed; the inner VM boots
+Debian's cloud kernel inside the container with KVM (nested SVM under TCG). One stack
+lives through:
+
+    up -> HTTP through host -> VM -> container -> inner VM checks -> no-op up
+       -> container removed by hand: preview shows it, up restores it
+       -> disk grows: df shows it -> destroy (inner VM, container, VM; nothing left)
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shlex
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_lab import gone_within, lab_stack, qemu_processes_of, running, ssh
+from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image
+from tests.support.playground_rootfs import (
+    INNER_INITRD,
+    INNER_KERNEL,
+    INNER_USERSPACE_MARKER,
+    PAGE_MARKER,
+    ensure_playground_rootfs,
+)
+from tests.support.pulumi_cli import PulumiCli
+
+pytestmark = [pytest.mark.engine, pytest.mark.vm]
+
+CONTAINER = "nexus-playground"
+INNER_SERIAL = "/var/lib/nexus/inner-vm/inner/serial.log"
+INNER_QMP = "/var/lib/nexus/inner-vm/inner/qmp.sock"
+# A value with spaces, quotes and `$`: it must reach the container byte for byte.
+GREETING = 'it\'s "quoted", $HOME and `ticks` stay as typed'
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def nothing_listens(port: int) -> bool:
+    """No listener answers (a connection the VM's side closed may sit in TIME_WAIT a minute,
+    which does not stop QEMU's forward from binding the port again: it sets SO_REUSEADDR)."""
+    with socket.socket() as probe:
+        probe.settimeout(5)
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.fixture(scope="module")
+def guest_image_url() -> Iterator[str]:
+    image_dir = ensure_test_image(recipe=GUEST_LAYERS)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(image_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{IMAGE_NAME}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def rootfs_tarball() -> Path:
+    return ensure_playground_rootfs()
+
+
+def guest_config(
+    tmp_path: Path, image_url: str, rootfs: Path, ssh_port: int, http_port: int
+) -> dict[str, Any]:
+    serve = 'printf "%s" "$GREETING" > /srv/www/env.txt && exec busybox httpd -f -p 80 -h /srv/www'
+    return {
+        "nexus:image": {"url": image_url},
+        "nexus:vm": {
+            "accelerator": "tcg",
+            "cpus": 2,
+            "memoryMiB": 2048,
+            "diskSize": "10G",
+            "bootTimeoutSeconds": 1200,
+        },
+        "nexus:network": {"sshPort": ssh_port, "forwards": [{"host": http_port, "guest": 80}]},
+        # The guest image has the seed's packages baked in; installing them costs minutes.
+        "nexus:guest": {"username": "nexus", "installPackages": False},
+        "nexus:paths": {"stateDir": str(tmp_path / "state"), "cacheDir": str(tmp_path / "cache")},
+        "nexus:playground": {
+            "rootfsTarball": str(rootfs),
+            "command": ["sh", "-c", serve],
+            "env": {"GREETING": GREETING},
+            "ports": [{"vm": 80, "container": 80}],
+            "readyTimeoutSeconds": 900,
+        },
+        "nexus:innerVm": {
+            "enabled": True,
+            "memoryMiB": 256,
+            "kernel": INNER_KERNEL,
+            "initrd": INNER_INITRD,
+            "kernelArgs": "console=ttyS0 panic=-1",
+            "powerdownTimeoutSeconds": 60,
+        },
+    }
+
+
+def http_get(port: int, path: str = "/", attempts: int = 30) -> str:
+    last_error: Exception | None = None
+    for _ in range(attempts):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+                return str(response.read().decode())
+        except OSError as error:
+            last_error = error
+            time.sleep(2)
+    raise AssertionError(f"no HTTP answer on host port {port}{path}: {last_error}")
+
+
+def in_container(outputs: dict[str, Any], *argv: str) -> str:
+    return ssh(outputs, shlex.join(["docker", "exec", CONTAINER, *argv]))
+
+
+def inner_qmp_status(outputs: dict[str, Any]) -> str:
+    request = '{"execute":"qmp_capabilities"}\n{"execute":"query-status"}\n'
+    line = (
+        shlex.join(["printf", "%s", request])
+        + " | "
+        + shlex.join(["docker", "exec", "-i", CONTAINER, "socat", "-t1", "-", f"UNIX-CONNECT:{INNER_QMP}"])
+    )
+    return ssh(outputs, line)
+
+
+def wait_for_serial(outputs: dict[str, Any], marker: str, seconds: float) -> str:
+    deadline = time.monotonic() + seconds
+    while True:
+        log = in_container(outputs, "cat", INNER_SERIAL)
+        if marker in log or time.monotonic() > deadline:
+            return log
+        time.sleep(3)
+
+
+def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tarball: Path) -> None:
+    ssh_port, http_port = free_port(), free_port()
+    cli: PulumiCli = lab_stack(tmp_path, "guest")
+    cli.init(guest_config(tmp_path, guest_image_url, rootfs_tarball, ssh_port, http_port))
+    state_dir = tmp_path / "state"
+    vm_pid = 0
+    try:
+        preview = cli.preview()
+        for kind in ("DockerEngine", "Playground", "InnerVm", "RootFsGrowth"):
+            assert f"nexus:guest:{kind}" in preview.stdout, preview.stdout
+        assert "docker:index/container:Container" in preview.stdout
+
+        started = time.monotonic()
+        first = cli.up()
+        print(f"first up (boot, Docker, import, container, inner VM): {time.monotonic() - started:.0f} s")
+        assert "[docker] Docker" in first.stdout, first.stdout
+        outputs = cli.outputs()
+        vm_pid = outputs["vmPid"]
+
+        # Layer 3: Docker in the VM, with the seed's checks as outputs.
+        assert outputs["dockerVersion"].startswith("20.10"), outputs
+        assert outputs["kvmUsable"] is True, outputs["kvmVerdict"]
+        assert "KVM acceleration can be used" in outputs["kvmVerdict"]
+        assert outputs["libvirtVersion"].startswith("9."), outputs
+        # Layer 4: host port -> VM 80 -> container 80, env passed byte for byte.
+        assert PAGE_MARKER in http_get(http_port)
+        assert http_get(http_port, "/env.txt") == GREETING
+        assert outputs["playgroundImageDigest"].startswith("sha256:")
+        assert in_container(outputs, "sh", "-c", "test -c /dev/kvm && echo kvm") == "kvm"
+        # Layer 5: the inner VM runs under KVM, answers QMP, and its kernel boots.
+        assert outputs["innerVmAccelerator"] == "kvm"
+        assert outputs["innerVmQmpStatus"] == "running"
+        assert '"status": "running"' in inner_qmp_status(outputs)
+        serial = wait_for_serial(outputs, INNER_USERSPACE_MARKER, 180)
+        assert "Linux version" in serial and INNER_USERSPACE_MARKER in serial, serial[-2000:]
+        assert Path(outputs["playgroundShellScript"]).is_file()
+
+        noop_started = time.monotonic()
+        second = cli.up()
+        print(f"no-op up with refresh: {time.monotonic() - noop_started:.1f} s")
+        assert "unchanged" in second.stdout, second.stdout
+        for verb in ("created", "updated", "deleted", "replaced"):
+            assert verb not in second.stdout, second.stdout
+
+        # A container removed by hand: preview shows it, up brings it (and the inner VM) back.
+        ssh(outputs, shlex.join(["docker", "rm", "--force", CONTAINER]))
+        drift = cli.preview()
+        assert "docker:index/container:Container" in drift.stdout and "create" in drift.stdout, drift.stdout
+        cli.up()
+        outputs = cli.outputs()
+        assert http_get(http_port, "/env.txt") == GREETING
+        assert outputs["innerVmQmpStatus"] == "running"
+        assert '"status": "running"' in inner_qmp_status(outputs)
+
+        # Growing the disk reaches the file system: df shows it, not just lsblk.
+        before = int(ssh(outputs, "df -B1 --output=size / | tail -n 1"))
+        cli.set_config("nexus:vm.diskSize", "12G")
+        cli.up()
+        after = int(ssh(outputs, "df -B1 --output=size / | tail -n 1"))
+        assert after > before + (1 << 30), (before, after)
+        assert cli.outputs()["rootFsBytes"] == after
+        assert cli.outputs()["vmPid"] == vm_pid, "the disk grows without a restart"
+
+        # A failing guest step names its layer, command and output; the layers below keep running.
+        cli.set_config("nexus:innerVm.kernel", "/opt/nexus/no such vmlinuz")
+        failed = cli.up(check=False)
+        message = failed.stdout + failed.stderr
+        assert failed.returncode != 0
+        assert "inner VM: could not start QEMU in the container nexus-playground" in message, message
+        assert "no such vmlinuz" in message and "command: docker exec nexus-playground" in message, message
+        assert http_get(http_port, "/env.txt") == GREETING
+        assert running(vm_pid)
+        cli.set_config("nexus:innerVm.kernel", INNER_KERNEL)
+    finally:
+        destroyed = cli.destroy(check=False)
+
+    output = destroyed.stdout + destroyed.stderr
+    assert destroyed.returncode == 0, output
+    # Inside out: the inner VM powers off gracefully before its container and the VM go.
+    assert "[inner-vm] powered off" in output, output
+    assert output.index("[inner-vm] powered off") < output.index("[vm] VM powered off"), output
+    assert vm_pid and gone_within(vm_pid, 10) and not running(vm_pid)
+    assert qemu_processes_of(state_dir) == []
+    assert nothing_listens(ssh_port) and nothing_listens(http_port)
+    assert not state_dir.exists()
+    assert cli.resources() == []

@@ -1,0 +1,134 @@
+"""`nexus:playground` and `nexus:innerVm`: defaults, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nexus_components.config import load_config
+from nexus_components.errors import ConfigError
+from nexus_components.guest.settings import DEFAULT_CONTAINER_NAME, PublishedPort, Volume
+
+HOME = Path("/home/dev")
+
+
+def load(raw: dict[str, Any], project_dir: Path = Path("/work/project")) -> Any:
+    return load_config(raw, stack="dev", home=HOME, project_dir=project_dir)
+
+
+def error_of(raw: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load(raw)
+    return str(caught.value)
+
+
+def test_defaults_follow_the_seed() -> None:
+    config = load({})
+    playground = config.playground
+    assert playground.enabled and playground.name == DEFAULT_CONTAINER_NAME
+    assert (playground.source.kind, playground.source.value) == ("reference", "ubuntu:24.04")
+    # The default forwards (8080 -> 80, 8443 -> 443) reach the container.
+    assert playground.ports == (PublishedPort(80, 80), PublishedPort(443, 443))
+    assert playground.restart == "unless-stopped"
+    inner = config.inner_vm
+    assert not inner.enabled  # optional, as in the seed
+    assert (inner.cpus, inner.memory_mib, inner.disk_size) == (1, 1024, "10G")
+
+
+def test_full_playground_settings() -> None:
+    config = load(
+        {
+            "playground": {
+                "name": "lab_1",
+                "rootfsTarball": "images/rootfs.tar",
+                "command": ["sleep", "infinity"],
+                "env": {"GREETING": "it's $HOME"},
+                "ports": [{"vm": 8000, "container": 80, "protocol": "tcp"}],
+                "volumes": [
+                    {"source": "/srv/data", "target": "/data", "readOnly": True},
+                    {"source": "cache", "target": "/cache"},
+                ],
+                "restart": "always",
+                "privileged": True,
+                "devices": ["/dev/fuse"],
+            }
+        }
+    )
+    playground = config.playground
+    assert playground.source.value == "/work/project/images/rootfs.tar"
+    assert playground.source.key == "nexus:playground.rootfsTarball"
+    assert playground.env == {"GREETING": "it's $HOME"}
+    assert playground.volumes == (Volume("/srv/data", "/data", True), Volume("cache", "/cache", False))
+    assert playground.volumes[0].is_bind and not playground.volumes[1].is_bind
+    assert playground.devices == ("/dev/fuse",)
+
+
+def test_home_relative_tarball() -> None:
+    config = load({"playground": {"imageTarball": "~/images/app.tar"}})
+    assert config.playground.source == config.playground.source.__class__(
+        "image-tarball", "/home/dev/images/app.tar", "nexus:playground.imageTarball"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            {"playground": {"image": "nginx", "buildContext": "app"}},
+            "nexus:playground.image, nexus:playground.buildContext are all set; allowed: at most one",
+        ),
+        ({"playground": {"rootfsTarball": "/x.tar"}}, "nexus:playground.command: not set"),
+        ({"playground": {"image": "Bad Image"}}, "nexus:playground.image: got 'Bad Image'"),
+        (
+            {"playground": {"restart": "sometimes"}},
+            "nexus:playground.restart: got 'sometimes'; allowed: one of",
+        ),
+        ({"playground": {"env": {"1BAD": "x"}}}, "nexus:playground.env"),
+        (
+            {"playground": {"volumes": [{"source": "/a", "target": "rel"}]}},
+            "nexus:playground.volumes[0].target",
+        ),
+        ({"playground": {"devices": ["/etc/passwd"]}}, "nexus:playground.devices[0]: got '/etc/passwd'"),
+        (
+            {"playground": {"ports": [{"vm": 80, "container": 80}, {"vm": 80, "container": 81}]}},
+            "nexus:playground.ports[1].vm: VM port is already used by nexus:playground.ports[0].vm",
+        ),
+        (
+            {"playground": {"enabled": False}, "innerVm": {"enabled": True}},
+            "nexus:innerVm.enabled: got True; allowed: only with the playground container",
+        ),
+        ({"innerVm": {"enabled": True, "initrd": "/i.img"}}, "nexus:innerVm.initrd: got '/i.img' without"),
+        (
+            {"innerVm": {"enabled": True, "kernel": "/k", "iso": "/d.iso"}},
+            "nexus:innerVm.kernel and nexus:innerVm.iso are both set",
+        ),
+        (
+            {"innerVm": {"accelerator": "hvf"}},
+            "nexus:innerVm.accelerator: got 'hvf'; allowed: one of 'auto', 'kvm'",
+        ),
+        ({"innerVm": {"kernel": "/boot/a,b"}}, "nexus:innerVm.kernel: got '/boot/a,b'"),
+        ({"innerVm": {"memoryMiB": 16}}, "nexus:innerVm.memoryMiB: got 16; allowed: at least 64"),
+    ],
+)
+def test_bad_guest_settings_name_the_key(raw: dict[str, Any], expected: str) -> None:
+    assert expected in error_of(raw)
+
+
+def test_inner_vm_settings() -> None:
+    config = load(
+        {
+            "innerVm": {
+                "enabled": True,
+                "kernel": "/opt/k",
+                "initrd": "/opt/i",
+                "kernelArgs": "console=ttyS0 quiet",
+                "forwards": [{"container": 2223, "guest": 22}],
+                "accelerator": "tcg",
+            }
+        }
+    )
+    inner = config.inner_vm
+    assert inner.enabled and inner.kernel == "/opt/k" and inner.accelerator == "tcg"
+    assert inner.forwards[0].container == 2223
