@@ -70,6 +70,8 @@ def arm64_config(tmp_path: Path, image_url: str, ssh_port: int, http_port: int) 
         "nexus:network": {"sshPort": ssh_port, "forwards": [{"host": http_port, "guest": 80}]},
         "nexus:guest": {"username": "nexus", "installPackages": False},
         "nexus:paths": {"stateDir": str(tmp_path / "state"), "cacheDir": str(tmp_path / "cache")},
+        # The arm64 test image has no Docker: this test is about the VM layer.
+        "nexus:playground": {"enabled": False},
     }
 
 
