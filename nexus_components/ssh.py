@@ -12,7 +12,7 @@ from .errors import HostToolError
 
 # The guest's host key changes whenever the VM is recreated; pinning it would make
 # every re-create fail, so (like Lima and Vagrant) we do not record it.
-_CLIENT_OPTIONS = (
+CLIENT_OPTIONS = (
     "-o",
     "BatchMode=yes",
     "-o",
@@ -36,7 +36,7 @@ class SshTarget:
     def argv(self, command: Sequence[str] = (), *, connect_timeout: int = 10) -> list[str]:
         argv = [
             "ssh",
-            *_CLIENT_OPTIONS,
+            *CLIENT_OPTIONS,
             "-o",
             f"ConnectTimeout={connect_timeout}",
             "-i",

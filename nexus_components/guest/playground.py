@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..ssh import SshTarget
+from ..ssh import CLIENT_OPTIONS, SshTarget
 from .inner_vm import VOLUME_MOUNT
 from .runner import sharing_options
 from .settings import PlaygroundConfig, PublishedPort, Volume
@@ -30,21 +30,7 @@ def ssh_options(target: SshTarget) -> list[str]:
     """pulumi-docker's `sshOpts`: the key by path (never its content), no host-key pinning
     (the VM's host key changes whenever it is recreated; see ssh.py), and the connection
     the other guest steps share."""
-    return [
-        *sharing_options(target),
-        "-i",
-        str(target.private_key),
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-    ]
+    return [*sharing_options(target), "-i", str(target.private_key), *CLIENT_OPTIONS]
 
 
 def env_list(env: Mapping[str, str]) -> list[str]:
