@@ -10,13 +10,12 @@ plain text.
 from __future__ import annotations
 
 import os
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.pulumi_cli import REPO, PulumiCli
+from tests.support.pulumi_cli import PulumiCli, scratch_program
 from tests.support.sshd import Sshd, running_sshd
 
 pytestmark = pytest.mark.engine
@@ -78,26 +77,7 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
 
 @pytest.fixture
 def cli(tmp_path: Path) -> PulumiCli:
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "Pulumi.yaml").write_text(
-        textwrap.dedent(
-            f"""\
-            name: command-probe
-            runtime:
-              name: python
-              options:
-                virtualenv: {REPO / ".venv"}
-            """
-        )
-    )
-    (project / "__main__.py").write_text(PROGRAM)
-    return PulumiCli(
-        project_dir=project,
-        backend_dir=tmp_path / "backend",
-        stack="probe",
-        config_file=project / "Pulumi.probe.yaml",
-    )
+    return scratch_program(tmp_path, "command-probe", PROGRAM)
 
 
 def test_local_and_remote_commands_through_the_engine(cli: PulumiCli, sshd: Sshd, tmp_path: Path) -> None:

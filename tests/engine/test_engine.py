@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.support.pulumi_cli import REPO, PulumiCli, toolchain_bin
+from tests.support.pulumi_cli import REPO, PulumiCli, scratch_program, toolchain_bin
 
 pytestmark = pytest.mark.engine
 
@@ -33,27 +32,7 @@ pulumi.export("path", made.path)
 
 @pytest.fixture
 def cli(tmp_path: Path) -> PulumiCli:
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "Pulumi.yaml").write_text(
-        textwrap.dedent(
-            f"""\
-            name: engine-probe
-            runtime:
-              name: python
-              options:
-                virtualenv: {REPO / ".venv"}
-            """
-        )
-    )
-    (project / "__main__.py").write_text(PROGRAM)
-    return PulumiCli(
-        project_dir=project,
-        backend_dir=tmp_path / "backend",
-        stack="probe",
-        config_file=project / "Pulumi.probe.yaml",
-        extra_env={"PYTHONPATH": str(REPO)},
-    )
+    return scratch_program(tmp_path, "engine-probe", PROGRAM, extra_env={"PYTHONPATH": str(REPO)})
 
 
 def pins() -> dict[str, str]:

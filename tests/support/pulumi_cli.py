@@ -123,3 +123,21 @@ class PulumiCli:
 
     def set_config(self, path: str, value: str) -> None:
         self.run("config", "set", "--path", path, value, *self.stack_args())
+
+
+def scratch_program(
+    tmp_path: Path, name: str, program: str, extra_env: dict[str, str] | None = None
+) -> PulumiCli:
+    """A one-file Pulumi program on the project's .venv, with one stack `probe`."""
+    project = tmp_path / "project"
+    project.mkdir()
+    runtime = {"name": "python", "options": {"virtualenv": str(REPO / ".venv")}}
+    (project / "Pulumi.yaml").write_text(yaml.safe_dump({"name": name, "runtime": runtime}, sort_keys=False))
+    (project / "__main__.py").write_text(program)
+    return PulumiCli(
+        project_dir=project,
+        backend_dir=tmp_path / "backend",
+        stack="probe",
+        config_file=project / "Pulumi.probe.yaml",
+        extra_env=extra_env or {},
+    )
