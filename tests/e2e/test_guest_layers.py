@@ -222,6 +222,9 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         assert http_get(http_port, "/env.txt") == GREETING
         assert running(vm_pid)
         cli.set_config("nexus:innerVm.kernel", INNER_KERNEL)
+        cli.up()
+        assert cli.outputs()["innerVmQmpStatus"] == "running"
+        assert http_get(http_port, "/env.txt") == GREETING
     finally:
         destroyed = cli.destroy(check=False)
 
