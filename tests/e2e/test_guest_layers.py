@@ -37,7 +37,7 @@ from tests.support.playground_rootfs import (
 )
 from tests.support.pulumi_cli import PulumiCli
 
-pytestmark = [pytest.mark.engine, pytest.mark.vm]
+pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.guest]
 
 CONTAINER = "nexus-playground"
 INNER_SERIAL = "/var/lib/nexus/inner-vm/inner/serial.log"
