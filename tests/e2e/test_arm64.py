@@ -11,9 +11,6 @@ TCG on QEMU's virt machine. The UEFI firmware is not configured: the program fin
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +29,7 @@ from tests.e2e.test_lab import (
     ssh,
 )
 from tests.support.arm64_image import IMAGE_NAME, ensure_arm64_test_image
+from tests.support.file_server import serving
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm]
 
@@ -42,16 +40,8 @@ EFIVARS = "/sys/firmware/efi/efivars"
 
 @pytest.fixture(scope="module")
 def arm64_image_url() -> Iterator[str]:
-    image_dir = ensure_arm64_test_image()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(image_dir))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/{IMAGE_NAME}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(ensure_arm64_test_image(), IMAGE_NAME) as url:
+        yield url
 
 
 def arm64_config(tmp_path: Path, image_url: str, ssh_port: int, http_port: int) -> dict[str, Any]:

@@ -13,11 +13,8 @@ lives through:
 
 from __future__ import annotations
 
-import functools
-import http.server
 import shlex
 import socket
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -28,6 +25,7 @@ import pytest
 
 from tests.e2e.test_lab import gone_within, lab_stack, qemu_processes_of, running, ssh
 from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image
+from tests.support.file_server import serving
 from tests.support.playground_rootfs import (
     INNER_INITRD,
     INNER_KERNEL,
@@ -62,16 +60,8 @@ def nothing_listens(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def guest_image_url() -> Iterator[str]:
-    image_dir = ensure_test_image(recipe=GUEST_LAYERS)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(image_dir))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/{IMAGE_NAME}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(ensure_test_image(recipe=GUEST_LAYERS), IMAGE_NAME) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

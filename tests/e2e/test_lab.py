@@ -13,9 +13,7 @@ provider's error reads.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import os
 import re
@@ -24,7 +22,6 @@ import signal
 import socket
 import stat
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +30,7 @@ from typing import Any
 import pytest
 
 from tests.support.debian_image import IMAGE_NAME, ensure_test_image
+from tests.support.file_server import serving
 from tests.support.pulumi_cli import REPO, PulumiCli, project_view
 
 pytestmark = [pytest.mark.engine]
@@ -73,16 +71,8 @@ def gone_within(pid: int, seconds: float) -> bool:
 
 @pytest.fixture(scope="module")
 def image_url() -> Iterator[str]:
-    image_dir = ensure_test_image()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(image_dir))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/{IMAGE_NAME}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(ensure_test_image(), IMAGE_NAME) as url:
+        yield url
 
 
 def lab_stack(tmp_path: Path, name: str) -> PulumiCli:
