@@ -24,6 +24,11 @@ CLIENT_OPTIONS = (
     "-o",
     "IdentitiesOnly=yes",
 )
+# A guest that hangs keeps the TCP connection (QEMU's user network holds it) but stops
+# answering: these end such a session within a minute instead of never.
+KEEPALIVE_OPTIONS = ("-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4")
+# How long an automated step waits for the guest's SSH banner.
+CONNECT_TIMEOUT_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class SshTarget:
         argv = [
             "ssh",
             *CLIENT_OPTIONS,
+            *KEEPALIVE_OPTIONS,
             "-o",
             f"ConnectTimeout={connect_timeout}",
             "-i",

@@ -7,6 +7,7 @@ a bounded wait, then hard, with the runtime files removed in `finally`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -363,7 +364,7 @@ def _stop_one(paths: VmPaths, pid: int, powerdown_timeout: float, log: Log) -> N
         log(f"VM powered off (pid {pid})")
         return
     if has_monitor:
-        log(f"VM did not power off within {powerdown_timeout:.0f} s; stopping QEMU")
+        log(f"VM did not power off within {powerdown_timeout:.0f} s (or QMP did not answer); stopping QEMU")
         if _qmp(paths, "quit") and _wait_gone(pid, 10):
             return
     else:
@@ -401,28 +402,48 @@ def serial_tail(paths: VmPaths, lines: int = 40) -> str:
     return "last lines of the serial console:\n" + "\n".join(clean_console_text(text).splitlines()[-lines:])
 
 
-def qmp_execute(paths: VmPaths, command: str, **arguments: object) -> object:
-    """Run one QMP command over the VM's socket; raises VmError when QEMU refuses."""
-    from qemu.qmp.legacy import QEMUMonitorProtocol
+# A QEMU that is stopped (SIGSTOP) or wedged accepts the socket connection but never
+# greets: every QMP call is bounded, so a stuck VM cannot hang `destroy`.
+QMP_TIMEOUT_SECONDS = 10.0
 
-    monitor = QEMUMonitorProtocol(paths.qmp_address)
+
+def qmp_execute(paths: VmPaths, command: str, **arguments: object) -> object:
+    """Run one QMP command over the VM's socket, bounded in time.
+
+    Returns QMP's `return` value; raises VmError when QEMU refuses, is gone, or does
+    not answer within QMP_TIMEOUT_SECONDS.
+    """
+    from qemu.qmp import ExecuteError, QMPClient
+
+    async def call() -> object:
+        client = QMPClient("nexus")
+        try:
+            await asyncio.wait_for(client.connect(paths.qmp_address), QMP_TIMEOUT_SECONDS)
+            return await asyncio.wait_for(
+                client.execute(command, dict(arguments) or None), QMP_TIMEOUT_SECONDS
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), QMP_TIMEOUT_SECONDS)
+
     try:
-        monitor.connect()
-        return monitor.cmd(command, **arguments)
+        return asyncio.run(call())
+    except ExecuteError as error:
+        raise VmError(f"QEMU refused the QMP command {command!r}: {error}") from error
+    except (asyncio.TimeoutError, TimeoutError) as error:
+        raise VmError(
+            f"QMP command {command!r}: QEMU did not answer within {QMP_TIMEOUT_SECONDS:.0f} s",
+            hint=f"QEMU may be stopped or hung (QMP at {paths.qmp_address})",
+        ) from error
     except Exception as error:
         raise VmError(
             f"QMP command {command!r} failed: {error}", hint=f"is QEMU running (QMP at {paths.qmp_address})?"
         ) from error
-    finally:
-        with contextlib.suppress(Exception):
-            monitor.close()
 
 
 def block_resize(paths: VmPaths, device: str, size_bytes: int) -> None:
     """Grow a disk of the running VM; the guest sees the new size at once."""
-    reply = qmp_execute(paths, "block_resize", device=device, size=size_bytes)
-    if isinstance(reply, dict) and "error" in reply:
-        raise VmError(f"QEMU refused to resize {device}: {reply['error']}")
+    qmp_execute(paths, "block_resize", device=device, size=size_bytes)
 
 
 def _qmp(paths: VmPaths, command: str) -> bool:

@@ -4,15 +4,18 @@
       ├─ RootFsGrowth      growpart + resize2fs whenever nexus:vm.diskSize grows (pulumi-command)
       ├─ DockerEngine      waits for cloud-init and the daemon; the seed's checks as outputs
       ├─ Playground        the `nexus-playground` container (pulumi-docker over ssh://)
-      │    └─ image        registry reference / build context (pulumi-docker), or a tarball
-      │                    copied and imported (pulumi-command)
+      │    ├─ image        registry reference / build context (pulumi-docker), or a tarball
+      │    │               copied and imported (pulumi-command)
+      │    └─ presence     sees the container removed or stopped by hand (dynamic provider)
       └─ InnerVm           QEMU inside the container (dynamic provider)
 
 Why each part is what it is: the container and its image are pulumi-docker's, the
-ecosystem's provider for exactly this, which reads the container back on refresh; file
-copies and one-shot steps are pulumi-command's `remote.*`; the engine's readiness and
-the inner VM are dynamic providers because their `diff` must look at the machine.
-Destroy runs in dependency order: inner VM, then container and image, then the VM.
+ecosystem's provider for exactly this; file copies and one-shot steps are
+pulumi-command's `remote.*`; the engine's readiness, the container's presence and the
+inner VM are dynamic providers because their `diff` must look at the machine (no
+refresh needed, so a VM that is down or hung never blocks `up` or `destroy`).
+Destroy runs inside out: the inner VM powers off, then the VM, whose shutdown stops the
+container; what is stored on the VM's disk is deleted with it (`deleted_with`).
 """
 
 from __future__ import annotations
@@ -127,6 +130,8 @@ class PlaygroundArgs:
     config: NexusConfig
     access: GuestAccess
     engine: DockerEngine
+    # The VM's disk: the container, its image and volumes are stored on it.
+    vm_disk: pulumi.Resource
 
 
 class Playground(pulumi.ComponentResource):
@@ -145,8 +150,19 @@ class Playground(pulumi.ComponentResource):
             ),
             opts=_child(self, depends_on=after_engine),
         )
-        on_docker = _child(self, provider=self.provider, depends_on=after_engine)
-        image_id, self.digest = self._image(name, args, on_docker)
+        # What lives on the VM's disk is deleted with it: destroy needs no SSH into the VM
+        # for it, so a VM that hangs can still be powered off (the VM's shutdown stops them).
+        on_disk = _child(self, depends_on=after_engine, deleted_with=args.vm_disk)
+        on_docker = _child(self, provider=self.provider, depends_on=after_engine, deleted_with=args.vm_disk)
+        image_id, self.digest = self._image(name, args, on_docker, on_disk)
+        self.presence = _Dynamic(
+            guest_providers.ContainerPresenceProvider(),
+            f"{name}-presence",
+            {**args.access.props(), "container": settings.name, "docker_host": args.engine.docker_host},
+            ("generation",),
+            _child(self, depends_on=after_engine),
+        )
+        generation: pulumi.Output[int] = self.presence.generation  # type: ignore[attr-defined]
 
         volumes = [
             docker.ContainerVolumeArgs(host_path=v.source, container_path=v.target, read_only=v.read_only)
@@ -184,18 +200,29 @@ class Playground(pulumi.ComponentResource):
             restart=settings.restart,
             privileged=settings.privileged,
             devices=args.engine.kvm_usable.apply(device_args),
+            labels=[docker.ContainerLabelArgs(label=playground.PRESENCE_LABEL, value=generation.apply(str))],
             # tini as PID 1 reaps the inner QEMU, which detaches from `docker exec`.
             init=True,
             must_run=True,
             # Its name and ports are unique in the VM: the old container goes before the new one.
-            opts=_child(self, provider=self.provider, depends_on=container_deps, delete_before_replace=True),
+            opts=_child(
+                self,
+                provider=self.provider,
+                depends_on=container_deps,
+                delete_before_replace=True,
+                deleted_with=args.vm_disk,
+            ),
         )
         self.name = self.container.name
         self.container_id = self.container.id
         self.register_outputs({"name": self.name, "id": self.container_id, "imageDigest": self.digest})
 
     def _image(
-        self, name: str, args: PlaygroundArgs, on_docker: pulumi.ResourceOptions
+        self,
+        name: str,
+        args: PlaygroundArgs,
+        on_docker: pulumi.ResourceOptions,
+        on_disk: pulumi.ResourceOptions,
     ) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
         """The image id the container runs from, and the image's digest (an output)."""
         source = args.config.playground.source
@@ -226,7 +253,7 @@ class Playground(pulumi.ComponentResource):
             source=pulumi.FileAsset(str(tarball)),
             remote_path=steps.remote_path,
             triggers=[digest],
-            opts=_child(self, depends_on=[args.engine]),
+            opts=on_disk,
         )
         imported = remote.Command(
             f"{name}-import",
@@ -234,7 +261,7 @@ class Playground(pulumi.ComponentResource):
             create=steps.create,
             delete=steps.delete,
             triggers=[digest],
-            opts=_child(self, depends_on=[upload]),
+            opts=pulumi.ResourceOptions.merge(on_disk, pulumi.ResourceOptions(depends_on=[upload])),
         )
         image_id = imported.stdout.apply(lambda out: out.strip().splitlines()[-1] if out.strip() else "")
         return image_id, image_id
@@ -291,7 +318,8 @@ class RootFsGrowth(pulumi.ComponentResource):
             connection=args.access.connection(),
             create=playground.GROW_ROOT_FS,
             triggers=[disk_size_bytes(args.disk_size)],
-            opts=_child(self, depends_on=[args.lab.qemu, args.lab.disk]),
+            # Nothing to undo on destroy, and no SSH wanted then: it goes with the disk.
+            opts=_child(self, depends_on=[args.lab.qemu, args.lab.disk], deleted_with=args.lab.disk.disk),
         )
         self.root_fs_bytes = self.command.stdout.apply(lambda out: int(out.strip() or 0))
         self.register_outputs({"rootFsBytes": self.root_fs_bytes})
@@ -341,7 +369,7 @@ class GuestLayers(pulumi.ComponentResource):
 
     def _playground(self, name: str, config: NexusConfig, access: GuestAccess, lab: NexusVm) -> None:
         self.playground = Playground(
-            f"{name}-playground", PlaygroundArgs(config, access, self.engine), _child(self)
+            f"{name}-playground", PlaygroundArgs(config, access, self.engine, lab.disk.disk), _child(self)
         )
         script_path = config.state_dir / "connect-playground.sh"
         self.shell_script = _Dynamic(

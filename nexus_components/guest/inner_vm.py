@@ -174,10 +174,6 @@ def remove_files(container: str, paths: Sequence[PurePosixPath]) -> list[str]:
     return in_container(container, ["rm", "-rf", "--", *(str(path) for path in paths)])
 
 
-def container_state(container: str) -> list[str]:
-    return ["docker", "inspect", "--format", "{{.State.Running}}", container]
-
-
 def qmp_argv(container: str, socket: PurePosixPath) -> list[str]:
     """socat relays stdin to the QMP socket; -t1 waits a second for the replies after EOF."""
     return in_container(container, ["socat", "-t1", "-", f"UNIX-CONNECT:{socket}"], stdin=True)

@@ -1,7 +1,7 @@
 """What the playground layer hands to pulumi-docker and pulumi-command, as plain values.
 
-The container itself is a pulumi-docker `Container` (the ecosystem's provider for it,
-which reads the container back on refresh); this module turns `PlaygroundConfig` into
+The container itself is a pulumi-docker `Container` (the ecosystem's provider for it);
+this module turns `PlaygroundConfig` into
 its arguments, and writes the shell lines of the one-shot guest steps (`docker import`
 or `docker load` of a copied tarball, growing the root file system), quoting every
 value with `shlex.quote`. No Pulumi import; unit-tested directly.
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..ssh import CLIENT_OPTIONS, SshTarget
+from ..ssh import CLIENT_OPTIONS, CONNECT_TIMEOUT_SECONDS, KEEPALIVE_OPTIONS, SshTarget
 from .inner_vm import VOLUME_MOUNT
 from .runner import sharing_options
 from .settings import PlaygroundConfig, PublishedPort, Volume
@@ -29,8 +29,28 @@ UPLOAD_DIR = PurePosixPath("/var/tmp")
 def ssh_options(target: SshTarget) -> list[str]:
     """pulumi-docker's `sshOpts`: the key by path (never its content), no host-key pinning
     (the VM's host key changes whenever it is recreated; see ssh.py), and the connection
-    the other guest steps share."""
-    return [*sharing_options(target), "-i", str(target.private_key), *CLIENT_OPTIONS]
+    the other guest steps share. Bounded: a VM that stops answering fails the call
+    instead of hanging it."""
+    return [
+        *sharing_options(target),
+        "-i",
+        str(target.private_key),
+        *CLIENT_OPTIONS,
+        *KEEPALIVE_OPTIONS,
+        "-o",
+        f"ConnectTimeout={CONNECT_TIMEOUT_SECONDS}",
+    ]
+
+
+def container_state(container: str) -> list[str]:
+    """Prints `true` while the container runs; fails when there is no such container."""
+    return ["docker", "inspect", "--format", "{{.State.Running}}", container]
+
+
+# The container carries this label; the presence check bumps its value to have
+# pulumi-docker replace a container that was removed or stopped behind the stack's back
+# (labels force a new container).
+PRESENCE_LABEL = "dev.nexus-nested-vm.generation"
 
 
 def env_list(env: Mapping[str, str]) -> list[str]:

@@ -18,16 +18,16 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvide
 from ..paths import remove_quietly
 from ..providers import _reports_errors, _say
 from ..ssh import SshTarget
-from . import engine
+from . import engine, playground
 from . import inner_vm as inner
 from .runner import (
-    SSH_UNREACHABLE,
     CommandRunner,
     GuestError,
     SshRunner,
     check,
     close_shared_connection,
     output_tail,
+    unreachable,
     wait_for,
 )
 from .settings import InnerVmConfig, PortToGuest
@@ -55,13 +55,21 @@ def _changed(olds: Props, news: Props, keys: tuple[str, ...]) -> list[str]:
     return [key for key in keys if olds.get(key) != news.get(key)]
 
 
+def container_status(runner: CommandRunner, container: str) -> str:
+    """ "running", "not running" (stopped or gone), or "unreachable" (the VM does not answer)."""
+    result = runner.run(playground.container_state(container), timeout=60)
+    if unreachable(result):
+        return "unreachable"
+    return "running" if result.ok and result.stdout.strip() == "true" else "not running"
+
+
 # --------------------------------------------------------------------------- Docker engine
 
 
 def _engine_missing(runner: CommandRunner) -> str | None:
     """What keeps the engine from being ready, or None; raises on what waiting cannot fix."""
     status = runner.run(engine.CLOUD_INIT_STATUS, timeout=60)
-    if status.returncode in (SSH_UNREACHABLE, 124):
+    if unreachable(status):
         return "SSH to the VM does not answer"
     missing = engine.cloud_init_missing(status.returncode, status.output)
     if missing == "cloud-init finished with an error":
@@ -177,6 +185,36 @@ class DockerEngineProvider(ResourceProvider):
         }
 
 
+@_reports_errors
+class ContainerPresenceProvider(ResourceProvider):
+    """Sees the playground container removed or stopped by hand, without a refresh.
+
+    pulumi-docker reads a container back only on refresh, and a refresh needs every
+    layer's SSH: with the VM down or hung it fails, and `up` could not start the VM
+    again nor `destroy` power it off. This check runs in `diff` instead; when the
+    container is gone its `generation` goes up, which changes the container's label
+    and so replaces it. A VM that does not answer is not taken for a missing container.
+    """
+
+    def create(self, props: Props) -> CreateResult:
+        return CreateResult(id_=props["container"], outs={**props, "generation": 0})
+
+    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
+        changed = _changed(olds, news, ("container",))
+        if not changed and container_status(_runner(olds), olds["container"]) == "not running":
+            changed.append("running")
+        return DiffResult(changes=bool(changed))
+
+    def update(self, _id: str, olds: Props, news: Props) -> UpdateResult:
+        _say("playground", f"container {olds['container']} is not running; replacing it")
+        return UpdateResult(outs={**news, "generation": int(olds.get("generation", 0)) + 1})
+
+    def read(self, id_: str, props: Props) -> ReadResult:
+        return ReadResult(
+            id_=id_, outs={**props, "status": container_status(_runner(props), props["container"])}
+        )
+
+
 # --------------------------------------------------------------------------- inner VM
 
 
@@ -215,8 +253,7 @@ class InnerVmMachine:
         ).stdout
 
     def container_running(self) -> bool:
-        result = self.runner.run(inner.container_state(self.container), timeout=60)
-        return result.ok and result.stdout.strip() == "true"
+        return container_status(self.runner, self.container) == "running"
 
     def pid(self) -> int | None:
         result = self.runner.run(inner.running_pid(self.container, self.paths.pid_file), timeout=60)
@@ -263,7 +300,8 @@ class InnerVmMachine:
         _say("inner-vm", f"KVM cannot run a guest here (probe exit status {probe.returncode}); using TCG")
         return "tcg"
 
-    def start(self, log_prefix: str = "inner-vm") -> Props:
+    def start(self, log_prefix: str = "inner-vm", *, accelerator: str | None = None) -> Props:
+        """Start QEMU; `accelerator` is one this container was already probed for."""
         started = time.monotonic()
         self._check(
             inner.make_dir(self.container, self.paths.dir),
@@ -277,7 +315,7 @@ class InnerVmMachine:
             "check the free space of the VM's disk (nexus:vm.diskSize)",
             timeout=120,
         )
-        accelerator = self.choose_accelerator()
+        accelerator = accelerator or self.choose_accelerator()
         argv = inner.build_inner_argv(self.config, accelerator)
         _say(log_prefix, f"starting QEMU in {self.container} ({accelerator})")
         self._check(
@@ -366,7 +404,12 @@ class InnerVmProvider(ResourceProvider):
 
     def update(self, _id: str, olds: Props, news: Props) -> UpdateResult:
         self._stop(olds)
-        return UpdateResult(outs=self._start(news))
+        # Each nested-KVM launch under an emulated CPU is costly: a container already
+        # probed keeps its answer.
+        same_container = olds.get("container_id") == news.get("container_id")
+        same_request = olds["spec"]["accelerator"] == news["spec"]["accelerator"]
+        known = olds.get("accelerator") if same_container and same_request else None
+        return UpdateResult(outs=self._start(news, accelerator=known))
 
     def read(self, id_: str, props: Props) -> ReadResult:
         machine = self._machine(props)
@@ -376,9 +419,14 @@ class InnerVmProvider(ResourceProvider):
 
     def delete(self, _id: str, props: Props) -> None:
         machine = self._machine(props)
-        if not machine.container_running():
+        status = container_status(machine.runner, machine.container)
+        if status == "unreachable":
+            # A hung VM must not keep destroy from powering it off: the inner VM goes with it.
+            _say("inner-vm", "the VM does not answer over SSH; the inner VM stops with the VM")
+            return
+        if status != "running":
             return  # the container (and every process in it) is already gone
-        self._stop(props)
+        machine.stop()
         machine.runner.run(inner.remove_files(machine.container, [machine.paths.dir]), timeout=120)
 
     def _machine(self, props: Props) -> InnerVmMachine:
@@ -389,10 +437,10 @@ class InnerVmProvider(ResourceProvider):
         if machine.container_running():
             machine.stop()
 
-    def _start(self, props: Props) -> Props:
+    def _start(self, props: Props, *, accelerator: str | None = None) -> Props:
         machine = self._machine(props)
         machine.stop(powerdown_timeout=5)  # a QEMU of ours from an interrupted run
-        return {**props, **machine.start()}
+        return {**props, **machine.start(accelerator=accelerator)}
 
 
 # --------------------------------------------------------------------------- files beside the stack

@@ -9,6 +9,7 @@ status and the last lines of its output. Remote commands are quoted word by word
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import NexusError
-from ..ssh import SshTarget
+from ..ssh import CONNECT_TIMEOUT_SECONDS, SshTarget
 
 # OpenSSH's exit status when it could not connect or authenticate.
 SSH_UNREACHABLE = 255
@@ -147,7 +148,8 @@ def close_shared_connection(target: SshTarget) -> None:
     if path is None or not path.exists():
         return
     argv = ["ssh", "-o", f"ControlPath={path}", "-O", "exit", f"{target.user}@{target.host}"]
-    subprocess.run(argv, capture_output=True, timeout=30, check=False)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        subprocess.run(argv, capture_output=True, timeout=30, check=False)
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ class SshRunner:
 
     target: SshTarget
     where: str = "the VM"
-    connect_timeout: int = 30
+    connect_timeout: int = CONNECT_TIMEOUT_SECONDS
 
     def ssh_argv(self, argv: Sequence[str]) -> list[str]:
         full = self.target.argv(argv, connect_timeout=self.connect_timeout)
@@ -168,7 +170,12 @@ class SshRunner:
         return _execute(self.ssh_argv(argv), argv, input_bytes, timeout)
 
     def reachable(self) -> bool:
-        return self.run(["true"], timeout=self.connect_timeout + 10).returncode != SSH_UNREACHABLE
+        return not unreachable(self.run(["true"], timeout=self.connect_timeout + 10))
+
+
+def unreachable(result: CommandResult) -> bool:
+    """SSH could not connect, or the VM stopped answering within the command's bound."""
+    return result.returncode in (SSH_UNREACHABLE, 124)
 
 
 def check(result: CommandResult, *, layer: str, what: str, hint: str, where: str = "the VM") -> CommandResult:

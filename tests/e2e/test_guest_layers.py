@@ -8,12 +8,20 @@ lives through:
 
     up -> HTTP through host -> VM -> container -> inner VM checks -> no-op up
        -> container removed by hand: preview shows it, up restores it
-       -> disk grows: df shows it -> destroy (inner VM, container, VM; nothing left)
+       -> VM killed: up starts it again and the layers above come back
+       -> disk grows: df shows it
+       -> image from a registry run in the VM -> build context, rebuilt on a change
+       -> a failing inner-VM step leaves the layers below running
+       -> destroy (inner VM, then the VM; nothing left)
+
+A second stack hangs its VM (SIGSTOP) and checks that destroy still powers it off.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import socket
 import time
 import urllib.request
@@ -104,6 +112,24 @@ def guest_config(
     }
 
 
+REGISTRY_PORT = 5001
+REGISTRY_CONFIG = f"""version: 0.1
+storage:
+  filesystem:
+    rootdirectory: /tmp/nexus-test-registry
+http:
+  addr: 127.0.0.1:{REGISTRY_PORT}
+"""
+
+
+def start_registry() -> str:
+    """A shell line for the VM: Debian's registry binary (a second instance, without the
+    package's htpasswd auth), detached, on REGISTRY_PORT."""
+    write = shlex.join(["printf", "%s", REGISTRY_CONFIG]) + " > /tmp/nexus-test-registry.yml"
+    serve = "setsid docker-registry serve /tmp/nexus-test-registry.yml"
+    return f"{write} && ({serve} </dev/null >/tmp/nexus-test-registry.log 2>&1 &)"
+
+
 def http_get(port: int, path: str = "/", attempts: int = 30) -> str:
     last_error: Exception | None = None
     for _ in range(attempts):
@@ -183,12 +209,26 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         for verb in ("created", "updated", "deleted", "replaced"):
             assert verb not in second.stdout, second.stdout
 
-        # A container removed by hand: preview shows it, up brings it (and the inner VM) back.
+        # A container removed by hand: preview shows it (no refresh needed), up brings it
+        # (and the inner VM) back.
         ssh(outputs, shlex.join(["docker", "rm", "--force", CONTAINER]))
         drift = cli.preview()
-        assert "docker:index/container:Container" in drift.stdout and "create" in drift.stdout, drift.stdout
+        assert "nexus:guest:ContainerPresence" in drift.stdout, drift.stdout
+        assert "docker:index/container:Container" in drift.stdout and "replace" in drift.stdout, drift.stdout
         cli.up()
         outputs = cli.outputs()
+        assert http_get(http_port, "/env.txt") == GREETING
+        assert outputs["innerVmQmpStatus"] == "running"
+        assert '"status": "running"' in inner_qmp_status(outputs)
+
+        # The VM killed behind Pulumi's back: up starts it again, the container comes back
+        # by its restart policy and the inner VM is started again.
+        os.kill(vm_pid, signal.SIGKILL)
+        assert gone_within(vm_pid, 10)
+        restarted = cli.up()
+        outputs = cli.outputs()
+        assert outputs["vmPid"] != vm_pid and running(outputs["vmPid"]), restarted.stdout
+        vm_pid = outputs["vmPid"]
         assert http_get(http_port, "/env.txt") == GREETING
         assert outputs["innerVmQmpStatus"] == "running"
         assert '"status": "running"' in inner_qmp_status(outputs)
@@ -201,6 +241,34 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         assert after > before + (1 << 30), (before, after)
         assert cli.outputs()["rootFsBytes"] == after
         assert cli.outputs()["vmPid"] == vm_pid, "the disk grows without a restart"
+
+        # An image reference, pulled from a registry we run ourselves in the VM: push the
+        # imported image there, then switch the source to its reference.
+        reference = f"localhost:{REGISTRY_PORT}/nexus/playground:1"
+        imported = cli.outputs()["playgroundImageDigest"]
+        ssh(outputs, start_registry())
+        push = f"docker tag {shlex.quote(imported)} {reference} && docker push -q {reference}"
+        ssh(outputs, f"for i in $(seq 1 30); do {push} && exit 0; sleep 3; done; exit 1", timeout=300)
+        cli.run("config", "rm", "--path", "nexus:playground.rootfsTarball", *cli.stack_args())
+        cli.set_config("nexus:playground.image", reference)
+        cli.up()
+        outputs = cli.outputs()
+        assert outputs["playgroundImageDigest"].startswith(f"{reference.rsplit(':', 1)[0]}@sha256:"), outputs
+        assert http_get(http_port, "/env.txt") == GREETING
+        assert outputs["innerVmQmpStatus"] == "running"
+
+        # A build context on the host, built in the VM; a changed file rebuilds.
+        context = tmp_path / "context"
+        context.mkdir()
+        (context / "Dockerfile").write_text(f"FROM {reference}\nCOPY built.html /srv/www/built.html\n")
+        (context / "built.html").write_text("first build")
+        cli.run("config", "rm", "--path", "nexus:playground.image", *cli.stack_args())
+        cli.set_config("nexus:playground.buildContext", str(context))
+        cli.up()
+        assert http_get(http_port, "/built.html") == "first build"
+        (context / "built.html").write_text("second build")
+        cli.up()
+        assert http_get(http_port, "/built.html") == "second build"
 
         # A failing guest step names its layer, command and output; the layers below keep running.
         cli.set_config("nexus:innerVm.kernel", "/opt/nexus/no such vmlinuz")
@@ -224,6 +292,37 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
     assert "[inner-vm] powered off" in output, output
     assert output.index("[inner-vm] powered off") < output.index("[vm] VM powered off"), output
     assert vm_pid and gone_within(vm_pid, 10) and not running(vm_pid)
+    assert qemu_processes_of(state_dir) == []
+    assert nothing_listens(ssh_port) and nothing_listens(http_port)
+    assert not state_dir.exists()
+    assert cli.resources() == []
+
+
+def test_destroy_powers_off_a_vm_that_hangs(
+    tmp_path: Path, guest_image_url: str, rootfs_tarball: Path
+) -> None:
+    """A frozen VM (SIGSTOP: its SSH and QMP accept connections but never answer) must not
+    keep destroy from removing the stack: nothing on the VM's disk needs SSH to go."""
+    ssh_port, http_port = free_port(), free_port()
+    cli: PulumiCli = lab_stack(tmp_path, "hang")
+    cli.init(guest_config(tmp_path, guest_image_url, rootfs_tarball, ssh_port, http_port))
+    state_dir = tmp_path / "state"
+    vm_pid = 0
+    try:
+        cli.up()
+        outputs = cli.outputs()
+        vm_pid = outputs["vmPid"]
+        assert http_get(http_port, "/env.txt") == GREETING
+        os.kill(vm_pid, signal.SIGSTOP)
+    finally:
+        destroyed = cli.destroy(check=False)
+        if vm_pid and running(vm_pid):
+            os.kill(vm_pid, signal.SIGKILL)
+
+    output = destroyed.stdout + destroyed.stderr
+    assert destroyed.returncode == 0, output
+    assert "the VM does not answer over SSH" in output, output
+    assert vm_pid and gone_within(vm_pid, 10)
     assert qemu_processes_of(state_dir) == []
     assert nothing_listens(ssh_port) and nothing_listens(http_port)
     assert not state_dir.exists()

@@ -104,7 +104,7 @@ def lab_config(tmp_path: Path, image_url: str, ssh_port: int, http_port: int) ->
     }
 
 
-def ssh(outputs: dict[str, Any], command: str) -> str:
+def ssh(outputs: dict[str, Any], command: str, *, timeout: float = 120) -> str:
     argv = [
         "ssh",
         "-o",
@@ -122,7 +122,7 @@ def ssh(outputs: dict[str, Any], command: str) -> str:
         "nexus@127.0.0.1",
         command,
     ]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     assert result.returncode == 0, f"ssh {command!r} failed: {result.stderr}"
     return result.stdout.strip()
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from nexus_components.vm_process import (
     clean_console_text,
     launch,
     process_command_line,
+    qmp_execute,
     running_pid,
     stop,
     wait_until_ready,
@@ -80,6 +83,27 @@ def test_launch_then_stop_leaves_nothing_running(tmp_path: Path, daemonize: bool
     stop(paths, powerdown_timeout=1)
     assert gone(pid)
     assert running_pid(paths) is None
+    assert not paths.pid_file.exists() and not paths.qmp_socket.exists()
+
+
+def test_a_frozen_qemu_is_stopped_without_hanging_on_its_silent_monitor(tmp_path: Path) -> None:
+    """SIGSTOP freezes QEMU's monitor too: its socket accepts but never greets. The ladder
+    must give up on QMP within its bound and go on to signals (SIGKILL ends a stopped process)."""
+    paths = VmPaths(tmp_path)
+    pid = launch(paused_vm_argv(paths, daemonize=True), paths)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(VmError, match="did not answer within"):
+            qmp_execute(paths, "query-status")
+        started = time.monotonic()
+        stop(paths, powerdown_timeout=60)
+        elapsed = time.monotonic() - started
+    finally:
+        if not gone(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert gone(pid)
+    # A powerdown QEMU never received is not waited for.
+    assert elapsed < 60, elapsed
     assert not paths.pid_file.exists() and not paths.qmp_socket.exists()
 
 
