@@ -95,16 +95,23 @@ class Measurement:
 
 def parse_measurement(layer: str, workload: str, stdout: str) -> Measurement:
     """The program's JSON line, checked: the right workload, the unit we expect, numbers."""
-    expected = WORKLOAD_BY_NAME[workload]
     lines = [line for line in stdout.strip().splitlines() if line.strip()]
     if not lines:
         raise BenchError(f"layer {layer}: {workload} printed nothing")
+    return parse_result_line(layer, workload, lines[-1])
+
+
+def parse_result_line(layer: str, workload: str, line: str) -> Measurement:
+    """One result line of `run` or `batch`; a workload that failed there becomes its cell's error."""
+    expected = WORKLOAD_BY_NAME[workload]
     try:
-        document = json.loads(lines[-1])
+        document = json.loads(line)
     except json.JSONDecodeError as error:
-        raise BenchError(f"layer {layer}: {workload} printed no JSON", output=stdout) from error
+        raise BenchError(f"layer {layer}: {workload} printed no JSON", output=line) from error
     if not isinstance(document, dict):
         document = {}
+    if document.get("workload") == workload and document.get("error"):
+        return Measurement(workload, layer, error=str(document["error"]))
     values = document.get("values")
     if (
         document.get("workload") != workload
@@ -116,7 +123,7 @@ def parse_measurement(layer: str, workload: str, stdout: str) -> Measurement:
         raise BenchError(
             f"layer {layer}: {workload} printed an unexpected result "
             f"(want workload {workload!r}, unit {expected.unit!r}, non-negative values)",
-            output=stdout,
+            output=line,
         )
     return Measurement(workload, layer, tuple(float(v) for v in values), str(document.get("note", "")))
 

@@ -19,6 +19,7 @@ A second stack hangs its VM (SIGSTOP) and checks that destroy still powers it of
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -31,6 +32,8 @@ from typing import Any
 
 import pytest
 
+from bench.layer_overhead.results import WORKLOADS
+from tests.e2e.test_bench_layers import bench_layers
 from tests.e2e.test_lab import gone_within, lab_stack, qemu_processes_of, running, ssh
 from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving
@@ -208,6 +211,19 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         assert "unchanged" in second.stdout, second.stdout
         for verb in ("created", "updated", "deleted", "replaced"):
             assert verb not in second.stdout, second.stdout
+
+        # The layer-overhead benchmark measures the container column too (one batch per layer).
+        bench = bench_layers(cli, "guest", "--quick", "--repeats", "1")
+        assert bench.returncode == 0, bench.stderr
+        document = json.loads((state_dir / "bench-layers.json").read_text())
+        layers = {layer["name"]: (layer["accelerator"], layer["up"]) for layer in document["layers"]}
+        assert layers["container"] == ("tcg", True) and layers["inner-vm"] == ("kvm", False), layers
+        cells = {(r["workload"], r["layer"]): r for r in document["results"]}
+        for workload in WORKLOADS:
+            if workload.name != "http":  # the container's port 80 is its own web server's
+                cell = cells[(workload.name, "container")]
+                assert cell["median"] and cell["median"] > 0, cell
+        assert in_container(outputs, "sh", "-c", "ls /tmp | grep -c nexus-bench || true") == "0"
 
         # A container removed by hand: preview shows it (no refresh needed), up brings it
         # (and the inner VM) back.

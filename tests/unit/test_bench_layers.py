@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from bench.layer_overhead.results import (
     parse_measurement,
     percent_of_host,
 )
-from bench.layer_overhead.run import run_benchmark
+from bench.layer_overhead.run import run_batch, run_benchmark
 from nexus_components.paths import VmPaths, remove_stack_files
 from nexus_components.ssh import SshTarget
 
@@ -356,3 +357,39 @@ def test_every_workload_runs_on_this_host(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"], "the disk workloads clean up"
     table = render_table(report)
     assert "not up" in table and "100%" in table
+
+
+def test_one_batch_reports_a_failed_workload_and_goes_on(tmp_path: Path) -> None:
+    """A layer runs every workload in one process; a scratch dir that does not exist fails
+    the disk workloads there, each with its reason, and the others are still measured."""
+    program = build_program(host_platform(), tmp_path / "cache")
+    layer = Layer("host", "native", HostShell(), scratch_dir=str(tmp_path / "no such dir"))
+    batched = [workload for workload in WORKLOADS if workload.name != "http"]
+    settings = Settings(seconds=0.2, repeats=1, file_mib=4)
+    results = {m.workload: m for m in run_batch(layer, HostShell(), str(program), batched, settings)}
+    assert list(results) == [workload.name for workload in batched]
+    for name in ("disk-write", "disk-randread"):
+        assert not results[name].ok and "no such dir" in results[name].error, results[name]
+    for name in ("cpu-single", "cpu-all", "memory", "spawn"):
+        assert results[name].ok and results[name].values[0] > 0, results[name]
+
+
+class FirstLineOnly:
+    """A layer whose connection drops after the first result line (real processes: sh, head)."""
+
+    def command(self, argv: Sequence[str], *, as_root: bool = False) -> list[str]:
+        return ["sh", "-c", '"$@" | head -n 1', "sh", *argv]
+
+    def install(self, program: Path) -> str:
+        return str(program)
+
+
+def test_a_batch_that_dies_gives_every_remaining_cell_its_reason(tmp_path: Path) -> None:
+    program = build_program(host_platform(), tmp_path / "cache")
+    layer = Layer("host", "native", FirstLineOnly(), scratch_dir=str(tmp_path))
+    settings = Settings(seconds=0.2, repeats=1, file_mib=4)
+    results = list(run_batch(layer, FirstLineOnly(), str(program), WORKLOADS[:3], settings))
+    assert [m.workload for m in results] == [w.name for w in WORKLOADS[:3]]
+    assert results[0].ok, results[0]
+    for measurement in results[1:]:
+        assert not measurement.ok and "ended before reporting" in measurement.error, measurement

@@ -3,6 +3,8 @@
 //
 //	nexus-bench info
 //	nexus-bench run WORKLOAD --seconds S --repeats R [--dir D] [--file-mib N] [--url U]
+//	nexus-bench batch --seconds S --repeats R [--dir D] [--file-mib N] WORKLOAD...
+//	                                           (one JSON line per workload, as each ends)
 //	nexus-bench serve --port P --seconds S [--address A]   (HTTP; exits on stdin EOF or after S)
 //	nexus-bench noop                           (the child of the spawn workload)
 //
@@ -33,6 +35,7 @@ type result struct {
 	Unit     string    `json:"unit"`
 	Values   []float64 `json:"values"`
 	Note     string    `json:"note,omitempty"`
+	Error    string    `json:"error,omitempty"`
 }
 
 type options struct {
@@ -78,40 +81,71 @@ func main() {
 		serve(os.Args[2:])
 	case "run":
 		run(os.Args[2:])
+	case "batch":
+		batch(os.Args[2:])
 	default:
 		fail("unknown command " + os.Args[1])
 	}
 }
 
-func run(args []string) {
-	if len(args) < 1 {
-		fail("run: which workload?")
-	}
-	name := args[0]
-	w, ok := workloads[name]
-	if !ok {
-		fail("unknown workload " + name)
-	}
-	flags := flag.NewFlagSet("run", flag.ExitOnError)
+func parseOptions(command string, args []string) (options, int, []string) {
+	flags := flag.NewFlagSet(command, flag.ExitOnError)
 	var o options
 	repeats := flags.Int("repeats", 3, "measurements")
 	flags.Float64Var(&o.seconds, "seconds", 2, "seconds per measurement")
 	flags.StringVar(&o.dir, "dir", os.TempDir(), "directory on the layer's own disk")
 	flags.IntVar(&o.fileMiB, "file-mib", 32, "size of the random-read file and the write cap unit")
 	flags.StringVar(&o.url, "url", "", "URL for the http workload")
-	_ = flags.Parse(args[1:])
+	_ = flags.Parse(args)
+	return o, *repeats, flags.Args()
+}
+
+// measure runs one workload `repeats` times; an error ends it and is returned with it.
+func measure(name string, o options, repeats int) (result, error) {
+	w, ok := workloads[name]
+	if !ok {
+		return result{Workload: name}, fmt.Errorf("unknown workload %s", name)
+	}
 	out := result{Workload: name, Unit: w.unit, Values: []float64{}}
-	for i := 0; i < *repeats; i++ {
+	defer cleanUp()
+	for i := 0; i < repeats; i++ {
 		value, note, err := w.measure(o)
 		if err != nil {
-			cleanUp()
-			fail(name + ": " + err.Error())
+			return out, fmt.Errorf("%s: %w", name, err)
 		}
 		out.Values = append(out.Values, value)
 		out.Note = note
 	}
-	cleanUp()
+	return out, nil
+}
+
+func run(args []string) {
+	if len(args) < 1 {
+		fail("run: which workload?")
+	}
+	o, repeats, _ := parseOptions("run", args[1:])
+	out, err := measure(args[0], o, repeats)
+	if err != nil {
+		fail(err.Error())
+	}
 	emit(out)
+}
+
+// batch runs several workloads in one process: a layer reached through slow hops (docker
+// exec over SSH into an emulated VM) pays for the hops once, not once per workload. A
+// failed workload is reported on its line and the next one runs.
+func batch(args []string) {
+	o, repeats, names := parseOptions("batch", args)
+	if len(names) == 0 {
+		fail("batch: which workloads?")
+	}
+	for _, name := range names {
+		out, err := measure(name, o, repeats)
+		if err != nil {
+			out.Error = err.Error()
+		}
+		emit(out)
+	}
 }
 
 func cleanUp() {
