@@ -307,6 +307,31 @@ def wait_until_ready(
             probe.wait()
 
 
+# A guest that runs sends SSH's banner at once; one that hangs (its kernel stuck while
+# QEMU's user network still accepts the connection) never does.
+BANNER_TIMEOUT_SECONDS = 20.0
+
+
+def guest_hangs(host: str, port: int, *, timeout: float = BANNER_TIMEOUT_SECONDS) -> bool:
+    """True when the forwarded SSH port accepts a connection but no banner comes in time.
+
+    A refused or closed connection is not a hang (sshd stopped, the guest rebooting):
+    only silence on an open connection is.
+    """
+    try:
+        connection = socket.create_connection((host, port), timeout=timeout)
+    except OSError:
+        return False
+    with connection:
+        try:
+            connection.recv(4)  # the banner, or b"" when the other side closed
+        except TimeoutError:
+            return True
+        except OSError:
+            return False
+    return False
+
+
 def _engine_lineage(proc: Path = Path("/proc")) -> tuple[int, int | None]:
     """Our parent and its parent. The engine may run the provider through a wrapper script,
     so the engine's death shows as the wrapper being re-parented."""

@@ -14,7 +14,7 @@ lives through:
        -> a failing inner-VM step leaves the layers below running
        -> destroy (inner VM, then the VM; nothing left)
 
-A second stack hangs its VM (SIGSTOP) and checks that destroy still powers it off.
+A second stack hangs its VM (SIGSTOP): up restarts it, and destroy powers it off.
 """
 
 from __future__ import annotations
@@ -314,31 +314,46 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
     assert cli.resources() == []
 
 
-def test_destroy_powers_off_a_vm_that_hangs(
+def test_a_vm_that_hangs_is_restarted_by_up_and_powered_off_by_destroy(
     tmp_path: Path, guest_image_url: str, rootfs_tarball: Path
 ) -> None:
-    """A frozen VM (SIGSTOP: its SSH and QMP accept connections but never answer) must not
-    keep destroy from removing the stack: nothing on the VM's disk needs SSH to go."""
+    """A frozen VM (SIGSTOP: its SSH and QMP accept connections but never answer), as a
+    guest whose kernel hangs looks from the host. `up` power-cycles it on the same disk and
+    the layers above come back; frozen again, it must not keep destroy from removing the
+    stack: nothing stored on the VM's disk needs SSH to go."""
     ssh_port, http_port = free_port(), free_port()
     cli: PulumiCli = lab_stack(tmp_path, "hang")
     cli.init(guest_config(tmp_path, guest_image_url, rootfs_tarball, ssh_port, http_port))
     state_dir = tmp_path / "state"
-    vm_pid = 0
+    frozen: list[int] = []
     try:
         cli.up()
         outputs = cli.outputs()
-        vm_pid = outputs["vmPid"]
         assert http_get(http_port, "/env.txt") == GREETING
-        os.kill(vm_pid, signal.SIGSTOP)
+        ssh(outputs, "echo kept > /home/nexus/marker")
+
+        frozen.append(outputs["vmPid"])
+        os.kill(frozen[-1], signal.SIGSTOP)
+        healed = cli.up()
+        assert "the guest does not answer on SSH (it hangs)" in healed.stdout + healed.stderr, healed.stdout
+        outputs = cli.outputs()
+        assert outputs["vmPid"] != frozen[-1] and gone_within(frozen[-1], 10)
+        assert ssh(outputs, "cat /home/nexus/marker") == "kept", "restarted on the same disk"
+        assert http_get(http_port, "/env.txt") == GREETING
+        assert outputs["innerVmQmpStatus"] == "running"
+
+        frozen.append(outputs["vmPid"])
+        os.kill(frozen[-1], signal.SIGSTOP)
     finally:
         destroyed = cli.destroy(check=False)
-        if vm_pid and running(vm_pid):
-            os.kill(vm_pid, signal.SIGKILL)
+        for pid in frozen:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
 
     output = destroyed.stdout + destroyed.stderr
     assert destroyed.returncode == 0, output
     assert "the VM does not answer over SSH" in output, output
-    assert vm_pid and gone_within(vm_pid, 10)
+    assert all(gone_within(pid, 10) for pid in frozen)
     assert qemu_processes_of(state_dir) == []
     assert nothing_listens(ssh_port) and nothing_listens(http_port)
     assert not state_dir.exists()

@@ -7,6 +7,7 @@ under test, not booting a guest (tests/e2e does that).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +29,7 @@ from nexus_components.vm_process import (
     SerialWatcher,
     check_ports_free,
     clean_console_text,
+    guest_hangs,
     launch,
     process_command_line,
     qmp_execute,
@@ -35,6 +37,7 @@ from nexus_components.vm_process import (
     stop,
     wait_until_ready,
 )
+from tests.support.sshd import running_sshd
 
 
 def free_port() -> int:
@@ -105,6 +108,26 @@ def test_a_frozen_qemu_is_stopped_without_hanging_on_its_silent_monitor(tmp_path
     # A powerdown QEMU never received is not waited for.
     assert elapsed < 60, elapsed
     assert not paths.pid_file.exists() and not paths.qmp_socket.exists()
+
+
+def test_a_guest_that_sends_no_ssh_banner_hangs_one_that_refuses_does_not(tmp_path: Path) -> None:
+    """A paused guest: QEMU's user network accepts the forwarded connection, nothing answers."""
+    paths = VmPaths(tmp_path)
+    argv = paused_vm_argv(paths, daemonize=True)
+    ssh_port = int(re.search(r"hostfwd=tcp:[0-9.]*:(\d+)-:22", " ".join(argv)).group(1))  # type: ignore[union-attr]
+    pid = launch(argv, paths)
+    try:
+        assert guest_hangs("127.0.0.1", ssh_port, timeout=3)
+        # `up` power-cycles such a VM: its diff reports a change although QEMU runs.
+        props = {**vm_props(paths, pid), "ssh_host": "127.0.0.1", "ssh_port": float(ssh_port)}
+        assert QemuVmProvider().diff("nexus-unit", props, props).changes
+    finally:
+        stop(paths, powerdown_timeout=1)
+    assert gone(pid)
+    # Nothing listens any more: refused, which is not a hang.
+    assert not guest_hangs("127.0.0.1", ssh_port, timeout=3)
+    with running_sshd(tmp_path / "sshd") as sshd:
+        assert not guest_hangs(sshd.host, sshd.port, timeout=3)
 
 
 def test_failed_launch_names_the_command_and_output_and_leaves_nothing(tmp_path: Path) -> None:
