@@ -200,7 +200,11 @@ class Playground(pulumi.ComponentResource):
             restart=settings.restart,
             privileged=settings.privileged,
             devices=args.engine.kvm_usable.apply(device_args),
-            labels=[docker.ContainerLabelArgs(label=playground.PRESENCE_LABEL, value=generation.apply(str))],
+            labels=[
+                docker.ContainerLabelArgs(
+                    label=playground.PRESENCE_LABEL, value=generation.apply(lambda g: str(int(g)))
+                )
+            ],
             # tini as PID 1 reaps the inner QEMU, which detaches from `docker exec`.
             init=True,
             must_run=True,

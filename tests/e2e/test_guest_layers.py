@@ -38,10 +38,12 @@ from tests.e2e.test_lab import gone_within, lab_stack, qemu_processes_of, runnin
 from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving
 from tests.support.playground_rootfs import (
+    IMAGE_TARBALL_TAG,
     INNER_INITRD,
     INNER_KERNEL,
     INNER_USERSPACE_MARKER,
     PAGE_MARKER,
+    ensure_playground_image_tarball,
     ensure_playground_rootfs,
 )
 from tests.support.pulumi_cli import PulumiCli
@@ -229,7 +231,7 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         # (and the inner VM) back.
         ssh(outputs, shlex.join(["docker", "rm", "--force", CONTAINER]))
         drift = cli.preview()
-        assert "nexus:guest:ContainerPresence" in drift.stdout, drift.stdout
+        assert "nexus-guest-playground-presence" in drift.stdout, drift.stdout
         assert "docker:index/container:Container" in drift.stdout and "replace" in drift.stdout, drift.stdout
         cli.up()
         outputs = cli.outputs()
@@ -314,8 +316,13 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
     assert cli.resources() == []
 
 
+@pytest.fixture(scope="module")
+def image_tarball() -> Path:
+    return ensure_playground_image_tarball()
+
+
 def test_a_vm_that_hangs_is_restarted_by_up_and_powered_off_by_destroy(
-    tmp_path: Path, guest_image_url: str, rootfs_tarball: Path
+    tmp_path: Path, guest_image_url: str, rootfs_tarball: Path, image_tarball: Path
 ) -> None:
     """A frozen VM (SIGSTOP: its SSH and QMP accept connections but never answer), as a
     guest whose kernel hangs looks from the host. `up` power-cycles it on the same disk and
@@ -325,11 +332,18 @@ def test_a_vm_that_hangs_is_restarted_by_up_and_powered_off_by_destroy(
     cli: PulumiCli = lab_stack(tmp_path, "hang")
     cli.init(guest_config(tmp_path, guest_image_url, rootfs_tarball, ssh_port, http_port))
     state_dir = tmp_path / "state"
+    # This stack's image comes as an image archive (`docker save` format): `docker load`.
+    cli.run("config", "rm", "--path", "nexus:playground.rootfsTarball", *cli.stack_args())
+    cli.set_config("nexus:playground.imageTarball", str(image_tarball))
     frozen: list[int] = []
     try:
         cli.up()
         outputs = cli.outputs()
         assert http_get(http_port, "/env.txt") == GREETING
+        loaded = ssh(
+            outputs, shlex.join(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE_TARBALL_TAG])
+        )
+        assert outputs["playgroundImageDigest"] == loaded, (outputs["playgroundImageDigest"], loaded)
         ssh(outputs, "echo kept > /home/nexus/marker")
 
         frozen.append(outputs["vmPid"])

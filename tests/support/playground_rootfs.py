@@ -19,12 +19,15 @@ in root mode). ``python -m tests.support.playground_rootfs`` builds or reuses it
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import json
 import os
 import shlex
 import shutil
 import stat
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -120,6 +123,48 @@ def ensure_playground_rootfs(cache_root: Path | None = None, log: Log = print) -
             raise
         log(f"playground rootfs: built in {time.monotonic() - started:.0f} s")
         return final / TARBALL_NAME
+
+
+IMAGE_TARBALL_NAME = "nexus-playground-image.tar"
+IMAGE_TARBALL_TAG = "nexus/playground:loaded"
+
+
+def ensure_playground_image_tarball(cache_root: Path | None = None, log: Log = print) -> Path:
+    """The same tree as an image archive (`docker save` format), for the `docker load` path.
+
+    One layer (the root-file-system tarball as it is), its config and a manifest: what
+    `docker load` reads. Made once beside the tarball, renamed into place when whole.
+    """
+    rootfs = ensure_playground_rootfs(cache_root, log)
+    archive = rootfs.parent / IMAGE_TARBALL_NAME
+    if archive.is_file():
+        return archive
+    layer_digest = _sha256(rootfs)
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
+            "history": [{"created_by": "tests.support.playground_rootfs"}],
+        }
+    ).encode()
+    config_name = f"{hashlib.sha256(config).hexdigest()}.json"
+    layer_name = f"{layer_digest}/layer.tar"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [IMAGE_TARBALL_TAG], "Layers": [layer_name]}])
+    partial = archive.with_name(f".{IMAGE_TARBALL_NAME}.{os.getpid()}")
+    try:
+        with tarfile.open(partial, "w") as out:
+            out.add(rootfs, arcname=layer_name)
+            for name, data in ((config_name, config), ("manifest.json", manifest.encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                out.addfile(info, io.BytesIO(data))
+        os.rename(partial, archive)
+    finally:
+        partial.unlink(missing_ok=True)
+    log(f"playground image archive: {archive.stat().st_size / 1024**2:.0f} MiB")
+    return archive
 
 
 def _is_complete_tarball(directory: Path) -> bool:
