@@ -146,7 +146,7 @@ def vm_pids(paths: VmPaths, recorded_pid: int | None = None, *, scan: bool = Tru
         candidates.append(recorded_pid)
     if scan:
         identity = _identity(paths)
-        candidates += [pid for pid, command in _process_table() if identity in command and _alive(pid)]
+        candidates += [pid for pid, command in _process_table() if identity in command and process_alive(pid)]
     return list(dict.fromkeys(candidates))
 
 
@@ -163,7 +163,7 @@ def _identity(paths: VmPaths) -> str:
 
 
 def _is_our_vm(pid: int, paths: VmPaths, *, trust_unknown: bool) -> bool:
-    if pid <= 0 or pid == os.getpid() or not _alive(pid):
+    if pid <= 0 or pid == os.getpid() or not process_alive(pid):
         return False
     command_line = process_command_line(pid)
     if command_line is None:
@@ -486,7 +486,8 @@ def _stop_pid_file_process(paths: VmPaths) -> None:
         _wait_gone(pid, 10)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """The process exists and has not exited (a zombie has); Windows asked through its API."""
     if sys.platform == "win32":
         return _alive_windows(pid)
     try:
@@ -521,10 +522,10 @@ def _alive_windows(pid: int) -> bool:
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not process_alive(pid):
             return True
         time.sleep(0.2)
-    return not _alive(pid)
+    return not process_alive(pid)
 
 
 def _signal(pid: int, signum: int) -> None:

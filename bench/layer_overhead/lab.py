@@ -8,7 +8,6 @@ config file. `lab_from_deployment` is pure and unit-tested; `read_lab` runs the 
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -142,16 +141,3 @@ def read_lab(stack: str | None, pulumi: Sequence[str], *, env: Mapping[str, str]
         raise pulumi_failure(stack, exported.stdout + exported.stderr)
     document = json.loads(exported.stdout)
     return lab_from_deployment(stack, document.get("deployment") or {})
-
-
-def process_is_running(pid: int) -> bool:
-    """Best effort where the OS lets us look (POSIX); elsewhere SSH decides."""
-    if os.name != "posix":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

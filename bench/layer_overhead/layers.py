@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Protocol
 
 from nexus_components.ssh import SshTarget
+from nexus_components.vm_process import process_alive
 
 from .errors import BenchError
-from .lab import CONTAINER_OUTPUT, Forward, Lab, process_is_running
+from .lab import CONTAINER_OUTPUT, Forward, Lab
 
 # OpenSSH's exit status when it could not connect or authenticate.
 SSH_UNREACHABLE = 255
@@ -207,7 +208,7 @@ def http_routes_to_vm(
 
 
 def find_vm(lab: Lab, control_path: str | None = None) -> tuple[Layer, VmShell]:
-    if not process_is_running(lab.vm_pid):
+    if not process_alive(lab.vm_pid):
         raise BenchError(
             f"layer vm: the stack's QEMU (pid {lab.vm_pid}) is not running",
             hint=f"start it again with `scripts/pulumi up --stack {lab.stack}`",

@@ -34,11 +34,8 @@ Builder = Callable[[str], Path]
 SERVER_START_TIMEOUT = 60.0
 
 
-def workload_argv(program: str, workload: Workload, settings: Settings, scratch_dir: str) -> list[str]:
+def _options(settings: Settings, scratch_dir: str) -> list[str]:
     return [
-        program,
-        "run",
-        workload.name,
         "--seconds",
         f"{settings.seconds:g}",
         "--repeats",
@@ -48,24 +45,16 @@ def workload_argv(program: str, workload: Workload, settings: Settings, scratch_
         "--file-mib",
         str(settings.file_mib),
     ]
+
+
+def workload_argv(program: str, workload: Workload, settings: Settings, scratch_dir: str) -> list[str]:
+    return [program, "run", workload.name, *_options(settings, scratch_dir)]
 
 
 def batch_argv(
     program: str, workloads: Sequence[Workload], settings: Settings, scratch_dir: str
 ) -> list[str]:
-    return [
-        program,
-        "batch",
-        "--seconds",
-        f"{settings.seconds:g}",
-        "--repeats",
-        str(settings.repeats),
-        "--dir",
-        scratch_dir,
-        "--file-mib",
-        str(settings.file_mib),
-        *(workload.name for workload in workloads),
-    ]
+    return [program, "batch", *_options(settings, scratch_dir), *(workload.name for workload in workloads)]
 
 
 def _lines_of(stream: IO[bytes]) -> queue.Queue[bytes]:

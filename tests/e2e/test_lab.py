@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from nexus_components.ssh import SshTarget
 from tests.support.debian_image import IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving
 from tests.support.pulumi_cli import REPO, PulumiCli, project_view
@@ -105,23 +106,9 @@ def lab_config(tmp_path: Path, image_url: str, ssh_port: int, http_port: int) ->
 
 
 def ssh(outputs: dict[str, Any], command: str, *, timeout: float = 120) -> str:
-    argv = [
-        "ssh",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        "-i",
-        outputs["privateKeyPath"],
-        "-p",
-        str(outputs["sshPort"]),
-        "nexus@127.0.0.1",
-        command,
-    ]
+    """Run one shell line in the VM as the stack's user, the way a user's ssh would."""
+    target = SshTarget("127.0.0.1", int(outputs["sshPort"]), "nexus", Path(outputs["privateKeyPath"]))
+    argv = [*target.argv(connect_timeout=30), command]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     assert result.returncode == 0, f"ssh {command!r} failed: {result.stderr}"
     return result.stdout.strip()
