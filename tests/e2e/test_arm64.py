@@ -22,6 +22,7 @@ import pytest
 from tests.e2e.test_lab import (
     free_port,
     gone_within,
+    lab_config,
     lab_stack,
     port_is_free,
     qemu_processes_of,
@@ -45,24 +46,12 @@ def arm64_image_url() -> Iterator[str]:
 
 
 def arm64_config(tmp_path: Path, image_url: str, ssh_port: int, http_port: int) -> dict[str, Any]:
-    return {
-        "nexus:image": {"url": image_url},
-        "nexus:vm": {
-            "arch": "aarch64",
-            "accelerator": "tcg",
-            "cpus": 2,
-            "memoryMiB": 1024,
-            "diskSize": "4G",
-            # An emulated arm64 guest boots several times slower than an x86_64 one under TCG.
-            # Measured here at a load of 10-14 on 2 cores: over 20 minutes with -cpu max.
-            "bootTimeoutSeconds": 2700,
-        },
-        "nexus:network": {"sshPort": ssh_port, "forwards": [{"host": http_port, "guest": 80}]},
-        "nexus:guest": {"username": "nexus", "installPackages": False},
-        "nexus:paths": {"stateDir": str(tmp_path / "state"), "cacheDir": str(tmp_path / "cache")},
-        # The arm64 test image has no Docker: this test is about the VM layer.
-        "nexus:playground": {"enabled": False},
-    }
+    # An emulated arm64 guest boots several times slower than an x86_64 one under TCG.
+    # Measured here at a load of 10-14 on 2 cores: over 20 minutes with -cpu max.
+    # The arm64 test image has no Docker either: this test is about the VM layer.
+    return lab_config(
+        tmp_path, image_url, ssh_port, http_port, vm={"arch": "aarch64", "bootTimeoutSeconds": 2700}
+    )
 
 
 def test_arm64_lifecycle_with_a_persistent_uefi_variable_store(tmp_path: Path, arm64_image_url: str) -> None:

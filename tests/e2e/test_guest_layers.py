@@ -34,7 +34,7 @@ import pytest
 
 from bench.layer_overhead.results import WORKLOADS
 from tests.e2e.test_bench_layers import bench_layers
-from tests.e2e.test_lab import gone_within, lab_stack, qemu_processes_of, running, ssh
+from tests.e2e.test_lab import gone_within, lab_config, lab_stack, qemu_processes_of, running, ssh
 from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving
 from tests.support.playground_rootfs import (
@@ -86,27 +86,21 @@ def guest_config(
     tmp_path: Path, image_url: str, rootfs: Path, ssh_port: int, http_port: int
 ) -> dict[str, Any]:
     serve = 'printf "%s" "$GREETING" > /srv/www/env.txt && exec busybox httpd -f -p 80 -h /srv/www'
-    return {
-        "nexus:image": {"url": image_url},
-        "nexus:vm": {
-            "accelerator": "tcg",
-            "cpus": 2,
-            "memoryMiB": 2048,
-            "diskSize": "10G",
-            "bootTimeoutSeconds": 1200,
-        },
-        "nexus:network": {"sshPort": ssh_port, "forwards": [{"host": http_port, "guest": 80}]},
-        # The guest image has the seed's packages baked in; installing them costs minutes.
-        "nexus:guest": {"username": "nexus", "installPackages": False},
-        "nexus:paths": {"stateDir": str(tmp_path / "state"), "cacheDir": str(tmp_path / "cache")},
-        "nexus:playground": {
+    return lab_config(
+        tmp_path,
+        image_url,
+        ssh_port,
+        http_port,
+        vm={"memoryMiB": 2048, "diskSize": "10G", "bootTimeoutSeconds": 1200},
+        playground={
+            "enabled": True,
             "rootfsTarball": str(rootfs),
             "command": ["sh", "-c", serve],
             "env": {"GREETING": GREETING},
             "ports": [{"vm": 80, "container": 80}],
             "readyTimeoutSeconds": 900,
         },
-        "nexus:innerVm": {
+        innerVm={
             "enabled": True,
             "memoryMiB": 256,
             "kernel": INNER_KERNEL,
@@ -114,7 +108,7 @@ def guest_config(
             "kernelArgs": "console=ttyS0 panic=-1",
             "powerdownTimeoutSeconds": 60,
         },
-    }
+    )
 
 
 REGISTRY_PORT = 5001

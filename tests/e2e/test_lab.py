@@ -86,8 +86,11 @@ def lab_stack(tmp_path: Path, name: str) -> PulumiCli:
     )
 
 
-def lab_config(tmp_path: Path, image_url: str, ssh_port: int, http_port: int) -> dict[str, Any]:
-    return {
+def lab_config(
+    tmp_path: Path, image_url: str, ssh_port: int, http_port: int, **sections: dict[str, Any]
+) -> dict[str, Any]:
+    """The e2e stacks' settings; `sections` (vm=..., playground=...) update a `nexus:` key's."""
+    config: dict[str, dict[str, Any]] = {
         "nexus:image": {"url": image_url},
         "nexus:vm": {
             "accelerator": "tcg",
@@ -103,6 +106,9 @@ def lab_config(tmp_path: Path, image_url: str, ssh_port: int, http_port: int) ->
         # The base test image has no Docker; the guest layers have their own test.
         "nexus:playground": {"enabled": False},
     }
+    for section, values in sections.items():
+        config[f"nexus:{section}"] = {**config.get(f"nexus:{section}", {}), **values}
+    return config
 
 
 def ssh(outputs: dict[str, Any], command: str, *, timeout: float = 120) -> str:
