@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support import debian_image
+from tests.support.build_cache import cached_build
 from tests.support.debian_image import (
     COMPLETE_MARKER,
     DEFAULT_CACHE_BASE,
@@ -194,32 +195,14 @@ def ensure_arm64_test_image(cache_root: Path | None = None, log: Log = print) ->
     ten minutes or more under qemu-user, needs root), concurrent callers serialised by a lock.
     """
     base = DEFAULT_CACHE_BASE if cache_root is None else Path(cache_root)
-    final = base / RECIPE_VERSION
-    if _is_complete(final):
-        return final
-
-    base.mkdir(parents=True, exist_ok=True)
-    with debian_image._exclusive_lock(base / f".{RECIPE_VERSION}.lock", log):
-        if _is_complete(final):
-            return final
-        for stale in sorted(base.glob(f".{RECIPE_VERSION}.build-*")):
-            log(f"arm64 test image: removing leftovers of an interrupted build: {stale}")
-            debian_image._remove_build_dir(stale)
-        if final.exists():
-            log(f"arm64 test image: discarding incomplete or corrupt cache entry {final}")
-            shutil.rmtree(final)
-
-        work = base / f".{RECIPE_VERSION}.build-{os.getpid()}"
-        work.mkdir()
-        try:
-            started = time.monotonic()
-            _build_image(work, log)
-            os.rename(work, final)
-        except BaseException:
-            debian_image._remove_build_dir(work)
-            raise
-        log(f"arm64 test image: built {final / IMAGE_NAME} in {time.monotonic() - started:.0f} s")
-        return final
+    return cached_build(
+        base,
+        RECIPE_VERSION,
+        is_complete=_is_complete,
+        build=lambda work: _build_image(work, log),
+        what="arm64 test image",
+        log=log,
+    )
 
 
 # --------------------------------------------------------------------------- build

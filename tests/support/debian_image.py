@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import fcntl
 import hashlib
 import os
 import re
@@ -37,9 +36,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.build_cache import cached_build
 
 # Bump whenever anything below changes what ends up in the image.
 RECIPE_VERSION = "debian12-r1"
@@ -153,34 +153,14 @@ def ensure_test_image(cache_root: Path | None = None, log: Log = print, recipe: 
     callers serialised by a lock file.
     """
     base = DEFAULT_CACHE_BASE if cache_root is None else Path(cache_root)
-    version = recipe.version
-    final = base / version
-    if _is_complete(final):
-        return final
-
-    base.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(base / f".{version}.lock", log):
-        # Another process may have finished the build while this one waited for the lock.
-        if _is_complete(final):
-            return final
-        for stale in sorted(base.glob(f".{version}.build-*")):
-            log(f"test image: removing leftovers of an interrupted build: {stale}")
-            _remove_build_dir(stale)
-        if final.exists():
-            log(f"test image: discarding incomplete or corrupt cache entry {final}")
-            shutil.rmtree(final)
-
-        work = base / f".{version}.build-{os.getpid()}"
-        work.mkdir()
-        try:
-            started = time.monotonic()
-            _build_image(work, log, recipe)
-            os.rename(work, final)
-        except BaseException:
-            _remove_build_dir(work)
-            raise
-        log(f"test image: built {final / IMAGE_NAME} in {time.monotonic() - started:.0f} s")
-        return final
+    return cached_build(
+        base,
+        recipe.version,
+        is_complete=_is_complete,
+        build=lambda work: _build_image(work, log, recipe),
+        what="test image",
+        log=log,
+    )
 
 
 def image_path(directory: Path) -> Path:
@@ -211,38 +191,6 @@ def _is_complete(directory: Path) -> bool:
         if len(fields) == 2 and fields[1].lstrip("*") == IMAGE_NAME:
             expected = fields[0].lower()
     return expected is not None and expected == _sha256(image)
-
-
-@contextmanager
-def _exclusive_lock(path: Path, log: Log) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"test image: waiting for another build to finish (lock {path})")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-def _remove_build_dir(work: Path) -> None:
-    """Remove a build directory, first releasing a mount or loop device it may still hold."""
-    mnt = work / "mnt"
-    if os.path.ismount(mnt):
-        subprocess.run(["umount", "--lazy", str(mnt)], check=False, capture_output=True)
-    raw = work / "disk.raw"
-    if raw.exists() and shutil.which("losetup"):
-        found = subprocess.run(
-            ["losetup", "--noheadings", "--output", "NAME", "--associated", str(raw)],
-            check=False,
-            capture_output=True,
-            text=True,
-        )
-        for device in found.stdout.split():
-            subprocess.run(["losetup", "--detach", device], check=False, capture_output=True)
-    shutil.rmtree(work, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- commands

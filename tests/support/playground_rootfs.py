@@ -28,9 +28,9 @@ import shutil
 import stat
 import sys
 import tarfile
-import time
 from pathlib import Path
 
+from tests.support.build_cache import cached_build
 from tests.support.debian_image import (
     COMPLETE_MARKER,
     DEFAULT_CACHE_BASE,
@@ -38,7 +38,6 @@ from tests.support.debian_image import (
     SUITE,
     SUMS_NAME,
     Log,
-    _exclusive_lock,
     _run,
     _sha256,
     find_debian_mirror,
@@ -101,28 +100,15 @@ KERNEL_HOOK = (
 def ensure_playground_rootfs(cache_root: Path | None = None, log: Log = print) -> Path:
     """Return the path of the cached root-file-system tarball, building it if needed."""
     base = DEFAULT_CACHE_BASE if cache_root is None else Path(cache_root)
-    final = base / VERSION
-    if _is_complete_tarball(final):
-        return final / TARBALL_NAME
-    base.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(base / f".{VERSION}.lock", log):
-        if _is_complete_tarball(final):
-            return final / TARBALL_NAME
-        for stale in sorted(base.glob(f".{VERSION}.build-*")):
-            shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():
-            shutil.rmtree(final)
-        work = base / f".{VERSION}.build-{os.getpid()}"
-        work.mkdir()
-        try:
-            started = time.monotonic()
-            _build(work, log)
-            os.rename(work, final)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        log(f"playground rootfs: built in {time.monotonic() - started:.0f} s")
-        return final / TARBALL_NAME
+    built = cached_build(
+        base,
+        VERSION,
+        is_complete=_is_complete_tarball,
+        build=lambda work: _build(work, log),
+        what="playground rootfs",
+        log=log,
+    )
+    return built / TARBALL_NAME
 
 
 IMAGE_TARBALL_NAME = "nexus-playground-image.tar"
