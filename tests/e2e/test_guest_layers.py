@@ -203,7 +203,7 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
 
         noop_started = time.monotonic()
         second = cli.up()
-        print(f"no-op up with refresh: {time.monotonic() - noop_started:.1f} s")
+        print(f"no-op up: {time.monotonic() - noop_started:.1f} s")
         assert "unchanged" in second.stdout, second.stdout
         for verb in ("created", "updated", "deleted", "replaced"):
             assert verb not in second.stdout, second.stdout
