@@ -123,10 +123,16 @@ http:
 
 def start_registry() -> str:
     """A shell line for the VM: Debian's registry binary (a second instance, without the
-    package's htpasswd auth), detached, on REGISTRY_PORT."""
+    package's htpasswd auth) on REGISTRY_PORT, as a transient systemd unit, so it outlives
+    the SSH session that starts it."""
     write = shlex.join(["printf", "%s", REGISTRY_CONFIG]) + " > /tmp/nexus-test-registry.yml"
-    serve = "setsid docker-registry serve /tmp/nexus-test-registry.yml"
-    return f"{write} && ({serve} </dev/null >/tmp/nexus-test-registry.log 2>&1 &)"
+    serve = shlex.join(
+        [
+            "sudo", "-n", "systemd-run", "--unit=nexus-test-registry", "--collect",
+            "docker-registry", "serve", "/tmp/nexus-test-registry.yml",
+        ]
+    )  # fmt: skip
+    return f"{write} && {serve}"
 
 
 def http_get(port: int, path: str = "/", attempts: int = 30) -> str:
