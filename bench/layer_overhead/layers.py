@@ -13,8 +13,9 @@ answer is an error naming it. Adding a layer means writing its `LayerShell` and 
 The guest layers find themselves in the stack (see `lab.Lab`):
     playgroundContainer   output: the playground container's name (container layer); the
                           ports it publishes on the VM come from its Docker resource
-    innerVmAccelerator    output: the inner VM runs; no way to run commands in it is
-                          exported yet, so its column says why it is not measured
+    innerVmAccelerator    output: the inner VM runs, with this accelerator
+    innerVmShellScript    output: connect-inner-vm.sh, ssh through the VM into the inner
+                          VM (needs its SSH forward); without it the column says why
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -40,6 +42,9 @@ from .lab import CONTAINER_OUTPUT, Forward, Lab
 SSH_UNREACHABLE = 255
 PROGRAM_NAME = "nexus-bench"
 INNER_VM_ACCELERATOR_OUTPUT = "innerVmAccelerator"
+# The generated script that runs a command in the inner VM, and what it says without a way in.
+INNER_VM_SHELL_OUTPUT = "innerVmShellScript"
+NO_SSH_FORWARD = "has no SSH forward"
 
 GO_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
@@ -302,15 +307,52 @@ def find_container(lab: Lab, vm: Layer, vm_shell: VmShell) -> Layer:
 # --------------------------------------------------------------------------- inner VM
 
 
+@dataclass(frozen=True)
+class InnerVmShell:
+    """Commands in the inner VM through the stack's connect-inner-vm.sh (ssh through the VM)."""
+
+    script: str
+    remote_program: str = f"/var/tmp/{PROGRAM_NAME}"
+
+    def command(self, argv: Sequence[str], *, as_root: bool = False) -> list[str]:
+        # The script hands its arguments to ssh, which joins them into one remote shell line.
+        return [self.script, shlex.join(["sudo", "-n", *argv] if as_root else list(argv))]
+
+    def install(self, program: Path) -> str:
+        write = [
+            "sh",
+            "-c",
+            'cat > "$1.tmp" && chmod 755 "$1.tmp" && mv "$1.tmp" "$1"',
+            "sh",
+            self.remote_program,
+        ]
+        copy = run_in("inner-vm", self.command(write), timeout=300, input_bytes=program.read_bytes())
+        checked("inner-vm", "copying the workload program", copy)
+        return self.remote_program
+
+
 def find_inner_vm(lab: Lab, container: Layer) -> Layer:
-    # When the stack exports a way to run commands in the inner VM (SSH through a forward),
-    # its shell wraps the container's and this returns it up.
     accelerator = lab.outputs.get(INNER_VM_ACCELERATOR_OUTPUT)
     if not accelerator:
         return not_up("inner-vm", "-", "the stack has no inner VM")
-    return not_up(
-        "inner-vm", str(accelerator), "the inner VM runs, but the stack exports no way to run commands in it"
-    )
+    script = lab.outputs.get(INNER_VM_SHELL_OUTPUT)
+    if not script or not Path(str(script)).is_file():
+        return not_up("inner-vm", str(accelerator), "the stack exports no way to run commands in it")
+    shell = InnerVmShell(str(script))
+    probe = run_in("inner-vm", shell.command(["uname", "-m"]), timeout=120)
+    output = (probe.stdout + probe.stderr).decode(errors="replace")
+    if probe.returncode != 0 and NO_SSH_FORWARD in output:
+        return not_up("inner-vm", str(accelerator), "it has no SSH forward (nexus:innerVm.forwards)")
+    machine = checked(
+        "inner-vm",
+        "uname -m over SSH",
+        probe,
+        hint=f"is the inner VM up? `scripts/pulumi preview --stack {lab.stack}` shows it; "
+        "its serial console is in the innerVmReach output",
+    ).strip()
+    if machine not in GO_ARCH:
+        raise BenchError(f"layer inner-vm: unsupported architecture {machine!r}; allowed: x86_64, aarch64")
+    return Layer("inner-vm", str(accelerator), shell, platform=f"linux/{GO_ARCH[machine]}")
 
 
 def find_layers(lab: Lab, control_path: str | None = None) -> list[Layer]:

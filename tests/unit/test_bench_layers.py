@@ -8,7 +8,9 @@ this host, the HTTP workload included, through the same runner the VM layers use
 from __future__ import annotations
 
 import json
+import platform
 import shlex
+import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 from bench.layer_overhead.errors import BenchError
 from bench.layer_overhead.lab import Forward, Lab, lab_from_deployment, pulumi_failure
 from bench.layer_overhead.layers import (
+    GO_ARCH,
     ContainerShell,
     HostShell,
     Layer,
@@ -313,6 +316,43 @@ def test_an_inner_vm_without_a_way_in_is_not_up_but_shows_its_accelerator() -> N
     assert not running.up and running.accelerator == "kvm"
     assert "no way to run commands in it" in running.not_up_reason
     assert vm.up
+
+
+def script(path: Path, body: str) -> str:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_the_inner_vm_is_reached_through_its_generated_script(tmp_path: Path) -> None:
+    """connect-inner-vm.sh takes one remote shell line, as ssh does; here it runs it locally."""
+    container = Layer("container", "tcg", ContainerShell(VmShell(TARGET), "nexus-playground"))
+    way_in = script(tmp_path / "connect-inner-vm.sh", 'exec sh -c "$1"\n')
+    inner = find_inner_vm(
+        lab({**LAB_OUTPUTS, "innerVmAccelerator": "kvm", "innerVmShellScript": way_in}), container
+    )
+    assert (
+        inner.up and inner.accelerator == "kvm" and inner.platform == f"linux/{GO_ARCH[platform.machine()]}"
+    )
+    assert inner.shell is not None
+    argv = inner.shell.command(["printf", "%s", "a b; $HOME"])
+    assert subprocess.run(argv, capture_output=True, text=True, check=True).stdout == "a b; $HOME"
+
+    no_forward = script(
+        tmp_path / "no-forward.sh", "echo \"the inner VM 'inner' has no SSH forward: ...\" >&2; exit 1\n"
+    )
+    outputs = {**LAB_OUTPUTS, "innerVmAccelerator": "kvm", "innerVmShellScript": no_forward}
+    unreachable = find_inner_vm(lab(outputs), container)
+    assert not unreachable.up and "no SSH forward (nexus:innerVm.forwards)" in unreachable.not_up_reason
+
+    broken = script(
+        tmp_path / "broken.sh",
+        "echo 'ssh: connect to host 127.0.0.1 port 2223: Connection refused' >&2; exit 255\n",
+    )
+    with pytest.raises(BenchError, match="layer inner-vm: uname -m over SSH failed"):
+        find_inner_vm(
+            lab({**LAB_OUTPUTS, "innerVmAccelerator": "kvm", "innerVmShellScript": broken}), container
+        )
 
 
 # --- the real program on this host ------------------------------------------------------------------
