@@ -319,7 +319,11 @@ class QemuVmProvider(ResourceProvider):
         restart = _changed(olds, news, self.RESTART_KEYS)
         if vm_process.running_pid(_paths(olds), _recorded_pid(olds)) is None:
             restart.append("running")  # killed or host rebooted: start it again on the same disk
-        elif not (replaces or restart) and vm_process.guest_hangs(olds["ssh_host"], int(olds["ssh_port"])):
+        elif (
+            not (replaces or restart)
+            and "ssh_port" in olds
+            and vm_process.guest_hangs(olds["ssh_host"], int(olds["ssh_port"]))
+        ):
             _say("vm", "QEMU runs but the guest does not answer on SSH (it hangs); up restarts it")
             restart.append("answering")  # power-cycled on the same disk, as a user would
         return DiffResult(changes=bool(replaces or restart), replaces=replaces, delete_before_replace=True)

@@ -237,12 +237,18 @@ class Playground(pulumi.ComponentResource):
             return image.image_id, image.repo_digest
         if source.kind == "build":
             context = Path(source.value)
+            digest = playground.tree_digest(context)
             image = docker.RemoteImage(
                 f"{name}-image",
-                name=f"nexus/{container.lower()}:build",
-                build=docker.RemoteImageBuildArgs(context=str(context)),
+                # A tag per content: the old build's tag is removed after the container moved
+                # to the new one (one shared tag would point at the new image by then).
+                name=f"nexus/{container.lower()}:build-{digest[:16]}",
+                # The legacy builder talks to the daemon through the provider's ssh:// client;
+                # pulumi-docker's buildx path resolves its builder from the local Docker
+                # context instead, so it built on this machine's Docker (or failed without one).
+                build=docker.RemoteImageBuildArgs(context=str(context), use_legacy_builder=True),
                 # A changed file in the context (by content) rebuilds.
-                triggers={"context": playground.tree_digest(context)},
+                triggers={"context": digest},
                 keep_locally=False,
                 opts=on_docker,
             )

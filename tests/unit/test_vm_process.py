@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,20 @@ from nexus_components.vm_process import (
     wait_until_ready,
 )
 from tests.support.sshd import running_sshd
+
+
+@pytest.fixture(autouse=True)
+def no_qemu_outlives_its_test(tmp_path: Path) -> Iterator[None]:
+    """A failed assertion must not leave a QEMU this test started (their argv name tmp_path)."""
+    yield
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[0].endswith(b"qemu-system-x86_64") and any(str(tmp_path).encode() in a for a in argv):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def free_port() -> int:
