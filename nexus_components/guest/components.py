@@ -7,8 +7,8 @@
       │    ├─ image        registry reference / build context (pulumi-docker), or a tarball
       │    │               copied and imported (pulumi-command)
       │    └─ presence     sees the container removed or stopped by hand (dynamic provider)
-      ├─ InnerImage        the inner VM's cloud image: host cache (dynamic provider), copied
-      │                    into the VM once per digest (pulumi-command)
+      ├─ InnerImage        the inner VM's cloud image: host cache, then copied into the VM
+      │                    once per digest (dynamic provider)
       └─ InnerVm           QEMU inside the container (dynamic provider)
 
 Why each part is what it is: the container and its image are pulumi-docker's, the
@@ -286,44 +286,32 @@ class InnerImage(pulumi.ComponentResource):
     """`nexus:innerVm.image`: in the host's cache, then in the VM's IMAGES_DIR once per digest.
 
     The container bind-mounts that directory read-only (playground.all_volumes); the
-    inner VM's disk is an overlay on the copy. The copy is pulumi-command's
-    `CopyToRemote`, like the playground's tarball; deleting the directory step removes it.
+    inner VM's disk is an overlay on the copy. A dynamic provider, not `CopyToRemote`:
+    inner_image_provider.py says why.
     """
 
     def __init__(self, name: str, args: InnerImageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{TYPE_PREFIX}:InnerImage", name, None, opts)
         image = args.config.inner_vm.image
         assert image is not None, "InnerImage needs nexus:innerVm.image"
-        self.fetch = _Dynamic(
+        inputs = {
+            **args.access.props(),
+            "url": image.url,
+            "sha256": image.sha256,
+            "cache_dir": str(args.config.cache_dir),
+        }
+        self.copy = _Dynamic(
             InnerImageProvider(),
-            f"{name}-fetch",
-            {"url": image.url, "sha256": image.sha256, "cache_dir": str(args.config.cache_dir)},
+            f"{name}-copy",
+            inputs,
             ("path", "digest", "format", "vm_path", "size"),
-            _child(self),
+            _child(self, depends_on=[args.engine]),
         )
-        digest: pulumi.Output[str] = self.fetch.digest  # type: ignore[attr-defined]
-        fmt: pulumi.Output[str] = self.fetch.format  # type: ignore[attr-defined]
-        host_path: pulumi.Output[str] = self.fetch.path  # type: ignore[attr-defined]
-        boot = pulumi.Output.all(digest, fmt).apply(lambda values: inner_image.BootImage.of(*values))
-        steps = boot.apply(lambda b: inner_image.image_dir_steps(args.access.username, b))
-        connection = args.access.connection()
-        self.dir = remote.Command(
-            f"{name}-dir",
-            connection=connection,
-            create=steps.apply(lambda s: s.create),
-            delete=steps.apply(lambda s: s.delete),
-            triggers=[digest],
-            opts=_child(self, depends_on=[args.engine]),
+        digest: pulumi.Output[str] = self.copy.digest  # type: ignore[attr-defined]
+        fmt: pulumi.Output[str] = self.copy.format  # type: ignore[attr-defined]
+        self.boot: pulumi.Output[dict[str, str]] = pulumi.Output.all(digest, fmt).apply(
+            lambda values: dataclasses.asdict(inner_image.BootImage.of(*values))
         )
-        self.upload = remote.CopyToRemote(
-            f"{name}-upload",
-            connection=connection,
-            source=host_path.apply(pulumi.FileAsset),
-            remote_path=boot.apply(lambda b: b.path),
-            triggers=[digest],
-            opts=_child(self, depends_on=[self.dir]),
-        )
-        self.boot: pulumi.Output[dict[str, str]] = boot.apply(dataclasses.asdict)
         self.digest = digest
         self.register_outputs({"digest": digest, "format": fmt})
 
@@ -356,7 +344,7 @@ class InnerVm(pulumi.ComponentResource):
             # In the spec, so a new image or key restarts the inner VM (InnerVmProvider.RESTART_KEYS).
             spec["boot_image"] = args.image.boot
             spec["ssh_public_key"] = args.ssh_public_key
-            after.append(args.image.upload)
+            after.append(args.image.copy)
         self.qemu = _Dynamic(
             guest_providers.InnerVmProvider(),
             f"{name}-qemu",

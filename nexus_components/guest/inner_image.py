@@ -1,6 +1,6 @@
 """The inner VM booted from a cloud image: the image's place in the VM, its seed, its reach.
 
-    host cache (download.py)  --CopyToRemote, once per digest-->  VM /var/lib/nexus/images/<digest>.<fmt>
+    host cache (download.py)  --ssh, once per digest-->  VM /var/lib/nexus/images/<digest>.<fmt>
         --bind mount, read-only-->  container, same path  --backing file of-->  the inner VM's disk.qcow2
 
 The inner VM gets its own NoCloud seed (the stack's SSH key on its login user), written
@@ -65,21 +65,23 @@ class BootImage:
         return cls(str(spec["path"]), str(spec["format"]), str(spec["digest"]))
 
 
-@dataclass(frozen=True)
-class ImageDirSteps:
-    """pulumi-command's create/delete lines around the copy into IMAGES_DIR."""
-
-    create: str
-    delete: str
+def prepare_images_dir_argv(username: str) -> list[str]:
+    """IMAGES_DIR in the VM, writable by the login user, who streams the image into it."""
+    script = 'sudo -n mkdir -p -- "$1" && sudo -n chown -- "$2" "$1"'
+    return ["sh", "-c", script, "sh", str(IMAGES_DIR), username]
 
 
-def image_dir_steps(username: str, image: BootImage) -> ImageDirSteps:
-    """The login user may write the images directory (CopyToRemote copies as that user);
-    delete removes this digest's copy, so a replaced image does not fill the VM's disk."""
-    directory, user = shlex.quote(str(IMAGES_DIR)), shlex.quote(username)
-    create = f"set -e; sudo -n mkdir -p {directory}; sudo -n chown -- {user} {directory}"
-    delete = f"sudo -n rm -f -- {shlex.quote(image.path)}"
-    return ImageDirSteps(create, delete)
+def receive_argv(path: str) -> list[str]:
+    """Stdin to `path` in the VM; under its final name only once complete."""
+    return ["sh", "-c", 'cat > "$1.partial" && mv -f -- "$1.partial" "$1"', "sh", path]
+
+
+def size_argv(path: str) -> list[str]:
+    return ["stat", "-c", "%s", "--", path]
+
+
+def remove_argv(path: str) -> list[str]:
+    return ["sudo", "-n", "rm", "-f", "--", path, f"{path}.partial"]
 
 
 def create_overlay(

@@ -70,19 +70,18 @@ def test_the_container_mounts_the_images_dir_read_only() -> None:
     assert playground.all_volumes(PlaygroundConfig(), inner_vm=False) == ()
 
 
-def test_image_dir_steps_quote_the_user_and_are_valid_sh() -> None:
-    steps = inner_image.image_dir_steps("we ird$user", BootImage.of(DIGEST, "raw"))
-    for script in (steps.create, steps.delete):
-        subprocess.run(["sh", "-n", "-c", script], check=True)
-    assert "chown -- 'we ird$user' /var/lib/nexus/images" in steps.create
-    assert shlex.split(steps.delete) == [
-        "sudo",
-        "-n",
-        "rm",
-        "-f",
-        "--",
-        f"/var/lib/nexus/images/{DIGEST}.raw",
-    ]
+def test_vm_side_commands_keep_values_out_of_scripts(tmp_path: Path) -> None:
+    prepare = inner_image.prepare_images_dir_argv("we ird$user")
+    assert prepare[-2:] == ["/var/lib/nexus/images", "we ird$user"]
+    assert "we ird" not in prepare[2]  # a positional parameter, never script text
+    path = str(tmp_path / "it's $x" / f"{DIGEST}.qcow2")
+    Path(path).parent.mkdir()
+    # The receiving end, run by a real sh: stdin lands under the final name, no partial left.
+    received = LocalRunner().run(inner_image.receive_argv(path), input_bytes=b"image bytes")
+    assert received.ok, received.output
+    assert Path(path).read_bytes() == b"image bytes" and not Path(path + ".partial").exists()
+    assert LocalRunner().run(inner_image.size_argv(path)).stdout.strip() == "11"
+    assert inner_image.remove_argv(path) == ["sudo", "-n", "rm", "-f", "--", path, path + ".partial"]
 
 
 def test_overlay_is_made_once_per_image_and_replaced_for_another(tmp_path: Path) -> None:
