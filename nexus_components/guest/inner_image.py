@@ -80,6 +80,14 @@ def size_argv(path: str) -> list[str]:
     return ["stat", "-c", "%s", "--", path]
 
 
+def same_size(stat_output: str, size: object) -> bool:
+    """`stat -c %s` in the VM against the size in the state (Pulumi keeps numbers as floats)."""
+    try:
+        return int(stat_output.strip()) == int(float(str(size)))
+    except ValueError:
+        return False
+
+
 def remove_argv(path: str) -> list[str]:
     return ["sudo", "-n", "rm", "-f", "--", path, f"{path}.partial"]
 

@@ -78,7 +78,7 @@ class InnerImageProvider(ResourceProvider):
         result = _runner(props).run(inner_image.size_argv(props.get("vm_path", "")), timeout=60)
         if result.returncode == SSH_UNREACHABLE:
             return False  # the VM is down: its own diff says so, and up copies after it returns
-        return not result.ok or result.stdout.strip() != str(props.get("size"))
+        return not (result.ok and inner_image.same_size(result.stdout, props.get("size")))
 
     @staticmethod
     def _fetch_and_copy(props: Props) -> Props:
@@ -94,7 +94,7 @@ class InnerImageProvider(ResourceProvider):
         boot = inner_image.BootImage.of(image.sha256, inner_image.detect_format(image.path))
         runner = _runner(props)
         size = runner.run(inner_image.size_argv(boot.path), timeout=60)
-        if size.ok and size.stdout.strip() == str(image.size):
+        if size.ok and inner_image.same_size(size.stdout, image.size):
             _say("inner-image", f"{boot.path} is already in the VM")
         else:
             _copy_into_vm(runner, image.path, boot.path, props["username"])
@@ -148,7 +148,7 @@ def _copy_into_vm(runner: SshRunner, local: Path, remote: str, username: str) ->
     )
     size = runner.run(inner_image.size_argv(remote), timeout=60)
     expected = local.stat().st_size
-    if size.stdout.strip() != str(expected):
+    if not inner_image.same_size(size.stdout, expected):
         raise GuestError(
             f"{LAYER}: {remote} in the VM has {size.stdout.strip() or 'no'} bytes, expected {expected}",
             command=size.argv,
