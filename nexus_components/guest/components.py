@@ -280,6 +280,8 @@ class InnerImageArgs:
     config: NexusConfig
     access: GuestAccess
     engine: DockerEngine
+    # The VM's disk: the copy is stored on it.
+    vm_disk: pulumi.Resource
 
 
 class InnerImage(pulumi.ComponentResource):
@@ -305,7 +307,8 @@ class InnerImage(pulumi.ComponentResource):
             f"{name}-copy",
             inputs,
             ("path", "digest", "format", "vm_path", "size"),
-            _child(self, depends_on=[args.engine]),
+            # Deleted with the VM's disk on destroy, without SSH; a replaced image is removed.
+            _child(self, depends_on=[args.engine], deleted_with=args.vm_disk),
         )
         digest: pulumi.Output[str] = self.copy.digest  # type: ignore[attr-defined]
         fmt: pulumi.Output[str] = self.copy.format  # type: ignore[attr-defined]
@@ -454,7 +457,9 @@ class GuestLayers(pulumi.ComponentResource):
         image = None
         if inner_config.image is not None:
             image = InnerImage(
-                f"{name}-inner-image", InnerImageArgs(config, access, self.engine), _child(self)
+                f"{name}-inner-image",
+                InnerImageArgs(config, access, self.engine, lab.disk.disk),
+                _child(self),
             )
         public_key = lab.seed.key.public_key  # type: ignore[attr-defined]
         self.inner_vm = InnerVm(
