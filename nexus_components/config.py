@@ -373,7 +373,13 @@ def load_config(
             "cacheDir", paths.get("cacheDir"), home / ".cache" / "nexus-nested-vm" / "images", home
         ),
         playground=playground,
-        inner_vm=load_inner_vm(document.get("innerVm", {}), playground),
+        inner_vm=load_inner_vm(
+            document.get("innerVm", {}),
+            playground,
+            guest_username=guest.get("username", "ubuntu"),
+            home=home,
+            base_dir=project_dir or Path.cwd(),
+        ),
     )
     _check_user_data(config)
     return config

@@ -90,6 +90,11 @@ class VmPaths:
         return self.state_dir / "connect-ssh.sh"
 
     @property
+    def inner_vm_connect_script(self) -> Path:
+        # ssh into the inner VM through the VM (guest/inner_image.py).
+        return self.state_dir / "connect-inner-vm.sh"
+
+    @property
     def ssh_config(self) -> Path:
         return self.state_dir / "ssh_config"
 
@@ -113,6 +118,7 @@ class VmPaths:
             self.serial_log,
             self.qemu_log,
             self.connect_script,
+            self.inner_vm_connect_script,
             self.ssh_config,
             self.bench_results,
             self.bench_chart,

@@ -7,6 +7,8 @@
       │    ├─ image        registry reference / build context (pulumi-docker), or a tarball
       │    │               copied and imported (pulumi-command)
       │    └─ presence     sees the container removed or stopped by hand (dynamic provider)
+      ├─ InnerImage        the inner VM's cloud image: host cache, then copied into the VM
+      │                    once per digest (dynamic provider)
       └─ InnerVm           QEMU inside the container (dynamic provider)
 
 Why each part is what it is: the container and its image are pulumi-docker's, the
@@ -30,10 +32,12 @@ from pulumi_command import remote
 
 from ..components import NexusVm, _Dynamic
 from ..config import NexusConfig, disk_size_bytes
+from ..paths import VmPaths
 from ..ssh import SshTarget
-from . import engine, playground
+from . import engine, inner_image, playground
 from . import inner_vm as inner
 from . import providers as guest_providers
+from .inner_image_provider import InnerImageProvider
 from .settings import InnerVmConfig
 
 TYPE_PREFIX = "nexus:guest"
@@ -278,10 +282,57 @@ class Playground(pulumi.ComponentResource):
 
 
 @dataclasses.dataclass(frozen=True)
+class InnerImageArgs:
+    config: NexusConfig
+    access: GuestAccess
+    engine: DockerEngine
+    # The VM's disk: the copy is stored on it.
+    vm_disk: pulumi.Resource
+
+
+class InnerImage(pulumi.ComponentResource):
+    """`nexus:innerVm.image`: in the host's cache, then in the VM's IMAGES_DIR once per digest.
+
+    The container bind-mounts that directory read-only (playground.all_volumes); the
+    inner VM's disk is an overlay on the copy. A dynamic provider, not `CopyToRemote`:
+    inner_image_provider.py says why.
+    """
+
+    def __init__(self, name: str, args: InnerImageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"{TYPE_PREFIX}:InnerImage", name, None, opts)
+        image = args.config.inner_vm.image
+        assert image is not None, "InnerImage needs nexus:innerVm.image"
+        inputs = {
+            **args.access.props(),
+            "url": image.url,
+            "sha256": image.sha256,
+            "cache_dir": str(args.config.cache_dir),
+        }
+        self.copy = _Dynamic(
+            InnerImageProvider(),
+            f"{name}-copy",
+            inputs,
+            ("path", "digest", "format", "vm_path", "size"),
+            # Deleted with the VM's disk on destroy, without SSH; a replaced image is removed.
+            _child(self, depends_on=[args.engine], deleted_with=args.vm_disk),
+        )
+        digest: pulumi.Output[str] = self.copy.digest  # type: ignore[attr-defined]
+        fmt: pulumi.Output[str] = self.copy.format  # type: ignore[attr-defined]
+        self.boot: pulumi.Output[dict[str, str]] = pulumi.Output.all(digest, fmt).apply(
+            lambda values: dataclasses.asdict(inner_image.BootImage.of(*values))
+        )
+        self.digest = digest
+        self.register_outputs({"digest": digest, "format": fmt})
+
+
+@dataclasses.dataclass(frozen=True)
 class InnerVmArgs:
     config: InnerVmConfig
     access: GuestAccess
     playground: Playground
+    # Only with nexus:innerVm.image: the copied image and the key its seed carries.
+    image: InnerImage | None = None
+    ssh_public_key: pulumi.Input[str] | None = None
 
 
 class InnerVm(pulumi.ComponentResource):
@@ -297,12 +348,18 @@ class InnerVm(pulumi.ComponentResource):
             "container_id": args.playground.container_id,
             "spec": spec,
         }
+        after: list[pulumi.Resource] = []
+        if args.image is not None:
+            # In the spec, so a new image or key restarts the inner VM (InnerVmProvider.RESTART_KEYS).
+            spec["boot_image"] = args.image.boot
+            spec["ssh_public_key"] = args.ssh_public_key
+            after.append(args.image.copy)
         self.qemu = _Dynamic(
             guest_providers.InnerVmProvider(),
             f"{name}-qemu",
             inputs,
             ("accelerator", "pid", "qmp_status", "ready_seconds"),
-            _child(self),
+            _child(self, depends_on=after),
         )
         self.accelerator: pulumi.Output[str] = self.qemu.accelerator  # type: ignore[attr-defined]
         self.qmp_status: pulumi.Output[str] = self.qemu.qmp_status  # type: ignore[attr-defined]
@@ -403,14 +460,43 @@ class GuestLayers(pulumi.ComponentResource):
         inner_config = config.inner_vm
         if not inner_config.enabled:
             return
+        image = None
+        if inner_config.image is not None:
+            image = InnerImage(
+                f"{name}-inner-image",
+                InnerImageArgs(config, access, self.engine, lab.disk.disk),
+                _child(self),
+            )
+        public_key = lab.seed.key.public_key  # type: ignore[attr-defined]
         self.inner_vm = InnerVm(
-            f"{name}-inner-vm", InnerVmArgs(inner_config, access, self.playground), _child(self)
+            f"{name}-inner-vm",
+            InnerVmArgs(inner_config, access, self.playground, image, public_key),
+            _child(self),
         )
         vm_ports = playground.ports_by_container_port(config.playground.ports)
+        # ssh into the inner VM through the VM; without an SSH forward it says how to add one.
+        inner_script = VmPaths(config.state_dir).inner_vm_connect_script
+        self.inner_shell_script = _Dynamic(
+            guest_providers.ScriptFileProvider(),
+            f"{name}-inner-vm-shell",
+            {
+                "path": str(inner_script),
+                "content": access.private_key_path.apply(
+                    lambda key: inner_image.shell_script(
+                        access.target(key), config.playground.name, inner_config, vm_ports
+                    )
+                ),
+            },
+            (),
+            _child(self, depends_on=[self.inner_vm, lab.state]),
+        )
         self.outputs.update(
             innerVmAccelerator=self.inner_vm.accelerator,
             innerVmQmpStatus=self.inner_vm.qmp_status,
             innerVmReadySeconds=self.inner_vm.ready_seconds,
-            innerVmReach=inner.reach_hint(config.playground.name, inner_config, vm_ports),
+            innerVmReach=inner.reach_hint(
+                config.playground.name, inner_config, vm_ports, shell_script=str(inner_script)
+            ),
             innerVmSerialLog=str(inner.InnerVmPaths(inner_config.name).serial_log),
+            innerVmShellScript=str(inner_script),
         )

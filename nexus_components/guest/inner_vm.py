@@ -15,12 +15,18 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .settings import InnerVmConfig
 
+if TYPE_CHECKING:
+    from .inner_image import BootImage
+
 # Where the container mounts the inner VM's volume.
 VOLUME_MOUNT = PurePosixPath("/var/lib/nexus/inner-vm")
+# Cloud images for the inner VM: copied here in the VM, bind-mounted read-only at the same
+# path in the container (inner_image.py).
+IMAGES_DIR = PurePosixPath("/var/lib/nexus/images")
 QEMU_BINARY = "qemu-system-x86_64"
 QEMU_IMG = "qemu-img"
 
@@ -50,6 +56,16 @@ class InnerVmPaths:
         return self.dir / "disk.qcow2"
 
     @property
+    def disk_backing(self) -> PurePosixPath:
+        """The image an overlay disk was made on (only for a cloud-image boot)."""
+        return self.dir / "disk.qcow2.backing"
+
+    @property
+    def seed_iso(self) -> PurePosixPath:
+        """The inner VM's own NoCloud seed (only for a cloud-image boot)."""
+        return self.dir / "seed.iso"
+
+    @property
     def qmp_socket(self) -> PurePosixPath:
         return self.dir / "qmp.sock"
 
@@ -74,8 +90,12 @@ def _opt(value: object) -> str:
     return str(value).replace(",", ",,")
 
 
-def build_inner_argv(config: InnerVmConfig, accelerator: str) -> list[str]:
-    """The inner QEMU's command line, in the container (same layering as the VM's own)."""
+def build_inner_argv(config: InnerVmConfig, accelerator: str, boot: BootImage | None = None) -> list[str]:
+    """The inner QEMU's command line, in the container (same layering as the VM's own).
+
+    `boot` is the copied cloud image (config.image): the disk is an overlay on it and the
+    inner VM's seed is a second, read-only disk.
+    """
     paths = InnerVmPaths(config.name)
     argv = [
         QEMU_BINARY,
@@ -98,6 +118,16 @@ def build_inner_argv(config: InnerVmConfig, accelerator: str) -> list[str]:
         if config.initrd:
             argv += ["-initrd", config.initrd]
         argv += ["-append", config.kernel_args]
+    elif boot is not None:
+        # cloud-init finds the seed by its `cidata` label on any block device; a virtio disk
+        # needs no CD-ROM driver, which cloud kernels often lack (as the VM's own seed).
+        # virtio-rng: sshd's first start does not wait for entropy.
+        argv += [
+            "-drive",
+            f"id=seed,if=virtio,format=raw,readonly=on,file={_opt(paths.seed_iso)}",
+            "-device",
+            "virtio-rng-pci",
+        ]
     elif config.iso:
         argv += ["-drive", f"media=cdrom,readonly=on,file={_opt(config.iso)}", "-boot", "order=dc"]
     forwards = [f"hostfwd=tcp::{f.container}-:{f.guest}" for f in config.forwards]
@@ -153,8 +183,12 @@ def make_dir(container: str, path: PurePosixPath) -> list[str]:
 
 
 def create_disk_if_missing(container: str, disk: PurePosixPath, size: str) -> list[str]:
-    # Values are positional parameters of a fixed script, never pasted into it.
-    script = 'test -e "$1" || qemu-img create -q -f qcow2 "$1" "$2"'
+    # Values are positional parameters of a fixed script, never pasted into it. An overlay
+    # on a cloud image (it has a `.backing` record) is no disk for another boot medium.
+    script = (
+        'if [ -e "$1.backing" ]; then rm -f "$1" "$1.backing"; fi; '
+        'test -e "$1" || qemu-img create -q -f qcow2 "$1" "$2"'
+    )
     return in_container(container, ["sh", "-c", script, "sh", str(disk), size])
 
 
@@ -211,11 +245,19 @@ def serial_tail(container: str, serial_log: PurePosixPath, lines: int = 20) -> l
     return in_container(container, ["tail", "-n", str(lines), str(serial_log)])
 
 
-def reach_hint(container: str, config: InnerVmConfig, vm_ports: dict[int, int]) -> str:
+def reach_hint(
+    container: str, config: InnerVmConfig, vm_ports: dict[int, int], shell_script: str | None = None
+) -> str:
     """How a user reaches the inner VM (the `innerVmReach` output)."""
     paths = InnerVmPaths(config.name)
     console = shlex.join(["docker", "exec", container, "tail", "-f", str(paths.serial_log)])
     hints = [f"serial console: {console}"]
+    if shell_script is not None:
+        has_ssh = any(forward.guest == 22 for forward in config.forwards)
+        hints.insert(
+            0,
+            f"shell: {shell_script}" if has_ssh else f"shell: none, no SSH forward ({shell_script} says how)",
+        )
     for forward in config.forwards:
         vm_port = vm_ports.get(forward.container)
         where = f"VM port {vm_port}" if vm_port else f"container port {forward.container} (not published)"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..ssh import CLIENT_OPTIONS, CONNECT_TIMEOUT_SECONDS, KEEPALIVE_OPTIONS, SshTarget
-from .inner_vm import VOLUME_MOUNT
+from .inner_vm import IMAGES_DIR, VOLUME_MOUNT
 from .runner import sharing_options
 from .settings import PlaygroundConfig, PublishedPort, Volume
 
@@ -62,8 +62,15 @@ def inner_vm_volume(container: str) -> Volume:
     return Volume(f"{container}-inner-vm", str(VOLUME_MOUNT))
 
 
+def inner_images_volume() -> Volume:
+    """The VM's copies of the inner VM's cloud images, read-only at the same path."""
+    return Volume(str(IMAGES_DIR), str(IMAGES_DIR), read_only=True)
+
+
 def all_volumes(config: PlaygroundConfig, *, inner_vm: bool) -> tuple[Volume, ...]:
-    return (*config.volumes, inner_vm_volume(config.name)) if inner_vm else config.volumes
+    if not inner_vm:
+        return config.volumes
+    return (*config.volumes, inner_vm_volume(config.name), inner_images_volume())
 
 
 def devices(config: PlaygroundConfig, *, pass_kvm: bool) -> list[str]:

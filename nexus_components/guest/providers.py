@@ -18,7 +18,7 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvide
 from ..paths import remove_quietly
 from ..providers import _reports_errors, _say
 from ..ssh import SshTarget
-from . import engine, playground
+from . import engine, inner_image, playground
 from . import inner_vm as inner
 from .runner import (
     CommandRunner,
@@ -30,7 +30,7 @@ from .runner import (
     unreachable,
     wait_for,
 )
-from .settings import InnerVmConfig, PortToGuest
+from .settings import InnerImage, InnerVmConfig, PortToGuest
 
 Props = dict[str, Any]
 
@@ -231,6 +231,9 @@ def _inner_config(props: Props) -> InnerVmConfig:
         initrd=spec.get("initrd"),
         kernel_args=spec["kernel_args"],
         iso=spec.get("iso"),
+        image=InnerImage(**spec["image"]) if spec.get("image") else None,
+        username=spec.get("username", "ubuntu"),
+        hostname=spec.get("hostname", ""),
         forwards=tuple(PortToGuest(int(f["container"]), int(f["guest"])) for f in spec["forwards"]),
         powerdown_timeout_seconds=int(spec["powerdown_timeout_seconds"]),
         boot_timeout_seconds=int(spec["boot_timeout_seconds"]),
@@ -240,11 +243,22 @@ def _inner_config(props: Props) -> InnerVmConfig:
 class InnerVmMachine:
     """One inner VM in one container, driven through a runner (the VM's SSH)."""
 
-    def __init__(self, runner: CommandRunner, container: str, config: InnerVmConfig) -> None:
+    def __init__(
+        self,
+        runner: CommandRunner,
+        container: str,
+        config: InnerVmConfig,
+        *,
+        boot: inner_image.BootImage | None = None,
+        ssh_public_key: str = "",
+    ) -> None:
         self.runner = runner
         self.container = container
         self.config = config
         self.paths = inner.InnerVmPaths(config.name)
+        # A cloud-image boot (config.image): the copy in the VM, and the key its seed carries.
+        self.boot = boot
+        self.ssh_public_key = ssh_public_key
 
     def _check(self, argv: list[str], what: str, hint: str, **kwargs: Any) -> str:
         result = self.runner.run(argv, **kwargs)
@@ -309,14 +323,17 @@ class InnerVmMachine:
             "check the volume",
             timeout=60,
         )
-        self._check(
-            inner.create_disk_if_missing(self.container, self.paths.disk, self.config.disk_size),
-            f"create its {self.config.disk_size} disk",
-            "check the free space of the VM's disk (nexus:vm.diskSize)",
-            timeout=120,
-        )
+        if self.boot is not None:
+            self._prepare_image_boot(self.boot)
+        else:
+            self._check(
+                inner.create_disk_if_missing(self.container, self.paths.disk, self.config.disk_size),
+                f"create its {self.config.disk_size} disk",
+                "check the free space of the VM's disk (nexus:vm.diskSize)",
+                timeout=120,
+            )
         accelerator = accelerator or self.choose_accelerator()
-        argv = inner.build_inner_argv(self.config, accelerator)
+        argv = inner.build_inner_argv(self.config, accelerator, self.boot)
         _say(log_prefix, f"starting QEMU in {self.container} ({accelerator})")
         self._check(
             inner.in_container(self.container, argv),
@@ -341,6 +358,8 @@ class InnerVmMachine:
                 output="last lines of its serial console:\n" + output_tail(tail.output),
                 hint="raise nexus:innerVm.bootTimeoutSeconds, or check the boot media",
             )
+        if self.boot is not None:
+            self._wait_for_guest(argv, started, log_prefix)
         pid = self.pid()
         seconds = time.monotonic() - started
         _say(log_prefix, f"running ({accelerator}, pid {pid} in the container) after {seconds:.0f} s")
@@ -350,6 +369,45 @@ class InnerVmMachine:
             "qmp_status": "running",
             "ready_seconds": round(seconds, 1),
         }
+
+    def _prepare_image_boot(self, boot: inner_image.BootImage) -> None:
+        """An overlay disk on the copied image, and the inner VM's own seed beside it."""
+        self._check(
+            inner_image.create_overlay(
+                self.container, self.paths.disk, self.paths.disk_backing, boot, self.config.disk_size
+            ),
+            f"create its {self.config.disk_size} disk on the image {boot.path}",
+            f"check that {boot.path} is in the container (bind-mounted from the VM) and the VM's "
+            "free space (nexus:vm.diskSize); the image must be at most nexus:innerVm.diskSize",
+            timeout=120,
+        )
+        seed = inner_image.render_seed(self.config, self.ssh_public_key)
+        self._check(
+            inner.write_file(self.container, self.paths.seed_iso),
+            "write its cloud-init seed",
+            "check the container's disk space",
+            input_bytes=inner_image.seed_iso_bytes(seed),
+            timeout=120,
+        )
+
+    def _wait_for_guest(self, argv: list[str], started: float, log_prefix: str) -> None:
+        """QMP `running` is not yet a usable guest: wait for its cloud-init (and sshd)."""
+        timeout = max(1.0, self.config.boot_timeout_seconds - (time.monotonic() - started))
+        _, missing = inner_image.wait_for_guest(
+            self.runner, self.container, self.config, timeout=timeout, log=lambda line: _say(log_prefix, line)
+        )
+        if missing is None:
+            return
+        tail = self.runner.run(inner.serial_tail(self.container, self.paths.serial_log, 30), timeout=60)
+        self.stop(powerdown_timeout=1)
+        raise GuestError(
+            f"{INNER_LAYER}: the image booted but was not ready within "
+            f"{self.config.boot_timeout_seconds} s: {missing}",
+            command=argv,
+            output="last lines of its serial console:\n" + output_tail(tail.output, 30),
+            hint="raise nexus:innerVm.bootTimeoutSeconds if it is just slow (TCG is); the image needs "
+            "cloud-init with the NoCloud data source, and an sshd for the SSH forward",
+        )
 
     def stop(self, *, powerdown_timeout: float | None = None) -> None:
         """ACPI powerdown, bounded wait, QMP quit, then SIGKILL; runtime files go in any case."""
@@ -430,7 +488,14 @@ class InnerVmProvider(ResourceProvider):
         machine.runner.run(inner.remove_files(machine.container, [machine.paths.dir]), timeout=120)
 
     def _machine(self, props: Props) -> InnerVmMachine:
-        return InnerVmMachine(_runner(props), props["container"], _inner_config(props))
+        spec = props["spec"]
+        return InnerVmMachine(
+            _runner(props),
+            props["container"],
+            _inner_config(props),
+            boot=inner_image.BootImage.from_spec(spec.get("boot_image")),
+            ssh_public_key=spec.get("ssh_public_key") or "",
+        )
 
     def _stop(self, props: Props) -> None:
         machine = self._machine(props)

@@ -30,6 +30,10 @@ _DOCKER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z"
 # repository[:tag][@digest], optionally with a registry host[:port]; no whitespace.
 _IMAGE_REF = r"^[a-z0-9][a-z0-9._/:@-]*[a-zA-Z0-9_.-]*[a-zA-Z0-9]\Z"
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*\Z"
+# The same rules as nexus:image.url and nexus:guest.username/hostname (config.py).
+_IMAGE_URL = r"^(https?://\S+|file://\S+|(?![A-Za-z][A-Za-z0-9+.-]+://)[^\x00-\x1f]+)\Z"
+_USERNAME = r"^[a-z_][a-z0-9_-]{0,31}\Z"
+_HOSTNAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z"
 
 PLAYGROUND_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -102,6 +106,40 @@ INNER_VM_SCHEMA: dict[str, Any] = {
         "initrd": {"type": "string", "pattern": _ABS_PATH},
         "kernelArgs": {"type": "string", "maxLength": 1024, "pattern": r"^[^\x00-\x1f]*\Z"},
         "iso": {"type": "string", "pattern": _ABS_PATH},
+        # A qcow2 or raw cloud image on this machine or at an http(s) URL, fetched into the
+        # host's image cache like nexus:image, copied into the VM once per digest.
+        "image": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["url"],
+            "properties": {
+                "url": {
+                    "type": "string",
+                    "minLength": 1,
+                    "pattern": _IMAGE_URL,
+                    "description": "an http:// or https:// URL or a file:// URL (without spaces), "
+                    "or a path on this machine, of a qcow2 or raw cloud image",
+                },
+                "sha256": {
+                    "type": "string",
+                    "pattern": r"^[0-9a-fA-F]{64}\Z",
+                    "description": "a SHA-256 digest: 64 hexadecimal digits, as `sha256sum` prints it",
+                },
+            },
+        },
+        # The login user and host name the image's cloud-init seed sets up.
+        "username": {
+            "type": "string",
+            "pattern": _USERNAME,
+            "description": "a Linux user name: lowercase letters, digits, '_' and '-', "
+            "starting with a letter or '_', at most 32 characters",
+        },
+        "hostname": {
+            "type": "string",
+            "pattern": _HOSTNAME,
+            "description": "a host name: lowercase letters, digits and '-' (not first or last), "
+            "at most 63 characters",
+        },
         # Ports of the inner VM reachable from the container (publish them with `ports`).
         "forwards": {
             "type": "array",
@@ -168,6 +206,14 @@ class PortToGuest:
 
 
 @dataclass(frozen=True)
+class InnerImage:
+    """`nexus:innerVm.image`: where the inner VM's cloud image comes from."""
+
+    url: str  # an http(s) or file:// URL, or an absolute path on this machine
+    sha256: str | None = None  # None: looked up in SHA256SUMS beside the image
+
+
+@dataclass(frozen=True)
 class InnerVmConfig:
     enabled: bool = False
     name: str = "inner"
@@ -179,9 +225,16 @@ class InnerVmConfig:
     initrd: str | None = None
     kernel_args: str = "console=ttyS0"
     iso: str | None = None
+    image: InnerImage | None = None
+    username: str = "ubuntu"  # the image's login user (default: nexus:guest.username)
+    hostname: str = ""  # default: the inner VM's name
     forwards: tuple[PortToGuest, ...] = ()
     powerdown_timeout_seconds: int = 60
     boot_timeout_seconds: int = 300
+
+    @property
+    def guest_hostname(self) -> str:
+        return self.hostname or self.name
 
 
 _SOURCE_KEYS = {
@@ -246,8 +299,19 @@ def load_playground(raw: Mapping[str, Any], *, home: Path, base_dir: Path) -> Pl
     )
 
 
-def load_inner_vm(raw: Mapping[str, Any], playground: PlaygroundConfig) -> InnerVmConfig:
+BOOT_MEDIA = ("image", "kernel", "iso")
+
+
+def load_inner_vm(
+    raw: Mapping[str, Any],
+    playground: PlaygroundConfig,
+    *,
+    guest_username: str = "ubuntu",
+    home: Path | None = None,
+    base_dir: Path | None = None,
+) -> InnerVmConfig:
     """Defaults and cross-key checks for an already schema-valid `nexus:innerVm`."""
+    image = raw.get("image")
     config = InnerVmConfig(
         enabled=bool(raw.get("enabled", False)),
         name=raw.get("name", "inner"),
@@ -259,6 +323,9 @@ def load_inner_vm(raw: Mapping[str, Any], playground: PlaygroundConfig) -> Inner
         initrd=raw.get("initrd"),
         kernel_args=raw.get("kernelArgs", "console=ttyS0"),
         iso=raw.get("iso"),
+        image=_inner_image(image, home or Path.home(), base_dir or Path.cwd()) if image else None,
+        username=raw.get("username", guest_username),
+        hostname=raw.get("hostname", ""),
         forwards=tuple(PortToGuest(int(f["container"]), int(f["guest"])) for f in raw.get("forwards", [])),
         powerdown_timeout_seconds=int(raw.get("powerdownTimeoutSeconds", 60)),
         boot_timeout_seconds=int(raw.get("bootTimeoutSeconds", 300)),
@@ -276,16 +343,37 @@ def load_inner_vm(raw: Mapping[str, Any], playground: PlaygroundConfig) -> Inner
             f"nexus:innerVm.initrd: got {config.initrd!r} without nexus:innerVm.kernel",
             hint="set nexus:innerVm.kernel too (an initrd is only used with a kernel)",
         )
-    if config.kernel and config.iso:
+    media = {"image": image.get("url") if image else None, "kernel": config.kernel, "iso": config.iso}
+    given = {key: value for key, value in media.items() if value}
+    allowed = "exactly one boot medium: " + ", ".join(f"nexus:innerVm.{key}" for key in BOOT_MEDIA)
+    if len(given) > 1:
         raise ConfigError(
-            "nexus:innerVm.kernel and nexus:innerVm.iso are both set; allowed: one boot medium",
-            hint="keep the kernel (direct boot) or the ISO",
+            " and ".join(f"nexus:innerVm.{key}" for key in given)
+            + (" are both set (" if len(given) == 2 else " are all set (")
+            + ", ".join(f"{key}: {value!r}" for key, value in given.items())
+            + f"); allowed: {allowed}",
+            hint="keep the one the inner VM boots from: a cloud image (image), a kernel for a direct "
+            "boot (kernel, with initrd and kernelArgs), or an installer ISO (iso)",
+        )
+    if not given:
+        raise ConfigError(
+            f"nexus:innerVm: enabled without a boot medium; allowed: {allowed}",
+            hint="set nexus:innerVm.image.url to a cloud image (a path on this machine or an http(s) URL), "
+            "or nexus:innerVm.kernel, or nexus:innerVm.iso",
         )
     _check_unique(
         [(f"nexus:innerVm.forwards[{i}].container", f.container) for i, f in enumerate(config.forwards)],
         "container port",
     )
     return config
+
+
+def _inner_image(raw: Mapping[str, Any], home: Path, base_dir: Path) -> InnerImage:
+    url = str(raw["url"])
+    if "://" not in url:
+        url = str(_host_path(url, home, base_dir))  # the download cache wants it absolute
+    sha256 = raw.get("sha256")
+    return InnerImage(url, sha256.lower() if sha256 else None)
 
 
 def _check_unique(keyed: list[tuple[str, object]], what: str) -> None:

@@ -211,8 +211,9 @@ def test_docker_run_options() -> None:
     assert playground.devices(config, pass_kvm=True) == ["/dev/fuse", "/dev/kvm"]
     volumes = playground.all_volumes(config, inner_vm=True)
     assert (
-        volumes[-1].source == "nexus-playground-inner-vm" and volumes[-1].target == "/var/lib/nexus/inner-vm"
+        volumes[-2].source == "nexus-playground-inner-vm" and volumes[-2].target == "/var/lib/nexus/inner-vm"
     )
+    assert volumes[-1] == playground.inner_images_volume()
     assert playground.ports_by_container_port((PublishedPort(8000, 80), PublishedPort(53, 53, "udp"))) == {
         80: 8000
     }

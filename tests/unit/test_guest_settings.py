@@ -9,7 +9,7 @@ import pytest
 
 from nexus_components.config import load_config
 from nexus_components.errors import ConfigError
-from nexus_components.guest.settings import DEFAULT_CONTAINER_NAME, PublishedPort, Volume
+from nexus_components.guest.settings import DEFAULT_CONTAINER_NAME, InnerImage, PublishedPort, Volume
 
 HOME = Path("/home/dev")
 
@@ -110,6 +110,28 @@ def test_home_relative_tarball() -> None:
         ),
         ({"innerVm": {"kernel": "/boot/a,b"}}, "nexus:innerVm.kernel: got '/boot/a,b'"),
         ({"innerVm": {"memoryMiB": 16}}, "nexus:innerVm.memoryMiB: got 16; allowed: at least 64"),
+        (
+            {"innerVm": {"enabled": True}},
+            "nexus:innerVm: enabled without a boot medium; allowed: exactly one boot medium: "
+            "nexus:innerVm.image, nexus:innerVm.kernel, nexus:innerVm.iso",
+        ),
+        (
+            {"innerVm": {"enabled": True, "image": {"url": "https://x.example/a.img"}, "iso": "/d.iso"}},
+            "nexus:innerVm.image and nexus:innerVm.iso are both set "
+            "(image: 'https://x.example/a.img', iso: '/d.iso'); allowed: exactly one boot medium",
+        ),
+        (
+            {"innerVm": {"enabled": True, "image": {"url": "/a"}, "kernel": "/k", "iso": "/d.iso"}},
+            "nexus:innerVm.image and nexus:innerVm.kernel and nexus:innerVm.iso are all set",
+        ),
+        (
+            {"innerVm": {"image": {"url": "http://x/a b.img"}}},
+            "nexus:innerVm.image.url: got 'http://x/a b.img'; allowed: an http:// or https:// URL",
+        ),
+        ({"innerVm": {"image": {"sha256": "ab" * 32}}}, "nexus:innerVm.image: 'url' is a required property"),
+        ({"innerVm": {"image": {"url": "/a", "sha256": "xyz"}}}, "nexus:innerVm.image.sha256: got 'xyz'"),
+        ({"innerVm": {"username": "Root"}}, "nexus:innerVm.username: got 'Root'; allowed: a Linux user name"),
+        ({"innerVm": {"hostname": "-box"}}, "nexus:innerVm.hostname: got '-box'; allowed: a host name"),
     ],
 )
 def test_bad_guest_settings_name_the_key(raw: dict[str, Any], expected: str) -> None:
@@ -132,3 +154,27 @@ def test_inner_vm_settings() -> None:
     inner = config.inner_vm
     assert inner.enabled and inner.kernel == "/opt/k" and inner.accelerator == "tcg"
     assert inner.forwards[0].container == 2223
+
+
+def test_inner_vm_cloud_image_settings() -> None:
+    config = load(
+        {
+            "guest": {"username": "nexus"},
+            "innerVm": {
+                "enabled": True,
+                "image": {"url": "images/debian 12.qcow2", "sha256": "AB" * 32},
+                "forwards": [{"container": 2223, "guest": 22}],
+            },
+        }
+    )
+    inner = config.inner_vm
+    # A relative host path is the project directory's; the digest is kept lower case.
+    assert inner.image == InnerImage("/work/project/images/debian 12.qcow2", "ab" * 32)
+    # The login user defaults to the VM's, the host name to the inner VM's name.
+    assert (inner.username, inner.hostname, inner.guest_hostname) == ("nexus", "", "inner")
+    home = load({"innerVm": {"enabled": True, "image": {"url": "~/a.img"}, "username": "alice"}})
+    assert home.inner_vm.image == InnerImage("/home/dev/a.img", None)
+    assert home.inner_vm.username == "alice"
+    url = load({"innerVm": {"enabled": True, "image": {"url": "https://x.example/a.img"}, "hostname": "box"}})
+    assert url.inner_vm.image == InnerImage("https://x.example/a.img")
+    assert url.inner_vm.guest_hostname == "box"

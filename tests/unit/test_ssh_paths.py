@@ -208,7 +208,7 @@ def test_all_files_covers_every_property_naming_a_file(tmp_path: Path) -> None:
     dirs = set(paths.all_dirs())
     assert dirs == {paths.state_dir, paths.ssh_dir}
     assert set(paths.all_files()) == named - dirs
-    assert len(paths.all_files()) == len(set(paths.all_files())) == 15
+    assert len(paths.all_files()) == len(set(paths.all_files())) == 16
     assert set(paths.runtime_files()) <= set(paths.all_files())
     assert all(path.is_relative_to(paths.state_dir) for path in paths.all_files())
 
