@@ -13,6 +13,7 @@ beside it), copied into the VM, an overlay disk and its own seed in the containe
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -20,13 +21,15 @@ from typing import Any
 
 import pytest
 
+from bench.layer_overhead.results import WORKLOADS
+from tests.e2e.test_bench_layers import bench_layers
 from tests.e2e.test_guest_layers import (  # noqa: F401  (module-scoped fixtures)
     free_port,
     guest_image_url,
     nothing_listens,
     rootfs_tarball,
 )
-from tests.e2e.test_lab import gone_within, lab_stack, qemu_processes_of, running, ssh
+from tests.e2e.test_lab import gone_within, lab_config, lab_stack, qemu_processes_of, running, ssh
 from tests.support.debian_image import IMAGE_NAME, ensure_test_image
 from tests.support.pulumi_cli import PulumiCli
 
@@ -39,25 +42,21 @@ INNER_HOSTNAME = "inner-box"
 def image_config(
     tmp_path: Path, image_url: str, rootfs: Path, inner_image: Path, ssh_port: int
 ) -> dict[str, Any]:
-    return {
-        "nexus:image": {"url": image_url},
-        "nexus:vm": {
-            "accelerator": "tcg",
-            "cpus": 2,
-            "memoryMiB": 3072,
-            "diskSize": "10G",
-            "bootTimeoutSeconds": 1200,
-        },
-        "nexus:network": {"sshPort": ssh_port, "forwards": []},
-        "nexus:guest": {"username": "nexus", "installPackages": False},
-        "nexus:paths": {"stateDir": str(tmp_path / "state"), "cacheDir": str(tmp_path / "cache")},
-        "nexus:playground": {
+    return lab_config(
+        tmp_path,
+        image_url,
+        ssh_port,
+        free_port(),
+        vm={"memoryMiB": 3072, "diskSize": "10G", "bootTimeoutSeconds": 1200},
+        network={"forwards": []},
+        playground={
+            "enabled": True,
             "rootfsTarball": str(rootfs),
             "command": ["sleep", "infinity"],
             "ports": [{"vm": INNER_SSH_PORT, "container": INNER_SSH_PORT}],
             "readyTimeoutSeconds": 900,
         },
-        "nexus:innerVm": {
+        innerVm={
             "enabled": True,
             "memoryMiB": 768,
             "diskSize": "4G",
@@ -68,7 +67,7 @@ def image_config(
             "bootTimeoutSeconds": 1200,
             "powerdownTimeoutSeconds": 60,
         },
-    }
+    )
 
 
 def run_script(script: str, *argv: str) -> str:
@@ -126,6 +125,19 @@ def test_inner_vm_boots_a_cloud_image_and_the_script_reaches_it(
         for verb in ("created", "updated", "deleted", "replaced"):
             assert verb not in second.stdout, second.stdout
         assert run_script(script, "cat", "/etc/hostname") == INNER_HOSTNAME
+
+        # The layer-overhead benchmark measures the inner VM's column through the same script.
+        bench = bench_layers(cli, "inner", "--quick", "--repeats", "1")
+        assert bench.returncode == 0, bench.stderr
+        document = json.loads((state_dir / "bench-layers.json").read_text())
+        layers = {layer["name"]: (layer["accelerator"], layer["up"]) for layer in document["layers"]}
+        assert layers["inner-vm"] == (outputs["innerVmAccelerator"], True), layers
+        cells = {(r["workload"], r["layer"]): r for r in document["results"]}
+        for workload in WORKLOADS:
+            if workload.name != "http":  # no forwarded HTTP port reaches the inner VM here
+                cell = cells[(workload.name, "inner-vm")]
+                assert cell["median"] and cell["median"] > 0, cell
+        assert run_script(script, "sh", "-c", "ls /var/tmp | grep -c nexus-bench || true") == "0"
     finally:
         destroyed = cli.destroy(check=False)
 
