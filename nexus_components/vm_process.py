@@ -40,6 +40,11 @@ def check_ports_free(network: NetworkConfig, *, qmp_tcp_port: int | None = None)
     for key, forward in ports:
         kind = socket.SOCK_STREAM if forward.protocol == "tcp" else socket.SOCK_DGRAM
         with socket.socket(socket.AF_INET, kind) as probe:
+            if sys.platform != "win32":
+                # As QEMU binds its forwards: connections of a VM that just died linger in
+                # TIME_WAIT on the port, which must not count as busy (on Windows the option
+                # would let two listeners share a port, so there it stays off).
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((network.bind_address, forward.host))
             except OSError as error:
@@ -385,15 +390,18 @@ def stop(
 def _stop_one(paths: VmPaths, pid: int, powerdown_timeout: float, log: Log) -> None:
     # QMP reaches only the QEMU that wrote the pid file; any other gets signals.
     has_monitor = _pid_file_pid(paths) == pid
-    if has_monitor and _qmp(paths, "system_powerdown") and _wait_gone(pid, powerdown_timeout):
+    if not has_monitor:
+        log(f"stopping QEMU (pid {pid}), whose control socket is gone")
+    elif not _qmp(paths, "system_powerdown"):
+        # Stopped or wedged: a second QMP command would only wait out its bound again.
+        log(f"QEMU (pid {pid}) does not answer on its control socket (QMP); stopping it")
+    elif _wait_gone(pid, powerdown_timeout):
         log(f"VM powered off (pid {pid})")
         return
-    if has_monitor:
-        log(f"VM did not power off within {powerdown_timeout:.0f} s (or QMP did not answer); stopping QEMU")
+    else:
+        log(f"VM did not power off within {powerdown_timeout:.0f} s; stopping QEMU")
         if _qmp(paths, "quit") and _wait_gone(pid, 10):
             return
-    else:
-        log(f"stopping QEMU (pid {pid}), whose control socket is gone")
     # QEMU flushes its disks and exits on SIGTERM.
     _signal(pid, signal.SIGTERM)
     if _wait_gone(pid, 10):

@@ -301,6 +301,10 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         cli.up()
         assert cli.outputs()["innerVmQmpStatus"] == "running"
         assert http_get(http_port, "/env.txt") == GREETING
+        # Its userspace must be up to act on the ACPI power button destroy presses (up
+        # returns when QEMU runs; a button pressed before the guest listens is lost).
+        serial = wait_for_serial(outputs, INNER_USERSPACE_MARKER, 300)
+        assert INNER_USERSPACE_MARKER in serial, serial[-2000:]
     finally:
         destroyed = cli.destroy(check=False)
 

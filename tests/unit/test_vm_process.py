@@ -181,6 +181,30 @@ def test_busy_forward_port_is_reported_with_its_key(tmp_path: Path) -> None:
             check_ports_free(NetworkConfig("127.0.0.1", free_port(), ()), qmp_tcp_port=busy)
 
 
+def test_connections_a_dead_vm_left_in_time_wait_do_not_make_its_port_busy() -> None:
+    """The VM's side closes first when QEMU dies: its port keeps TIME_WAIT entries for a
+    minute, and `up` must still start the VM again on it (QEMU itself binds with reuse)."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as QEMU's forward does
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the listening side closes first: its end goes to TIME_WAIT
+    listener.close()
+    client.recv(1)
+    client.close()
+    network = NetworkConfig(bind_address="127.0.0.1", ssh_port=port, forwards=())
+    check_ports_free(network)  # no error
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        with pytest.raises(VmError, match=f"nexus:network.sshPort: host port {port}"):
+            check_ports_free(network)
+
+
 def test_command_line_comes_from_proc_or_from_ps_where_there_is_no_proc(tmp_path: Path) -> None:
     from_proc = process_command_line(os.getpid())
     # macOS has no /proc: point the lookup at an empty directory to take the ps(1) path.
