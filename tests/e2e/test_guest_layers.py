@@ -348,7 +348,8 @@ def test_a_vm_that_hangs_is_restarted_by_up_and_powered_off_by_destroy(
             outputs, shlex.join(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE_TARBALL_TAG])
         )
         assert outputs["playgroundImageDigest"] == loaded, (outputs["playgroundImageDigest"], loaded)
-        ssh(outputs, "echo kept > /home/nexus/marker")
+        # Synced: a frozen guest is killed, and its page cache dies with it.
+        ssh(outputs, "echo kept > /home/nexus/marker && sync")
 
         frozen.append(outputs["vmPid"])
         os.kill(frozen[-1], signal.SIGSTOP)
