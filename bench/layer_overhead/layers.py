@@ -117,6 +117,14 @@ def checked(layer_name: str, what: str, result: subprocess.CompletedProcess[byte
     return result.stdout.decode(errors="replace")
 
 
+def copy_through_shell(layer_name: str, shell: LayerShell, program: Path, remote_path: str) -> str:
+    """cat over the layer's own shell (SSH), not scp: needs nothing there but `sh`."""
+    write = ["sh", "-c", 'cat > "$1.tmp" && chmod 755 "$1.tmp" && mv "$1.tmp" "$1"', "sh", remote_path]
+    copy = run_in(layer_name, shell.command(write), timeout=300, input_bytes=program.read_bytes())
+    checked(layer_name, "copying the workload program", copy)
+    return remote_path
+
+
 # --------------------------------------------------------------------------- host
 
 
@@ -165,20 +173,7 @@ class VmShell:
         return command
 
     def install(self, program: Path) -> str:
-        # cat over SSH, not scp: needs nothing in the guest but a shell.
-        write = [
-            "sh",
-            "-c",
-            'cat > "$1.tmp" && chmod 755 "$1.tmp" && mv "$1.tmp" "$1"',
-            "sh",
-            self.remote_program,
-        ]
-        checked(
-            "vm",
-            "copying the workload program",
-            run_in("vm", self.command(write), timeout=300, input_bytes=program.read_bytes()),
-        )
-        return self.remote_program
+        return copy_through_shell("vm", self, program, self.remote_program)
 
 
 def multiplexing_options(control_path: str) -> list[str]:
@@ -319,16 +314,7 @@ class InnerVmShell:
         return [self.script, shlex.join(["sudo", "-n", *argv] if as_root else list(argv))]
 
     def install(self, program: Path) -> str:
-        write = [
-            "sh",
-            "-c",
-            'cat > "$1.tmp" && chmod 755 "$1.tmp" && mv "$1.tmp" "$1"',
-            "sh",
-            self.remote_program,
-        ]
-        copy = run_in("inner-vm", self.command(write), timeout=300, input_bytes=program.read_bytes())
-        checked("inner-vm", "copying the workload program", copy)
-        return self.remote_program
+        return copy_through_shell("inner-vm", self, program, self.remote_program)
 
 
 def find_inner_vm(lab: Lab, container: Layer) -> Layer:
