@@ -28,8 +28,8 @@ from typing import Any
 from nexus_components import cloudinit, seed_iso, ssh
 from nexus_components.guest import inner_vm
 from nexus_components.guest.settings import InnerVmConfig
-from tests.e2e.test_guest_layers import CONTAINER, free_port, guest_config
-from tests.e2e.test_lab import lab_stack
+from tests.e2e.test_guest_layers import CONTAINER, guest_config
+from tests.e2e.test_lab import free_port, lab_stack
 from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image
 from tests.support.playground_rootfs import INNER_INITRD, INNER_KERNEL, ensure_playground_rootfs
 

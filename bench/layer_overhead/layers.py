@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from nexus_components.guest import playground
 from nexus_components.ssh import SshTarget
 from nexus_components.vm_process import process_alive
 
@@ -278,7 +279,7 @@ def find_container(lab: Lab, vm: Layer, vm_shell: VmShell) -> Layer:
         return not_up("container", vm.accelerator, "the stack has no playground container")
     inspect = run_in(
         "container",
-        vm_shell.command(["docker", "inspect", "--format", "{{.State.Running}}", str(name)], as_root=True),
+        vm_shell.command(playground.container_state(str(name)), as_root=True),
         timeout=60,
     )
     if inspect.returncode != 0 or inspect.stdout.decode().strip() != "true":

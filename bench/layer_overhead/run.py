@@ -142,16 +142,6 @@ def run_program(layer_name: str, workload: str, argv: Sequence[str], settings: S
         return Measurement(workload, layer_name, error=error.what)
 
 
-def _first_line(stream: IO[bytes], timeout: float) -> str:
-    """The first line the stream gives within the time, or "" (a thread, so it works everywhere)."""
-    lines: queue.Queue[bytes] = queue.Queue()
-    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
-    try:
-        return lines.get(timeout=timeout).decode(errors="replace")
-    except queue.Empty:
-        return ""
-
-
 def measure_http(
     layer: Layer, shell: LayerShell, program: str, host_program: Path, host_address: str, settings: Settings
 ) -> Measurement:
@@ -171,7 +161,10 @@ def measure_http(
     )
     assert server.stdin is not None and server.stdout is not None
     try:
-        line = _first_line(server.stdout, SERVER_START_TIMEOUT)
+        try:
+            line = _lines_of(server.stdout).get(timeout=SERVER_START_TIMEOUT).decode(errors="replace")
+        except queue.Empty:
+            line = ""
         if not line:
             server.kill()
             _, err = server.communicate(timeout=10)

@@ -34,7 +34,7 @@ import pytest
 
 from bench.layer_overhead.results import WORKLOADS
 from tests.e2e.test_bench_layers import bench_layers
-from tests.e2e.test_lab import gone_within, lab_config, lab_stack, qemu_processes_of, running, ssh
+from tests.e2e.test_lab import free_port, gone_within, lab_config, lab_stack, qemu_processes_of, running, ssh
 from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving
 from tests.support.playground_rootfs import (
@@ -55,12 +55,6 @@ INNER_SERIAL = "/var/lib/nexus/inner-vm/inner/serial.log"
 INNER_QMP = "/var/lib/nexus/inner-vm/inner/qmp.sock"
 # A value with spaces, quotes and `$`: it must reach the container byte for byte.
 GREETING = 'it\'s "quoted", $HOME and `ticks` stay as typed'
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def nothing_listens(port: int) -> bool:

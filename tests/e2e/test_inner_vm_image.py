@@ -24,12 +24,11 @@ import pytest
 from bench.layer_overhead.results import WORKLOADS
 from tests.e2e.test_bench_layers import bench_layers
 from tests.e2e.test_guest_layers import (  # noqa: F401  (module-scoped fixtures)
-    free_port,
     guest_image_url,
     nothing_listens,
     rootfs_tarball,
 )
-from tests.e2e.test_lab import gone_within, lab_config, lab_stack, qemu_processes_of, running, ssh
+from tests.e2e.test_lab import free_port, gone_within, lab_config, lab_stack, qemu_processes_of, running, ssh
 from tests.support.debian_image import IMAGE_NAME, ensure_test_image
 from tests.support.pulumi_cli import PulumiCli
 
