@@ -505,10 +505,15 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     stat = Path(f"/proc/{pid}/stat")
-    if stat.exists():
-        # A zombie has exited; only its parent has not collected it yet.
-        return stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z"
-    return True
+    try:
+        state = stat.read_text().rsplit(")", 1)[-1].split()[0]
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return not sys.platform.startswith("linux")  # no /proc (macOS), or gone just now
+    # A zombie has exited; only its parent has not collected it yet. But a killed QEMU's
+    # main thread turns zombie before its other threads finish exiting, and those still
+    # hold its files and ports: only a zombie with no thread left is gone.
+    return state != "Z" or threads > 1
 
 
 def _alive_windows(pid: int) -> bool:

@@ -53,12 +53,14 @@ def port_is_free(port: int) -> bool:
 
 
 def running(pid: int) -> bool:
-    """An exited process still waiting to be reaped (a zombie) does not count."""
+    """An exited process still waiting to be reaped (a zombie) does not count, unless
+    threads of it still run (they hold its files and ports)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+        threads = len(list(Path(f"/proc/{pid}/task").iterdir()))
     except FileNotFoundError:
         return False
-    return state != "Z"
+    return state != "Z" or threads > 1
 
 
 def gone_within(pid: int, seconds: float) -> bool:

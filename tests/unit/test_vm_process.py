@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from nexus_components.vm_process import (
     clean_console_text,
     guest_hangs,
     launch,
+    process_alive,
     process_command_line,
     qmp_execute,
     running_pid,
@@ -80,11 +82,13 @@ def paused_vm_argv(paths: VmPaths, *, daemonize: bool) -> list[str]:
 
 
 def gone(pid: int) -> bool:
+    """Exited with every thread: a zombie whose threads still run holds its ports."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+        threads = len(list(Path(f"/proc/{pid}/task").iterdir()))
     except FileNotFoundError:
         return True
-    return state == "Z"
+    return state == "Z" and threads == 1
 
 
 @pytest.mark.parametrize("daemonize", [True, False], ids=["posix-daemonize", "detached-spawn-as-on-windows"])
@@ -203,6 +207,41 @@ def test_connections_a_dead_vm_left_in_time_wait_do_not_make_its_port_busy() -> 
         busy.listen()
         with pytest.raises(VmError, match=f"nexus:network.sshPort: host port {port}"):
             check_ports_free(network)
+
+
+# The main thread ends itself while another thread keeps the process and its port: what
+# a killed QEMU looks like for a moment, while its vCPU threads still tear down guest RAM.
+_MAIN_THREAD_EXITS_FIRST = """
+import ctypes, socket, threading, time
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen()
+print(listener.getsockname()[1], flush=True)
+threading.Thread(target=lambda: time.sleep(3600)).start()
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_a_process_whose_main_thread_is_a_zombie_still_holds_its_port() -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _MAIN_THREAD_EXITS_FIRST], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        port = int(holder.stdout.readline())
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{holder.pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the main thread did not exit"
+            time.sleep(0.05)
+        # Taken for gone, the stop ladder would return while the port is still held.
+        assert process_alive(holder.pid)
+        with pytest.raises(VmError, match=f"host port {port}"):
+            check_ports_free(NetworkConfig(bind_address="127.0.0.1", ssh_port=port, forwards=()))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not process_alive(holder.pid)
 
 
 def test_command_line_comes_from_proc_or_from_ps_where_there_is_no_proc(tmp_path: Path) -> None:
