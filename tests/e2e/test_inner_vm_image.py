@@ -83,6 +83,7 @@ def test_inner_vm_boots_a_cloud_image_and_the_script_reaches_it(
     inner_image = ensure_test_image() / IMAGE_NAME
     ssh_port = free_port()
     cli: PulumiCli = lab_stack(tmp_path, "inner")
+    cli.guest_ssh_port = ssh_port  # it starts a nested KVM guest: see PulumiCli.up
     cli.init(image_config(tmp_path, guest_image_url, rootfs_tarball, inner_image, ssh_port))
     state_dir = tmp_path / "state"
     vm_pid = 0
