@@ -135,7 +135,7 @@ class PlaygroundArgs:
     access: GuestAccess
     engine: DockerEngine
     # The VM's disk: the container, its image and volumes are stored on it.
-    vm_disk: pulumi.Resource
+    vm_disk: pulumi.CustomResource
 
 
 class Playground(pulumi.ComponentResource):
@@ -157,8 +157,10 @@ class Playground(pulumi.ComponentResource):
         # What lives on the VM's disk is deleted with it: destroy needs no SSH into the VM
         # for it, so a VM that hangs can still be powered off (the VM's shutdown stops them).
         on_disk = _child(self, depends_on=after_engine, deleted_with=args.vm_disk)
+        # What is stored on the disk is made again on a new disk: it names the disk's id.
+        disk_id = args.vm_disk.id
         on_docker = _child(self, provider=self.provider, depends_on=after_engine, deleted_with=args.vm_disk)
-        image_id, self.digest = self._image(name, args, on_docker, on_disk)
+        image_id, self.digest = self._image(name, args, disk_id, on_docker, on_disk)
         self.presence = _Dynamic(
             guest_providers.ContainerPresenceProvider(),
             f"{name}-presence",
@@ -182,6 +184,7 @@ class Playground(pulumi.ComponentResource):
             self.inner_volume = docker.Volume(
                 f"{name}-inner-vm-volume",
                 name=playground.inner_vm_volume(settings.name).source,
+                labels=[docker.VolumeLabelArgs(label=playground.DISK_LABEL, value=disk_id)],
                 opts=on_docker,
             )
             container_deps.append(self.inner_volume)
@@ -207,7 +210,8 @@ class Playground(pulumi.ComponentResource):
             labels=[
                 docker.ContainerLabelArgs(
                     label=playground.PRESENCE_LABEL, value=generation.apply(lambda g: str(int(g)))
-                )
+                ),
+                docker.ContainerLabelArgs(label=playground.DISK_LABEL, value=disk_id),
             ],
             # tini as PID 1 reaps the inner QEMU, which detaches from `docker exec`.
             init=True,
@@ -229,6 +233,7 @@ class Playground(pulumi.ComponentResource):
         self,
         name: str,
         args: PlaygroundArgs,
+        disk_id: pulumi.Output[str],
         on_docker: pulumi.ResourceOptions,
         on_disk: pulumi.ResourceOptions,
     ) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
@@ -237,7 +242,13 @@ class Playground(pulumi.ComponentResource):
         container = args.config.playground.name
         if source.kind == "reference":
             # Kept in the VM on replace/destroy: an image built FROM it cannot lose its parent.
-            image = docker.RemoteImage(f"{name}-image", name=source.value, keep_locally=True, opts=on_docker)
+            image = docker.RemoteImage(
+                f"{name}-image",
+                name=source.value,
+                keep_locally=True,
+                triggers={"disk": disk_id},
+                opts=on_docker,
+            )
             return image.image_id, image.repo_digest
         if source.kind == "build":
             context = Path(source.value)
@@ -252,7 +263,7 @@ class Playground(pulumi.ComponentResource):
                 # context instead, so it built on this machine's Docker (or failed without one).
                 build=docker.RemoteImageBuildArgs(context=str(context), use_legacy_builder=True),
                 # A changed file in the context (by content) rebuilds.
-                triggers={"context": digest},
+                triggers={"context": digest, "disk": disk_id},
                 keep_locally=False,
                 opts=on_docker,
             )
@@ -266,7 +277,7 @@ class Playground(pulumi.ComponentResource):
             connection=connection,
             source=pulumi.FileAsset(str(tarball)),
             remote_path=steps.remote_path,
-            triggers=[digest],
+            triggers=[digest, disk_id],
             opts=on_disk,
         )
         imported = remote.Command(
@@ -274,7 +285,7 @@ class Playground(pulumi.ComponentResource):
             connection=connection,
             create=steps.create,
             delete=steps.delete,
-            triggers=[digest],
+            triggers=[digest, disk_id],
             opts=pulumi.ResourceOptions.merge(on_disk, pulumi.ResourceOptions(depends_on=[upload])),
         )
         image_id = imported.stdout.apply(lambda out: out.strip().splitlines()[-1] if out.strip() else "")
@@ -287,7 +298,7 @@ class InnerImageArgs:
     access: GuestAccess
     engine: DockerEngine
     # The VM's disk: the copy is stored on it.
-    vm_disk: pulumi.Resource
+    vm_disk: pulumi.CustomResource
 
 
 class InnerImage(pulumi.ComponentResource):
@@ -307,6 +318,7 @@ class InnerImage(pulumi.ComponentResource):
             "url": image.url,
             "sha256": image.sha256,
             "cache_dir": str(args.config.cache_dir),
+            "disk_id": args.vm_disk.id,
         }
         self.copy = _Dynamic(
             InnerImageProvider(),
@@ -384,7 +396,8 @@ class RootFsGrowth(pulumi.ComponentResource):
             f"{name}-resize",
             connection=args.access.connection(),
             create=playground.GROW_ROOT_FS,
-            triggers=[disk_size_bytes(args.disk_size)],
+            # A new disk (a new base image) is grown too, and its size read again.
+            triggers=[disk_size_bytes(args.disk_size), args.lab.disk.id],
             # Nothing to undo on destroy, and no SSH wanted then: it goes with the disk.
             opts=_child(self, depends_on=[args.lab.qemu, args.lab.disk], deleted_with=args.lab.disk.disk),
         )

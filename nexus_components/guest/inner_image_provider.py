@@ -47,7 +47,7 @@ def _runner(props: Props) -> SshRunner:
 class InnerImageProvider(ResourceProvider):
     """Fetch into the shared cache, copy into the VM; the id is the image's digest."""
 
-    KEYS = ("url", "sha256", "cache_dir")
+    KEYS = ("url", "sha256", "cache_dir", "disk_id")
 
     def create(self, props: Props) -> CreateResult:
         outs = self._fetch_and_copy(props)

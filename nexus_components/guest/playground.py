@@ -51,6 +51,9 @@ def container_state(container: str) -> list[str]:
 # pulumi-docker replace a container that was removed or stopped behind the stack's back
 # (labels force a new container).
 PRESENCE_LABEL = "dev.nexus-nested-vm.generation"
+# The container and its volume carry the VM disk's identity: a disk made anew (a new
+# base image, a disk file deleted by hand) holds neither, so they are made anew on it.
+DISK_LABEL = "dev.nexus-nested-vm.disk"
 
 
 def env_list(env: Mapping[str, str]) -> list[str]:

@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from bench.layer_overhead.results import WORKLOADS
+from nexus_components.paths import VmPaths
 from tests.e2e.test_bench_layers import bench_layers
 from tests.e2e.test_lab import free_port, gone_within, lab_config, lab_stack, qemu_processes_of, running, ssh
 from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image
@@ -242,6 +243,23 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         outputs = cli.outputs()
         assert outputs["vmPid"] != vm_pid and running(outputs["vmPid"]), restarted.stdout
         vm_pid = outputs["vmPid"]
+        assert http_get(http_port, "/env.txt") == GREETING
+        assert outputs["innerVmQmpStatus"] == "running"
+        assert '"status": "running"' in inner_qmp_status(outputs)
+
+        # The VM's disk file deleted by hand: up starts the VM on a new disk, and what was
+        # stored on the old one (the imported image, the container, its volume, the inner
+        # VM) is made again there, not taken as still present.
+        ssh(outputs, "echo old-disk > /home/nexus/marker && sync")
+        VmPaths(state_dir).overlay_disk.unlink()
+        assert "replace" in cli.preview().stdout
+        cli.up()
+        outputs = cli.outputs()
+        assert outputs["vmPid"] != vm_pid and running(outputs["vmPid"])
+        assert not running(vm_pid)
+        vm_pid = outputs["vmPid"]
+        assert VmPaths(state_dir).overlay_disk.is_file()
+        assert ssh(outputs, "cat /home/nexus/marker 2>/dev/null || echo none") == "none"
         assert http_get(http_port, "/env.txt") == GREETING
         assert outputs["innerVmQmpStatus"] == "running"
         assert '"status": "running"' in inner_qmp_status(outputs)
