@@ -305,6 +305,15 @@ def _ensure_firmware_vars(paths: VmPaths, code: str | None, template: str | None
             store.truncate(Path(code).stat().st_size)
 
 
+def _ssh_target(props: Props) -> ssh.SshTarget:
+    return ssh.SshTarget(
+        host=props["ssh_host"],
+        port=int(props["ssh_port"]),
+        user=props["username"],
+        private_key=Path(props["private_key"]),
+    )
+
+
 @_reports_errors
 class QemuVmProvider(ResourceProvider):
     """The QEMU process. `up` returns once SSH answers and cloud-init is done."""
@@ -319,11 +328,7 @@ class QemuVmProvider(ResourceProvider):
         restart = _changed(olds, news, self.RESTART_KEYS)
         if vm_process.running_pid(_paths(olds), _recorded_pid(olds)) is None:
             restart.append("running")  # killed or host rebooted: start it again on the same disk
-        elif (
-            not (replaces or restart)
-            and "ssh_port" in olds
-            and vm_process.guest_hangs(olds["ssh_host"], int(olds["ssh_port"]))
-        ):
+        elif not (replaces or restart) and "ssh_port" in olds and vm_process.guest_hangs(_ssh_target(olds)):
             _say("vm", "QEMU runs but the guest does not answer on SSH (it hangs); up restarts it")
             restart.append("answering")  # power-cycled on the same disk, as a user would
         return DiffResult(changes=bool(replaces or restart), replaces=replaces, delete_before_replace=True)
@@ -376,12 +381,7 @@ class QemuVmProvider(ResourceProvider):
         if not adopted:
             vm_process.check_ports_free(network, qmp_tcp_port=paths.qmp_tcp_port)
             _ensure_firmware_vars(paths, props.get("firmware_code"), props.get("firmware_vars_template"))
-        target = ssh.SshTarget(
-            host=props["ssh_host"],
-            port=network.ssh_port,
-            user=props["username"],
-            private_key=Path(props["private_key"]),
-        )
+        target = _ssh_target(props)
         paths.connect_script.write_text(ssh.connect_script(target))
         paths.connect_script.chmod(0o755)
         paths.ssh_config.write_text(ssh.ssh_config_entry(props["name"], target))

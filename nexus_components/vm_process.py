@@ -315,26 +315,49 @@ def wait_until_ready(
 # A guest that runs sends SSH's banner at once; one that hangs (its kernel stuck while
 # QEMU's user network still accepts the connection) never does.
 BANNER_TIMEOUT_SECONDS = 20.0
+# A guest can still greet (its sshd on a CPU that runs) while a CPU stuck in its kernel
+# keeps every login from running a command.
+COMMAND_TIMEOUT_SECONDS = 60.0
 
 
-def guest_hangs(host: str, port: int, *, timeout: float = BANNER_TIMEOUT_SECONDS) -> bool:
-    """True when the forwarded SSH port accepts a connection but no banner comes in time.
+def guest_hangs(
+    target: SshTarget,
+    *,
+    banner_timeout: float = BANNER_TIMEOUT_SECONDS,
+    command_timeout: float = COMMAND_TIMEOUT_SECONDS,
+) -> bool:
+    """True when the guest's SSH port accepts connections but the guest does not answer:
+    no banner in time, or a logged-in `true` does not finish in time.
 
-    A refused or closed connection is not a hang (sshd stopped, the guest rebooting):
-    only silence on an open connection is.
+    A refused or closed connection is not a hang (sshd stopped, the guest rebooting), nor
+    is a login that fails: only silence is.
     """
+    banner = _ssh_banner(target.host, target.port, banner_timeout)
+    if banner != "greets":
+        return banner == "silent"
+    argv = target.argv(["true"], connect_timeout=max(1, int(banner_timeout)))
+    try:
+        subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=command_timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return True
+    return False
+
+
+def _ssh_banner(host: str, port: int, timeout: float) -> str:
+    """ "greets", "silent" (connected, nothing came in time) or "closed" (refused, or closed)."""
     try:
         connection = socket.create_connection((host, port), timeout=timeout)
     except OSError:
-        return False
+        return "closed"
     with connection:
         try:
-            connection.recv(4)  # the banner, or b"" when the other side closed
+            return "greets" if connection.recv(4) else "closed"
         except TimeoutError:
-            return True
+            return "silent"
         except OSError:
-            return False
-    return False
+            return "closed"
 
 
 def _engine_lineage(proc: Path = Path("/proc")) -> tuple[int, int | None]:

@@ -22,7 +22,7 @@ from typing import Any
 from .. import cloudinit, seed_iso
 from ..ssh import CLIENT_OPTIONS, SshTarget
 from .inner_vm import IMAGES_DIR, InnerVmPaths, in_container
-from .runner import CommandRunner, output_tail, wait_for
+from .runner import CommandRunner, output_tail, unreachable, wait_for
 from .settings import InnerVmConfig, PortToGuest
 
 QCOW2_MAGIC = b"QFI\xfb"
@@ -155,6 +155,10 @@ def ssh_forward(config: InnerVmConfig) -> PortToGuest | None:
 # --------------------------------------------------------------------------- readiness
 
 
+class VmSilent(Exception):
+    """The VM stopped answering while the inner VM booted."""
+
+
 def ready_line_argv(container: str, serial_log: PurePosixPath) -> list[str]:
     """Exit status 0 once the serial console holds the inner cloud-init's final message."""
     return in_container(container, ["grep", "-q", "-F", "--", INNER_READY_LINE, str(serial_log)])
@@ -169,10 +173,20 @@ def is_ssh_banner(output: str) -> bool:
     return any(line.startswith("SSH-") for line in output.splitlines())
 
 
+# What `guest_missing` says when the probe itself did not reach the VM.
+VM_SILENT = "the VM does not answer over SSH"
+# A VM that misses this many probes in a row has stopped answering (it hangs), and no
+# inner guest will become ready in it: the wait ends instead of running out its bound.
+SILENT_PROBES_TO_GIVE_UP = 2
+
+
 def guest_missing(runner: CommandRunner, container: str, config: InnerVmConfig) -> str | None:
     """What the booted image still lacks to be usable, or None when it is ready."""
     paths = InnerVmPaths(config.name)
-    if not runner.run(ready_line_argv(container, paths.serial_log), timeout=60).ok:
+    ready = runner.run(ready_line_argv(container, paths.serial_log), timeout=60)
+    if unreachable(ready):
+        return VM_SILENT
+    if not ready.ok:
         return f"its cloud-init has not printed {INNER_READY_LINE!r} on the serial console yet"
     forward = ssh_forward(config)
     if forward is None:
@@ -192,9 +206,22 @@ def wait_for_guest(
     timeout: float,
     log: Callable[[str], None] = lambda _: None,
 ) -> tuple[float, str | None]:
-    """Poll until `guest_missing` is None or the time is up; (seconds, what was missing)."""
+    """Poll until `guest_missing` is None or the time is up; (seconds, what was missing).
+
+    Raises VmSilent when the VM stops answering the probes.
+    """
+    silent_in_a_row = 0
+
+    def probe() -> str | None:
+        nonlocal silent_in_a_row
+        missing = guest_missing(runner, container, config)
+        silent_in_a_row = silent_in_a_row + 1 if missing == VM_SILENT else 0
+        if silent_in_a_row >= SILENT_PROBES_TO_GIVE_UP:
+            raise VmSilent(f"{VM_SILENT} ({silent_in_a_row} probes in a row)")
+        return missing
+
     return wait_for(
-        lambda: guest_missing(runner, container, config),
+        probe,
         timeout=timeout,
         poll_seconds=3.0,
         log=log,

@@ -393,9 +393,23 @@ class InnerVmMachine:
     def _wait_for_guest(self, argv: list[str], started: float, log_prefix: str) -> None:
         """QMP `running` is not yet a usable guest: wait for its cloud-init (and sshd)."""
         timeout = max(1.0, self.config.boot_timeout_seconds - (time.monotonic() - started))
-        _, missing = inner_image.wait_for_guest(
-            self.runner, self.container, self.config, timeout=timeout, log=lambda line: _say(log_prefix, line)
-        )
+        try:
+            _, missing = inner_image.wait_for_guest(
+                self.runner,
+                self.container,
+                self.config,
+                timeout=timeout,
+                log=lambda line: _say(log_prefix, line),
+            )
+        except inner_image.VmSilent as silent:
+            # Nothing can be stopped or read in a VM that does not answer; it hangs.
+            raise GuestError(
+                f"{INNER_LAYER}: the VM stopped answering while the inner VM booted: {silent}",
+                command=argv,
+                hint="run `pulumi up` again: it power-cycles a VM that hangs and starts the inner VM "
+                "again. If it recurs, nested virtualization may be unreliable on this host: "
+                "set nexus:innerVm.accelerator to tcg",
+            ) from silent
         if missing is None:
             return
         tail = self.runner.run(inner.serial_tail(self.container, self.paths.serial_log, 30), timeout=60)

@@ -34,6 +34,7 @@ import pytest
 
 from bench.layer_overhead.results import WORKLOADS
 from nexus_components.paths import VmPaths
+from nexus_components.ssh import SshTarget
 from tests.e2e.test_bench_layers import bench_layers
 from tests.e2e.test_lab import free_port, gone_within, lab_config, lab_stack, qemu_processes_of, running, ssh
 from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image
@@ -168,7 +169,8 @@ def wait_for_serial(outputs: dict[str, Any], marker: str, seconds: float) -> str
 def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tarball: Path) -> None:
     ssh_port, http_port = free_port(), free_port()
     cli: PulumiCli = lab_stack(tmp_path, "guest")
-    cli.guest_ssh_port = ssh_port  # it starts a nested KVM guest: see PulumiCli.up
+    # It starts a nested KVM guest: see PulumiCli.up.
+    cli.guest = SshTarget("127.0.0.1", ssh_port, "nexus", VmPaths(tmp_path / "state").ssh_private_key)
     cli.init(guest_config(tmp_path, guest_image_url, rootfs_tarball, ssh_port, http_port))
     state_dir = tmp_path / "state"
     vm_pid = 0
@@ -347,7 +349,8 @@ def test_a_vm_that_hangs_is_restarted_by_up_and_powered_off_by_destroy(
     stack: nothing stored on the VM's disk needs SSH to go."""
     ssh_port, http_port = free_port(), free_port()
     cli: PulumiCli = lab_stack(tmp_path, "hang")
-    cli.guest_ssh_port = ssh_port  # it starts a nested KVM guest: see PulumiCli.up
+    # It starts a nested KVM guest: see PulumiCli.up.
+    cli.guest = SshTarget("127.0.0.1", ssh_port, "nexus", VmPaths(tmp_path / "state").ssh_private_key)
     cli.init(guest_config(tmp_path, guest_image_url, rootfs_tarball, ssh_port, http_port))
     state_dir = tmp_path / "state"
     # This stack's image comes as an image archive (`docker save` format): `docker load`.

@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 
 from bench.layer_overhead.results import WORKLOADS
+from nexus_components.paths import VmPaths
+from nexus_components.ssh import SshTarget
 from tests.e2e.test_bench_layers import bench_layers
 from tests.e2e.test_guest_layers import (  # noqa: F401  (module-scoped fixtures)
     guest_image_url,
@@ -83,7 +85,8 @@ def test_inner_vm_boots_a_cloud_image_and_the_script_reaches_it(
     inner_image = ensure_test_image() / IMAGE_NAME
     ssh_port = free_port()
     cli: PulumiCli = lab_stack(tmp_path, "inner")
-    cli.guest_ssh_port = ssh_port  # it starts a nested KVM guest: see PulumiCli.up
+    # It starts a nested KVM guest: see PulumiCli.up.
+    cli.guest = SshTarget("127.0.0.1", ssh_port, "nexus", VmPaths(tmp_path / "state").ssh_private_key)
     cli.init(image_config(tmp_path, guest_image_url, rootfs_tarball, inner_image, ssh_port))
     state_dir = tmp_path / "state"
     vm_pid = 0

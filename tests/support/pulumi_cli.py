@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from nexus_components.ssh import SshTarget
 from nexus_components.vm_process import guest_hangs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,11 +61,11 @@ class PulumiCli:
     stack: str
     config_file: Path
     extra_env: dict[str, str] = field(default_factory=dict)
-    # The VM's forwarded SSH port, for stacks that start a nested KVM guest inside a TCG
-    # VM: on some hosts that guest's kernel stalls the VM now and then (QEMU's nested SVM
-    # under TCG), which is not what a test is about. Then a failed `up` is run once more,
-    # as a user would, and must heal the VM (see `up`).
-    guest_ssh_port: int | None = None
+    # The VM's SSH, for stacks that start a nested KVM guest inside a TCG VM: on some
+    # hosts that guest stalls the VM now and then (QEMU's nested SVM under TCG), which is
+    # not what a test is about. Then a failed `up` is run once more, as a user would, and
+    # must heal the VM (see `up`).
+    guest: SshTarget | None = None
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -116,21 +117,21 @@ class PulumiCli:
         return self.run("preview", *self.stack_args(), "--diff", *extra)
 
     def up(self, *extra: str, check: bool = True, heal: bool = True) -> subprocess.CompletedProcess[str]:
-        """`pulumi up`. With `check` and `guest_ssh_port`, an up that failed while the VM's
-        guest hangs (its SSH port accepts, no banner comes) is run once more: that second
-        up must restart the VM and converge, or the test fails. `heal=False` for a test
-        of the healing itself."""
+        """`pulumi up`. With `check` and `guest`, an up that failed while the VM hangs (by
+        the test `up` itself makes: vm_process.guest_hangs) is run once more: that second
+        up must restart the VM and converge, or the test fails. `heal=False` for a test of
+        the healing itself."""
         argv = ["up", *self.stack_args(), "--yes", "--skip-preview", *extra]
-        if not (check and heal and self.guest_ssh_port):
+        if not (check and heal and self.guest):
             return self.run(*argv, check=check)
         first = self.run(*argv, check=False)
         if first.returncode == 0:
             return first
-        if not guest_hangs("127.0.0.1", self.guest_ssh_port):
+        if not guest_hangs(self.guest):
             raise failure(first)
         print(
-            f"pulumi up failed while the VM's guest hung (its SSH port {self.guest_ssh_port} sends "
-            f"no banner); running up once more to heal it. The failed up said:\n{first.stdout[-3000:]}",
+            f"pulumi up failed while the VM hung (SSH on port {self.guest.port} does not answer); "
+            f"running up once more to heal it. The failed up said:\n{first.stdout[-3000:]}",
             file=sys.stderr,
         )
         second = self.run(*argv)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import subprocess
+import time
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -17,7 +19,7 @@ import yaml
 from nexus_components import seed_iso
 from nexus_components.guest import inner_image, inner_vm, playground
 from nexus_components.guest.inner_image import BootImage
-from nexus_components.guest.runner import LocalRunner
+from nexus_components.guest.runner import LocalRunner, SshRunner
 from nexus_components.guest.settings import InnerImage, InnerVmConfig, PlaygroundConfig, PortToGuest
 from nexus_components.ssh import SshTarget
 
@@ -184,6 +186,18 @@ def test_readiness_reads_the_serial_console_and_the_ssh_banner(tmp_path: Path) -
     assert inner_image.ssh_banner_argv("pg", 2223)[-2:] == ["-", "TCP:127.0.0.1:2223"]
     assert inner_image.is_ssh_banner("SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n")
     assert not inner_image.is_ssh_banner("2026/11/27 socat[1] E connect(): Connection refused")
+
+
+def test_the_wait_ends_when_the_vm_stops_answering_not_at_its_bound(tmp_path: Path) -> None:
+    """A VM that hangs or went away answers no probe: no inner guest can become ready in it."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: connections are refused
+        runner = SshRunner(SshTarget("127.0.0.1", port, "nexus", tmp_path / "no-key"), connect_timeout=5)
+        started = time.monotonic()
+        with pytest.raises(inner_image.VmSilent, match="does not answer over SSH"):
+            inner_image.wait_for_guest(runner, "pg", IMAGE_CONFIG, timeout=600)
+    assert time.monotonic() - started < 60
 
 
 def test_ssh_forward_is_the_one_to_guest_port_22() -> None:

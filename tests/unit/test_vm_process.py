@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,19 +135,55 @@ def test_a_guest_that_sends_no_ssh_banner_hangs_one_that_refuses_does_not(tmp_pa
     paths = VmPaths(tmp_path)
     argv = paused_vm_argv(paths, daemonize=True)
     ssh_port = int(re.search(r"hostfwd=tcp:[0-9.]*:(\d+)-:22", " ".join(argv)).group(1))  # type: ignore[union-attr]
+    target = SshTarget("127.0.0.1", ssh_port, "nexus", tmp_path / "no-key")
     pid = launch(argv, paths)
     try:
-        assert guest_hangs("127.0.0.1", ssh_port, timeout=3)
+        assert guest_hangs(target, banner_timeout=3)
         # `up` power-cycles such a VM: its diff reports a change although QEMU runs.
-        props = {**vm_props(paths, pid), "ssh_host": "127.0.0.1", "ssh_port": float(ssh_port)}
+        props = {
+            **vm_props(paths, pid),
+            **{"ssh_host": "127.0.0.1", "ssh_port": float(ssh_port), "username": "nexus"},
+            "private_key": str(target.private_key),
+        }
         assert QemuVmProvider().diff("nexus-unit", props, props).changes
     finally:
         stop(paths, powerdown_timeout=1)
     assert gone(pid)
     # Nothing listens any more: refused, which is not a hang.
-    assert not guest_hangs("127.0.0.1", ssh_port, timeout=3)
+    assert not guest_hangs(target, banner_timeout=3)
     with running_sshd(tmp_path / "sshd") as sshd:
-        assert not guest_hangs(sshd.host, sshd.port, timeout=3)
+        assert not guest_hangs(SshTarget(sshd.host, sshd.port, sshd.user, sshd.private_key), banner_timeout=3)
+        # A login that fails (another key) answers too: not a hang.
+        assert not guest_hangs(
+            SshTarget(sshd.host, sshd.port, sshd.user, tmp_path / "no-key"), banner_timeout=3
+        )
+
+
+def test_a_guest_that_greets_but_runs_no_command_hangs(tmp_path: Path) -> None:
+    """sshd on a CPU that still runs greets; a CPU stuck in the guest's kernel keeps the
+    login from finishing. Here: a server that sends a banner, then nothing."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        connections: list[socket.socket] = []
+
+        def greet_then_stay_silent() -> None:
+            while True:
+                try:
+                    connection, _ = server.accept()
+                except OSError:
+                    return
+                connection.sendall(b"SSH-2.0-OpenSSH_9.2p1\r\n")
+                connections.append(connection)
+
+        threading.Thread(target=greet_then_stay_silent, daemon=True).start()
+        target = SshTarget("127.0.0.1", port, "nexus", tmp_path / "no-key")
+        started = time.monotonic()
+        assert guest_hangs(target, banner_timeout=3, command_timeout=5)
+        assert time.monotonic() - started < 30
+        for connection in connections:
+            connection.close()
 
 
 def test_failed_launch_names_the_command_and_output_and_leaves_nothing(tmp_path: Path) -> None:
