@@ -26,11 +26,11 @@ from tests.e2e.test_lab import (
     lab_stack,
     port_is_free,
     qemu_processes_of,
-    running,
     ssh,
 )
 from tests.support.arm64_image import IMAGE_NAME, ensure_arm64_test_image
 from tests.support.file_server import serving
+from tests.support.processes import running
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm]
 

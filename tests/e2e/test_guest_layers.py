@@ -36,7 +36,7 @@ from bench.layer_overhead.results import WORKLOADS
 from nexus_components.paths import VmPaths
 from nexus_components.ssh import SshTarget
 from tests.e2e.test_bench_layers import bench_layers
-from tests.e2e.test_lab import free_port, gone_within, lab_config, lab_stack, qemu_processes_of, running, ssh
+from tests.e2e.test_lab import free_port, gone_within, lab_config, lab_stack, qemu_processes_of, ssh
 from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving
 from tests.support.playground_rootfs import (
@@ -48,6 +48,7 @@ from tests.support.playground_rootfs import (
     ensure_playground_image_tarball,
     ensure_playground_rootfs,
 )
+from tests.support.processes import running
 from tests.support.pulumi_cli import PulumiCli
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.guest]

@@ -30,8 +30,9 @@ from tests.e2e.test_guest_layers import (  # noqa: F401  (module-scoped fixtures
     nothing_listens,
     rootfs_tarball,
 )
-from tests.e2e.test_lab import free_port, gone_within, lab_config, lab_stack, qemu_processes_of, running, ssh
+from tests.e2e.test_lab import free_port, gone_within, lab_config, lab_stack, qemu_processes_of, ssh
 from tests.support.debian_image import IMAGE_NAME, ensure_test_image
+from tests.support.processes import running
 from tests.support.pulumi_cli import PulumiCli
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.guest]

@@ -32,6 +32,7 @@ import pytest
 from nexus_components.ssh import SshTarget
 from tests.support.debian_image import IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving
+from tests.support.processes import running
 from tests.support.pulumi_cli import REPO, PulumiCli, project_view
 
 pytestmark = [pytest.mark.engine]
@@ -50,17 +51,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def running(pid: int) -> bool:
-    """An exited process still waiting to be reaped (a zombie) does not count, unless
-    threads of it still run (they hold its files and ports)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-        threads = len(list(Path(f"/proc/{pid}/task").iterdir()))
-    except FileNotFoundError:
-        return False
-    return state != "Z" or threads > 1
 
 
 def gone_within(pid: int, seconds: float) -> bool:

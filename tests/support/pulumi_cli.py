@@ -118,9 +118,9 @@ class PulumiCli:
 
     def up(self, *extra: str, check: bool = True, heal: bool = True) -> subprocess.CompletedProcess[str]:
         """`pulumi up`. With `check` and `guest`, an up that failed while the VM hangs (by
-        the test `up` itself makes: vm_process.guest_hangs) is run once more: that second
-        up must restart the VM and converge, or the test fails. `heal=False` for a test of
-        the healing itself."""
+        the same check `up` makes, vm_process.guest_hangs) is run once more: that second up
+        must restart the VM and converge, or the test fails. `heal=False` for a test of the
+        healing itself."""
         argv = ["up", *self.stack_args(), "--yes", "--skip-preview", *extra]
         if not (check and heal and self.guest):
             return self.run(*argv, check=check)

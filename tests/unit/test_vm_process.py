@@ -41,6 +41,7 @@ from nexus_components.vm_process import (
     stop,
     wait_until_ready,
 )
+from tests.support.processes import process_state, running
 from tests.support.sshd import running_sshd
 
 
@@ -84,12 +85,7 @@ def paused_vm_argv(paths: VmPaths, *, daemonize: bool) -> list[str]:
 
 def gone(pid: int) -> bool:
     """Exited with every thread: a zombie whose threads still run holds its ports."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-        threads = len(list(Path(f"/proc/{pid}/task").iterdir()))
-    except FileNotFoundError:
-        return True
-    return state == "Z" and threads == 1
+    return not running(pid)
 
 
 @pytest.mark.parametrize("daemonize", [True, False], ids=["posix-daemonize", "detached-spawn-as-on-windows"])
@@ -268,7 +264,7 @@ def test_a_process_whose_main_thread_is_a_zombie_still_holds_its_port() -> None:
         assert holder.stdout is not None
         port = int(holder.stdout.readline())
         deadline = time.monotonic() + 10
-        while Path(f"/proc/{holder.pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z":
+        while process_state(holder.pid) != "Z":
             assert time.monotonic() < deadline, "the main thread did not exit"
             time.sleep(0.05)
         # Taken for gone, the stop ladder would return while the port is still held.
