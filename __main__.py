@@ -20,6 +20,10 @@ from nexus_components.hostfacts import (
     find_qemu_img,
     host_os,
 )
+from nexus_components.interrupt import leave_quietly_on_interrupt
+
+# The engine has already reported why a run ended when the language host sends SIGINT.
+leave_quietly_on_interrupt()
 
 
 def stack_settings() -> dict[str, Any]:

@@ -32,7 +32,7 @@ import pytest
 from nexus_components.ssh import SshTarget
 from tests.support.debian_image import IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving
-from tests.support.processes import running
+from tests.support.processes import pulumi_programs_in, running
 from tests.support.pulumi_cli import REPO, PulumiCli, project_view
 
 pytestmark = [pytest.mark.engine]
@@ -172,6 +172,45 @@ def test_boot_timeout_shows_the_serial_console_and_leaves_no_vm(tmp_path: Path, 
     cli.destroy()
     assert not state_dir.exists()
     assert cli.resources() == []
+
+
+@pytest.mark.vm
+def test_a_program_interrupted_mid_run_prints_no_traceback_and_the_next_up_converges(
+    tmp_path: Path, image_url: str
+) -> None:
+    """The language host sends the program SIGINT when the engine ends a run; that signal
+    can land while the program still waits on a registration (CI saw it once, under load)."""
+    cli = lab_stack(tmp_path, "sigint")
+    cli.init(lab_config(tmp_path, image_url, free_port(), free_port()))
+    state_dir = tmp_path / "state"
+    argv = ["pulumi", "up", *cli.stack_args(), "--yes", "--skip-preview", "--non-interactive"]
+    up = subprocess.Popen(
+        argv, cwd=cli.project_dir, env=cli.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not qemu_processes_of(state_dir):
+            assert up.poll() is None and time.monotonic() < deadline, "QEMU never started"
+            time.sleep(0.5)
+        programs = pulumi_programs_in(cli.project_dir)
+        assert len(programs) == 1, programs
+        os.kill(programs[0], signal.SIGINT)
+        output, _ = up.communicate(timeout=600)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+
+    assert up.returncode != 0
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    # The engine finishes the step in flight: the VM it started is recorded, not orphaned.
+    again = cli.up()
+    assert "pending operations" not in again.stdout + again.stderr
+    outputs = cli.outputs()
+    assert qemu_processes_of(state_dir) == [outputs["vmPid"]]
+    assert ssh(outputs, "whoami") == "nexus"
+    cli.destroy()
+    assert qemu_processes_of(state_dir) == [] and not state_dir.exists()
 
 
 @pytest.mark.vm

@@ -24,3 +24,18 @@ def running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z" or threads > 1
+
+
+def pulumi_programs_in(project_dir: Path) -> list[int]:
+    """The Python processes running a Pulumi program from `project_dir` (the language host's child)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if (
+                b"pulumi-language-python-exec" in cmdline.read_bytes()
+                and (cmdline.parent / "cwd").resolve() == project_dir.resolve()
+            ):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids

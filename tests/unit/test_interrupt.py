@@ -1,0 +1,71 @@
+"""The program process and the SIGINT the language host sends when the engine ends a run.
+
+A real child process stands in for the program: an event loop waiting on a blocking call in
+a worker thread, as the SDK waits on RegisterResource, inside the same except clauses the
+language host's runner has.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+from tests.support.pulumi_cli import REPO
+
+PROGRAM = textwrap.dedent(
+    """
+    import asyncio, sys, threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    if sys.argv[1] == "handled":
+        from nexus_components.interrupt import leave_quietly_on_interrupt
+        leave_quietly_on_interrupt()
+
+    executor = ThreadPoolExecutor()
+    loop = asyncio.new_event_loop()
+    never = threading.Event()
+
+    async def register():
+        print("waiting", flush=True)
+        await loop.run_in_executor(executor, never.wait)
+
+    try:
+        loop.run_until_complete(register())
+    except Exception as error:
+        print("error: " + str(error), file=sys.stderr)
+    finally:
+        never.set()
+        executor.shutdown(wait=True)
+        loop.close()
+    """
+)
+
+
+def interrupted_program(mode: str) -> subprocess.CompletedProcess[str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", PROGRAM, mode],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline() == "waiting\n"
+    child.send_signal(signal.SIGINT)
+    stdout, stderr = child.communicate(timeout=30)
+    return subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
+
+
+def test_an_interrupted_program_leaves_without_a_traceback() -> None:
+    result = interrupted_program("handled")
+    assert result.returncode == 1
+    assert result.stderr == ""
+
+
+def test_without_the_handler_python_prints_a_keyboardinterrupt_traceback() -> None:
+    # What users saw before: the reason the handler exists.
+    result = interrupted_program("default")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "KeyboardInterrupt" in result.stderr
