@@ -22,6 +22,7 @@ container; what is stored on the VM's disk is deleted with it (`deleted_with`).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from . import engine, inner_image, playground
 from . import inner_vm as inner
 from . import providers as guest_providers
 from .inner_image_provider import InnerImageProvider
+from .runner import SshRunner
 from .settings import InnerVmConfig
 
 TYPE_PREFIX = "nexus:guest"
@@ -127,6 +129,18 @@ class DockerEngine(pulumi.ComponentResource):
                 "libvirtVersion": self.libvirt_version,
             }
         )
+
+
+def _leftover_container_remover(hook_name: str, access: GuestAccess, container: str) -> pulumi.ResourceHook:
+    """A before-create hook: pulumi-docker's create has no answer to a container of the
+    same name that a killed `up` made but never recorded."""
+
+    async def remove(_args: pulumi.ResourceHookArgs) -> None:
+        key = await access.private_key_path.future()
+        runner = SshRunner(access.target(str(key)))
+        await asyncio.to_thread(guest_providers.remove_leftover_container, runner, container)
+
+    return pulumi.ResourceHook(hook_name, remove)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +237,11 @@ class Playground(pulumi.ComponentResource):
                 depends_on=container_deps,
                 delete_before_replace=True,
                 deleted_with=args.vm_disk,
+                hooks=pulumi.ResourceHookBinding(
+                    before_create=[
+                        _leftover_container_remover(f"{name}-clear-leftover", args.access, settings.name)
+                    ]
+                ),
             ),
         )
         self.name = self.container.name

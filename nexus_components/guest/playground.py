@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,6 +55,26 @@ PRESENCE_LABEL = "dev.nexus-nested-vm.generation"
 # The container and its volume carry the VM disk's identity: a disk made anew (a new
 # base image, a disk file deleted by hand) holds neither, so they are made anew on it.
 DISK_LABEL = "dev.nexus-nested-vm.disk"
+
+
+def leftover_containers(container: str) -> list[str]:
+    """Prints the ids of the containers named `container` that this product made (they
+    carry DISK_LABEL): one of them, present while the stack records no container, was left
+    by an `up` killed between docker creating it and Pulumi saving the state."""
+    return [
+        "docker",
+        "ps",
+        "--all",
+        "--quiet",
+        "--filter",
+        f"name=^/{re.escape(container)}$",
+        "--filter",
+        f"label={DISK_LABEL}",
+    ]
+
+
+def remove_containers(ids: list[str]) -> list[str]:
+    return ["docker", "rm", "--force", "--volumes", *ids]
 
 
 def env_list(env: Mapping[str, str]) -> list[str]:

@@ -185,6 +185,32 @@ class DockerEngineProvider(ResourceProvider):
         }
 
 
+def remove_leftover_container(runner: CommandRunner, container: str) -> list[str]:
+    """Runs just before pulumi-docker creates the container, when the stack records none.
+
+    A container of that name made by this product is then the leftover of an `up` killed
+    mid-create, and docker would refuse the name: it goes. A container of that name
+    without the product's label is the user's own and is kept (the create then names the
+    clash). Returns the ids removed.
+    """
+    listed = check(
+        runner.run(playground.leftover_containers(container), timeout=60),
+        layer="playground",
+        what=f"look for a container {container} left by an interrupted run",
+        hint="is the VM running? `pulumi up` again starts it",
+    )
+    ids = listed.stdout.split()
+    if ids:
+        _say("playground", f"removing container {container} ({', '.join(ids)}), left by an interrupted run")
+        check(
+            runner.run(playground.remove_containers(ids), timeout=120),
+            layer="playground",
+            what=f"remove container {container} left by an interrupted run",
+            hint=f"remove it in the VM (`docker rm -f {container}`), then `pulumi up`",
+        )
+    return ids
+
+
 @_reports_errors
 class ContainerPresenceProvider(ResourceProvider):
     """Sees the playground container removed or stopped by hand, without a refresh.

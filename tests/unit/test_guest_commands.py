@@ -7,6 +7,7 @@ machine's `sh`, which must give back exactly the words we meant.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -303,3 +304,17 @@ def test_wait_for_returns_what_was_still_missing() -> None:
     assert missing is None and seconds < 5
     seconds, missing = wait_for(lambda: "still down", timeout=0.2, poll_seconds=0.05, waiting_for="x")
     assert missing == "still down" and seconds >= 0.2
+
+
+@pytest.mark.parametrize("name", ["nexus-playground", "my.box_2"])
+def test_leftover_lookup_matches_the_name_exactly_and_only_labelled_containers(name: str) -> None:
+    argv = playground.leftover_containers(name)
+    filters = [argv[i + 1] for i, word in enumerate(argv) if word == "--filter"]
+    assert f"label={playground.DISK_LABEL}" in filters, "a user's own container of that name is never listed"
+    (name_filter,) = (f for f in filters if f.startswith("name="))
+    # docker matches the filter as a regular expression against "/<name>".
+    pattern = re.compile(name_filter.removeprefix("name="))
+    assert pattern.search(f"/{name}")
+    for other in (f"/{name}2", f"/x{name}", "/" + name.replace(".", "x").replace("-", "x")):
+        if other != f"/{name}":
+            assert not pattern.search(other), other
