@@ -207,11 +207,14 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         assert Path(outputs["playgroundShellScript"]).is_file()
 
         noop_started = time.monotonic()
+        heals = cli.heals
         second = cli.up()
         print(f"no-op up: {time.monotonic() - noop_started:.1f} s")
-        assert "unchanged" in second.stdout, second.stdout
-        for verb in ("created", "updated", "deleted", "replaced"):
-            assert verb not in second.stdout, second.stdout
+        if cli.heals == heals:
+            assert "unchanged" in second.stdout, second.stdout
+            for verb in ("created", "updated", "deleted", "replaced"):
+                assert verb not in second.stdout, second.stdout
+        vm_pid = cli.outputs()["vmPid"]
 
         # The layer-overhead benchmark measures the container column too (one batch per layer).
         bench = bench_layers(cli, "guest", "--quick", "--repeats", "1")
@@ -238,8 +241,27 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         assert outputs["innerVmQmpStatus"] == "running"
         assert '"status": "running"' in inner_qmp_status(outputs)
 
+        # An up killed after docker made the container but before Pulumi saved it: the
+        # state lacks the container (and what depends on it) while the VM holds it. The
+        # next up removes that leftover instead of failing on its name.
+        container_urn = next(
+            r["urn"] for r in cli.resources() if r["type"] == "docker:index/container:Container"
+        )
+        cli.run("state", "delete", container_urn, "--target-dependents", "--yes", "--stack", cli.stack)
+        leftover = ssh(outputs, shlex.join(["docker", "inspect", "--format", "{{.Id}}", CONTAINER]))
+        recovered = cli.up()
+        assert (
+            f"removing container {CONTAINER} ({leftover[:12]}), left by an interrupted run"
+            in recovered.stdout
+        ), recovered.stdout
+        outputs = cli.outputs()
+        assert ssh(outputs, shlex.join(["docker", "inspect", "--format", "{{.Id}}", CONTAINER])) != leftover
+        assert http_get(http_port, "/env.txt") == GREETING
+        assert outputs["innerVmQmpStatus"] == "running"
+
         # The VM killed behind Pulumi's back: up starts it again, the container comes back
         # by its restart policy and the inner VM is started again.
+        vm_pid = cli.outputs()["vmPid"]
         os.kill(vm_pid, signal.SIGKILL)
         assert gone_within(vm_pid, 10)
         restarted = cli.up()
@@ -270,11 +292,13 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         # Growing the disk reaches the file system: df shows it, not just lsblk.
         before = int(ssh(outputs, "df -B1 --output=size / | tail -n 1"))
         cli.set_config("nexus:vm.diskSize", "12G")
+        heals = cli.heals
         cli.up()
         after = int(ssh(outputs, "df -B1 --output=size / | tail -n 1"))
         assert after > before + (1 << 30), (before, after)
         assert cli.outputs()["rootFsBytes"] == after
-        assert cli.outputs()["vmPid"] == vm_pid, "the disk grows without a restart"
+        if cli.heals == heals:
+            assert cli.outputs()["vmPid"] == vm_pid, "the disk grows without a restart"
 
         # An image reference, pulled from a registry we run ourselves in the VM: push the
         # imported image there, then switch the source to its reference.
@@ -305,6 +329,7 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         assert http_get(http_port, "/built.html") == "second build"
 
         # A failing guest step names its layer, command and output; the layers below keep running.
+        vm_pid = cli.outputs()["vmPid"]  # a VM healed by an up above runs as a new process
         cli.set_config("nexus:innerVm.kernel", "/opt/nexus/no such vmlinuz")
         failed = cli.up(check=False)
         message = failed.stdout + failed.stderr

@@ -66,6 +66,9 @@ class PulumiCli:
     # not what a test is about. Then a failed `up` is run once more, as a user would, and
     # must heal the VM (see `up`).
     guest: SshTarget | None = None
+    # How many ups were run twice to heal a hung VM: the VM then has a new process, so a
+    # test's "no restart" or "nothing changed" claim holds only when this did not move.
+    heals: int = 0
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -135,6 +138,7 @@ class PulumiCli:
             file=sys.stderr,
         )
         second = self.run(*argv)
+        self.heals += 1
         # Both ups' output: what the first one created is reported there.
         return subprocess.CompletedProcess(
             second.args, 0, first.stdout + second.stdout, first.stderr + second.stderr
