@@ -57,20 +57,29 @@ PRESENCE_LABEL = "dev.nexus-nested-vm.generation"
 DISK_LABEL = "dev.nexus-nested-vm.disk"
 
 
-def leftover_containers(container: str) -> list[str]:
-    """Prints the ids of the containers named `container` that this product made (they
-    carry DISK_LABEL): one of them, present while the stack records no container, was left
-    by an `up` killed between docker creating it and Pulumi saving the state."""
+def containers_named(container: str) -> list[str]:
+    """Prints `<id> <disk label>` per container named exactly `container`; the label part
+    is empty for a container this product did not make."""
     return [
         "docker",
         "ps",
         "--all",
-        "--quiet",
         "--filter",
         f"name=^/{re.escape(container)}$",
-        "--filter",
-        f"label={DISK_LABEL}",
+        "--format",
+        "{{.ID}} {{.Label " + f'"{DISK_LABEL}"' + "}}",
     ]
+
+
+def split_by_maker(listing: str) -> tuple[list[str], list[str]]:
+    """The ids in a `containers_named` listing: (made by this product, made by someone else)."""
+    ours: list[str] = []
+    theirs: list[str] = []
+    for line in listing.splitlines():
+        container_id, _, label = line.strip().partition(" ")
+        if container_id:
+            (ours if label.strip() else theirs).append(container_id)
+    return ours, theirs
 
 
 def remove_containers(ids: list[str]) -> list[str]:

@@ -189,26 +189,33 @@ def remove_leftover_container(runner: CommandRunner, container: str) -> list[str
     """Runs just before pulumi-docker creates the container, when the stack records none.
 
     A container of that name made by this product is then the leftover of an `up` killed
-    mid-create, and docker would refuse the name: it goes. A container of that name
-    without the product's label is the user's own and is kept (the create then names the
-    clash). Returns the ids removed.
+    mid-create, and docker would refuse the name: it goes. One without the product's label
+    is the user's own: it is kept, and the create stops with an error saying so. Returns
+    the ids removed.
     """
     listed = check(
-        runner.run(playground.leftover_containers(container), timeout=60),
+        runner.run(playground.containers_named(container), timeout=60),
         layer="playground",
-        what=f"look for a container {container} left by an interrupted run",
+        what=f"look for a container named {container}",
         hint="is the VM running? `pulumi up` again starts it",
     )
-    ids = listed.stdout.split()
-    if ids:
-        _say("playground", f"removing container {container} ({', '.join(ids)}), left by an interrupted run")
+    ours, theirs = playground.split_by_maker(listed.stdout)
+    if theirs:
+        raise GuestError(
+            f"playground: the VM already has a container named {container} ({', '.join(theirs)}) "
+            "that this stack did not make; it is left alone",
+            hint=f"remove or rename it in the VM (`docker rm -f {container}`), "
+            "or give the playground another name with nexus:playground.name, then `pulumi up`",
+        )
+    if ours:
+        _say("playground", f"removing container {container} ({', '.join(ours)}), left by an interrupted run")
         check(
-            runner.run(playground.remove_containers(ids), timeout=120),
+            runner.run(playground.remove_containers(ours), timeout=120),
             layer="playground",
             what=f"remove container {container} left by an interrupted run",
             hint=f"remove it in the VM (`docker rm -f {container}`), then `pulumi up`",
         )
-    return ids
+    return ours
 
 
 @_reports_errors

@@ -258,6 +258,25 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         assert ssh(outputs, shlex.join(["docker", "inspect", "--format", "{{.Id}}", CONTAINER])) != leftover
         assert http_get(http_port, "/env.txt") == GREETING
         assert outputs["innerVmQmpStatus"] == "running"
+        # A container of that name the user made is never removed: up stops and says so.
+        container_urn = next(
+            r["urn"] for r in cli.resources() if r["type"] == "docker:index/container:Container"
+        )
+        cli.run("state", "delete", container_urn, "--target-dependents", "--yes", "--stack", cli.stack)
+        image = outputs["playgroundImageDigest"]
+        remove = shlex.join(["docker", "rm", "--force", CONTAINER])
+        create = shlex.join(["docker", "create", "--name", CONTAINER, image, "true"])
+        users = ssh(outputs, f"{remove} >/dev/null && {create}")
+        clash = cli.up(check=False)
+        message = clash.stdout + clash.stderr
+        assert clash.returncode != 0
+        assert f"the VM already has a container named {CONTAINER} ({users[:12]})" in message, message
+        assert "nexus:playground.name" in message, message
+        assert ssh(outputs, shlex.join(["docker", "inspect", "--format", "{{.Id}}", CONTAINER])) == users
+        ssh(outputs, shlex.join(["docker", "rm", CONTAINER]))
+        cli.up()
+        assert http_get(http_port, "/env.txt") == GREETING
+        assert cli.outputs()["innerVmQmpStatus"] == "running"
 
         # The VM killed behind Pulumi's back: up starts it again, the container comes back
         # by its restart policy and the inner VM is started again.

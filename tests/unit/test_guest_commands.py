@@ -307,14 +307,18 @@ def test_wait_for_returns_what_was_still_missing() -> None:
 
 
 @pytest.mark.parametrize("name", ["nexus-playground", "my.box_2"])
-def test_leftover_lookup_matches_the_name_exactly_and_only_labelled_containers(name: str) -> None:
-    argv = playground.leftover_containers(name)
-    filters = [argv[i + 1] for i, word in enumerate(argv) if word == "--filter"]
-    assert f"label={playground.DISK_LABEL}" in filters, "a user's own container of that name is never listed"
-    (name_filter,) = (f for f in filters if f.startswith("name="))
+def test_container_lookup_matches_the_name_exactly(name: str) -> None:
+    argv = playground.containers_named(name)
+    (name_filter,) = (argv[i + 1] for i, word in enumerate(argv) if word == "--filter")
     # docker matches the filter as a regular expression against "/<name>".
     pattern = re.compile(name_filter.removeprefix("name="))
     assert pattern.search(f"/{name}")
     for other in (f"/{name}2", f"/x{name}", "/" + name.replace(".", "x").replace("-", "x")):
-        if other != f"/{name}":
-            assert not pattern.search(other), other
+        assert not pattern.search(other), other
+    assert argv[-1] == '{{.ID}} {{.Label "dev.nexus-nested-vm.disk"}}'
+
+
+def test_containers_are_split_by_who_made_them() -> None:
+    listing = "a1b2c3d4e5f6 nexus-nested-vm-disk-id\n0123456789ab \n\n"
+    assert playground.split_by_maker(listing) == (["a1b2c3d4e5f6"], ["0123456789ab"])
+    assert playground.split_by_maker("") == ([], [])
