@@ -133,7 +133,8 @@ class DockerEngine(pulumi.ComponentResource):
 
 def _leftover_container_remover(hook_name: str, access: GuestAccess, container: str) -> pulumi.ResourceHook:
     """A before-create hook: pulumi-docker's create has no answer to a container of the
-    same name that a killed `up` made but never recorded."""
+    same name, whether a killed `up` made it (removed) or the user did (kept; `up` stops
+    and says so)."""
 
     async def remove(_args: pulumi.ResourceHookArgs) -> None:
         key = await access.private_key_path.future()
