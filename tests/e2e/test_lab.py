@@ -148,6 +148,19 @@ def test_bad_config_fails_before_anything_is_made(tmp_path: Path, image_url: str
     assert [r["type"] for r in cli.resources()] in ([], ["pulumi:pulumi:Stack"])
 
 
+def start_up(cli: PulumiCli, **popen: Any) -> subprocess.Popen[str]:
+    """`pulumi up` in the background, as a user's terminal runs it."""
+    argv = ["pulumi", "up", *cli.stack_args(), "--yes", "--skip-preview", "--non-interactive"]
+    return subprocess.Popen(argv, cwd=cli.project_dir, env=cli.env(), text=True, **popen)
+
+
+def wait_until_qemu_runs(up: subprocess.Popen[str], state_dir: Path, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not qemu_processes_of(state_dir):
+        assert up.poll() is None and time.monotonic() < deadline, "QEMU never started"
+        time.sleep(0.5)
+
+
 @pytest.mark.vm
 def test_boot_timeout_shows_the_serial_console_and_leaves_no_vm(tmp_path: Path, image_url: str) -> None:
     cli = lab_stack(tmp_path, "slow")
@@ -183,15 +196,9 @@ def test_a_program_interrupted_mid_run_prints_no_traceback_and_the_next_up_conve
     cli = lab_stack(tmp_path, "sigint")
     cli.init(lab_config(tmp_path, image_url, free_port(), free_port()))
     state_dir = tmp_path / "state"
-    argv = ["pulumi", "up", *cli.stack_args(), "--yes", "--skip-preview", "--non-interactive"]
-    up = subprocess.Popen(
-        argv, cwd=cli.project_dir, env=cli.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    up = start_up(cli, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300
-        while not qemu_processes_of(state_dir):
-            assert up.poll() is None and time.monotonic() < deadline, "QEMU never started"
-            time.sleep(0.5)
+        wait_until_qemu_runs(up, state_dir)
         programs = pulumi_programs_in(cli.project_dir)
         assert len(programs) == 1, programs
         os.kill(programs[0], signal.SIGINT)
@@ -451,20 +458,9 @@ def pending_operations(cli: PulumiCli) -> list[dict[str, Any]]:
 
 def interrupt_twice_while_booting(cli: PulumiCli, state_dir: Path) -> None:
     """Ctrl-C twice, as a terminal sends it: to the whole process group, once QEMU runs."""
-    argv = ["pulumi", "up", *cli.stack_args(), "--yes", "--skip-preview", "--non-interactive"]
-    up = subprocess.Popen(
-        argv,
-        cwd=cli.project_dir,
-        env=cli.env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    up = start_up(cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while not qemu_processes_of(state_dir):
-            assert up.poll() is None and time.monotonic() < deadline, "QEMU never started"
-            time.sleep(0.5)
+        wait_until_qemu_runs(up, state_dir)
         time.sleep(3)
         os.killpg(up.pid, signal.SIGINT)
         time.sleep(1)
