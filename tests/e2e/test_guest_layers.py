@@ -167,6 +167,17 @@ def wait_for_serial(outputs: dict[str, Any], marker: str, seconds: float) -> str
         time.sleep(3)
 
 
+def forget_container(cli: PulumiCli) -> None:
+    """What an up killed between docker's create and Pulumi saving the state leaves: the
+    container runs in the VM, the state lacks it and what depends on it."""
+    urn = next(r["urn"] for r in cli.resources() if r["type"] == "docker:index/container:Container")
+    cli.run("state", "delete", urn, "--target-dependents", "--yes", "--stack", cli.stack)
+
+
+def container_id(outputs: dict[str, Any]) -> str:
+    return ssh(outputs, shlex.join(["docker", "inspect", "--format", "{{.Id}}", CONTAINER]))
+
+
 def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tarball: Path) -> None:
     ssh_port, http_port = free_port(), free_port()
     cli: PulumiCli = lab_stack(tmp_path, "guest")
@@ -244,25 +255,19 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         # An up killed after docker made the container but before Pulumi saved it: the
         # state lacks the container (and what depends on it) while the VM holds it. The
         # next up removes that leftover instead of failing on its name.
-        container_urn = next(
-            r["urn"] for r in cli.resources() if r["type"] == "docker:index/container:Container"
-        )
-        cli.run("state", "delete", container_urn, "--target-dependents", "--yes", "--stack", cli.stack)
-        leftover = ssh(outputs, shlex.join(["docker", "inspect", "--format", "{{.Id}}", CONTAINER]))
+        forget_container(cli)
+        leftover = container_id(outputs)
         recovered = cli.up()
         assert (
             f"removing container {CONTAINER} ({leftover[:12]}), left by an interrupted run"
             in recovered.stdout
         ), recovered.stdout
         outputs = cli.outputs()
-        assert ssh(outputs, shlex.join(["docker", "inspect", "--format", "{{.Id}}", CONTAINER])) != leftover
+        assert container_id(outputs) != leftover
         assert http_get(http_port, "/env.txt") == GREETING
         assert outputs["innerVmQmpStatus"] == "running"
         # A container of that name the user made is never removed: up stops and says so.
-        container_urn = next(
-            r["urn"] for r in cli.resources() if r["type"] == "docker:index/container:Container"
-        )
-        cli.run("state", "delete", container_urn, "--target-dependents", "--yes", "--stack", cli.stack)
+        forget_container(cli)
         image = outputs["playgroundImageDigest"]
         remove = shlex.join(["docker", "rm", "--force", CONTAINER])
         create = shlex.join(["docker", "create", "--name", CONTAINER, image, "true"])
@@ -272,7 +277,7 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         assert clash.returncode != 0
         assert f"the VM already has a container named {CONTAINER} ({users[:12]})" in message, message
         assert "nexus:playground.name" in message, message
-        assert ssh(outputs, shlex.join(["docker", "inspect", "--format", "{{.Id}}", CONTAINER])) == users
+        assert container_id(outputs) == users
         ssh(outputs, shlex.join(["docker", "rm", CONTAINER]))
         cli.up()
         assert http_get(http_port, "/env.txt") == GREETING

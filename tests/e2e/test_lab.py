@@ -32,7 +32,7 @@ import pytest
 from nexus_components.ssh import SshTarget
 from tests.support.debian_image import IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving
-from tests.support.processes import pulumi_programs_in, running
+from tests.support.processes import processes_where, pulumi_programs_in, running
 from tests.support.pulumi_cli import REPO, PulumiCli, project_view
 
 pytestmark = [pytest.mark.engine]
@@ -114,14 +114,9 @@ def ssh(outputs: dict[str, Any], command: str, *, timeout: float = 120) -> str:
 
 def qemu_processes_of(state_dir: Path) -> list[int]:
     """Every live process whose command line mentions the stack's state directory."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if str(state_dir).encode() in cmdline.read_bytes() and running(int(cmdline.parent.name)):
-                pids.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return pids
+    return processes_where(
+        lambda proc: str(state_dir).encode() in (proc / "cmdline").read_bytes() and running(int(proc.name))
+    )
 
 
 def mem_total_kib(outputs: dict[str, Any]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -26,16 +27,23 @@ def running(pid: int) -> bool:
     return state != "Z" or threads > 1
 
 
-def pulumi_programs_in(project_dir: Path) -> list[int]:
-    """The Python processes running a Pulumi program from `project_dir` (the language host's child)."""
+def processes_where(matches: Callable[[Path], bool]) -> list[int]:
+    """The pids whose /proc/PID directory `matches` (a process that exits meanwhile is skipped)."""
     pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if (
-                b"pulumi-language-python-exec" in cmdline.read_bytes()
-                and (cmdline.parent / "cwd").resolve() == project_dir.resolve()
-            ):
-                pids.append(int(cmdline.parent.name))
+            if matches(proc):
+                pids.append(int(proc.name))
         except OSError:
             continue
     return pids
+
+
+def pulumi_programs_in(project_dir: Path) -> list[int]:
+    """The Python processes running a Pulumi program from `project_dir` (the language host's child)."""
+    return processes_where(
+        lambda proc: (
+            b"pulumi-language-python-exec" in (proc / "cmdline").read_bytes()
+            and (proc / "cwd").resolve() == project_dir.resolve()
+        )
+    )
