@@ -20,7 +20,7 @@ from nexus_components.hostfacts import (
     find_qemu_img,
     host_os,
 )
-from nexus_components.interrupt import leave_quietly_on_interrupt
+from nexus_components.interrupt import fail_before_changes, leave_quietly_on_interrupt
 
 # The engine has already reported why a run ended when the language host sends SIGINT.
 leave_quietly_on_interrupt()
@@ -46,7 +46,7 @@ try:
     check_before_changes(config, qemu_img)
 except NexusError as error:
     # A clean message without a Python traceback; nothing has been registered yet.
-    raise pulumi.RunError(str(error)) from None
+    fail_before_changes(str(error))
 
 note = accelerator_note(config.vm.accelerator, host.accelerator)
 if note:

@@ -1,24 +1,36 @@
-"""How the Pulumi program process answers SIGINT: it leaves quietly.
+"""How the Pulumi program process ends when a run fails: quietly, after one clear message.
 
 Pulumi's Python language host sends the program SIGINT when the engine ends the run,
-after a resource failed or the user cancelled. By then the engine has said why the run
-stopped. Python's default answer, a KeyboardInterrupt raised wherever the SDK happens to
-be, prints a traceback from deep inside the SDK that reads like a crash of the program.
-Whether it shows depends on timing alone: a program that already finished its shutdown
-never sees the signal, one that is still unwinding the failed registrations does.
+after a resource failed or the user pressed Ctrl-C, and kills it 5 s later whatever it
+does. By then the engine has said why the run stopped. Python's default answer, a
+KeyboardInterrupt raised wherever the SDK happens to be, prints a traceback from deep
+inside the SDK that reads like a crash of the program. Raising SystemExit instead is no
+better: when the signal lands while asyncio is shutting down (formatting a failed
+callback, closing the loop), Python reports the exception as "Exception ignored in ..."
+with a traceback. Whether either shows depends on timing alone.
 
-The resources' work runs in the provider processes, which the signal does not reach, so
-the program has nothing to finish: it exits at once with the status Python's own error
-path uses.
+The resources' work runs in the provider processes, which this signal does not reach, so
+the program has nothing to finish: it flushes what it printed and ends the process
+without unwinding, so no Python code runs after the signal.
+
+Both ways out use the language host's "the program already showed the user an actionable
+message" status, so Pulumi does not add "program exited with non-zero exit code: 1" under
+a message that already says what to do.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sys
 from types import FrameType
 from typing import NoReturn
 
-EXIT_STATUS = 1
+import pulumi
+
+# pulumi-language-python's pythonProcessExitedAfterShowingUserActionableMessage.
+EXIT_STATUS = 32
 
 
 def leave_quietly_on_interrupt() -> None:
@@ -26,5 +38,14 @@ def leave_quietly_on_interrupt() -> None:
 
 
 def _leave(signum: int, frame: FrameType | None) -> NoReturn:
-    # SystemExit unwinds through the SDK's `finally` blocks, and Python prints nothing for it.
+    for stream in (sys.stdout, sys.stderr):
+        # A closed pipe or stream: nothing more can be said there.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(EXIT_STATUS)
+
+
+def fail_before_changes(message: str) -> NoReturn:
+    """End the program with `message` as Pulumi's error, before it registered anything."""
+    pulumi.log.error(message)
     raise SystemExit(EXIT_STATUS)
