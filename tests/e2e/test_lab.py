@@ -520,3 +520,59 @@ def test_hard_cancelled_up_then_scripts_up_then_lost_state_dir_then_destroy(
     assert stopped, "destroy left the VM running"
     assert port_is_free(ssh_port) and port_is_free(http_port)
     assert cli.resources() == []
+
+
+def closed_port_url() -> str:
+    """An http URL nothing answers: what a machine without internet access meets."""
+    return f"http://127.0.0.1:{free_port()}/images/noble-server-cloudimg-amd64.img"
+
+
+def test_a_failed_download_shows_the_error_and_no_traceback(tmp_path: Path) -> None:
+    """The language host signals the program as the engine ends a failed run; where the
+    signal lands is a matter of timing, so the failure is repeated."""
+    cli = lab_stack(tmp_path, "offline")
+    cli.init(lab_config(tmp_path, closed_port_url(), free_port(), free_port()))
+    for attempt in range(3):
+        result = cli.up(check=False)
+        output = engine_output(result)
+        assert result.returncode != 0, output
+        assert "could not fetch" in output and "SHA256SUMS" in output, output
+        assert "next step:" in output and "nexus:image.url" in output, output
+        assert "Exception ignored" not in output, f"attempt {attempt + 1}: {output}"
+        assert "non-zero exit code" not in output, output
+        assert_no_traceback(output)
+    cli.destroy()
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_config_error_is_the_only_error(tmp_path: Path) -> None:
+    cli = lab_stack(tmp_path, "bad-port")
+    config = lab_config(tmp_path, closed_port_url(), free_port(), free_port())
+    config["nexus:network"]["sshPort"] = 70000
+    cli.init(config)
+    result = cli.run("preview", *cli.stack_args(), check=False)
+    output = engine_output(result)
+    assert result.returncode != 0
+    assert "nexus:network.sshPort: got 70000; allowed: at most 65535" in output, output
+    assert "non-zero exit code" not in output, output
+    assert_no_traceback(output)
+
+
+def test_scripts_up_with_a_leading_flag_ups_the_default_stack(tmp_path: Path) -> None:
+    cli = lab_stack(tmp_path, "linux")  # this host's default stack
+    (cli.project_dir / "scripts").symlink_to(REPO / "scripts")
+    cli.init(lab_config(tmp_path, closed_port_url(), free_port(), free_port()))
+    up = subprocess.run(
+        [str(cli.project_dir / "scripts" / "up"), "--yes", "--skip-preview", "--non-interactive"],
+        cwd=cli.project_dir,
+        env={**cli.env(), "NEXUS_SETUP_DONE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = engine_output(up)
+    assert "unknown flag" not in output, output
+    # It got as far as the linux stack's image download.
+    assert up.returncode != 0 and "could not fetch" in output, output
+    cli.destroy()
