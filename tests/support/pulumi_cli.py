@@ -16,6 +16,9 @@ from nexus_components.ssh import SshTarget
 from nexus_components.vm_process import guest_hangs
 
 REPO = Path(__file__).resolve().parents[2]
+# Every up of this test run that healed a hung VM (see PulumiCli.up): tests/conftest.py
+# reports them at the end of the run, so a heal that hides a regression shows.
+HEALS: list[str] = []
 
 
 def project_view(dest: Path) -> Path:
@@ -139,6 +142,7 @@ class PulumiCli:
         )
         second = self.run(*argv)
         self.heals += 1
+        HEALS.append(f"stack {self.stack}: up #{self.heals} healed a VM that hung (port {self.guest.port})")
         # Both ups' output: what the first one created is reported there.
         return subprocess.CompletedProcess(
             second.args, 0, first.stdout + second.stdout, first.stderr + second.stderr
