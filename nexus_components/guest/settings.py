@@ -21,12 +21,18 @@ RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
 INNER_ACCELERATORS = ("auto", "kvm", "tcg")
 
 _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+# Every pattern carries a description: errors say what is allowed in words (config.py).
 # A container path or VM path: absolute, no control characters, no `:` (docker's volume
 # separator) and no `,` (QEMU's option separator).
 _ABS_PATH = r"^/[^\x00-\x1f:,]*\Z"
+_ABS_PATH_RULE = "an absolute path in the container, without ':', ',' or control characters"
 _HOST_PATH = r"^[^\x00-\x1f]+\Z"
+_HOST_PATH_RULE = "a path on this machine without control characters"
 # Docker's own rules for container and volume names.
 _DOCKER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z"
+_DOCKER_NAME_RULE = (
+    "letters, digits, '_', '.' and '-', starting with a letter or digit, at most 63 characters"
+)
 # repository[:tag][@digest], optionally with a registry host[:port]; no whitespace.
 _IMAGE_REF = r"^[a-z0-9][a-z0-9._/:@-]*[a-zA-Z0-9_.-]*[a-zA-Z0-9]\Z"
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*\Z"
@@ -40,12 +46,37 @@ PLAYGROUND_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "enabled": {"type": "boolean"},
-        "name": {"type": "string", "pattern": _DOCKER_NAME},
+        "name": {
+            "type": "string",
+            "pattern": _DOCKER_NAME,
+            "description": "a container name: " + _DOCKER_NAME_RULE,
+        },
         # Where the image comes from: at most one of these (checked in load_playground).
-        "image": {"type": "string", "maxLength": 255, "pattern": _IMAGE_REF},
-        "buildContext": {"type": "string", "minLength": 1, "pattern": _HOST_PATH},
-        "imageTarball": {"type": "string", "minLength": 1, "pattern": _HOST_PATH},
-        "rootfsTarball": {"type": "string", "minLength": 1, "pattern": _HOST_PATH},
+        "image": {
+            "type": "string",
+            "maxLength": 255,
+            "pattern": _IMAGE_REF,
+            "description": "an image reference such as ubuntu:24.04 or registry.example:5000/team/lab:1 "
+            "(a lowercase name, no spaces)",
+        },
+        "buildContext": {
+            "type": "string",
+            "minLength": 1,
+            "pattern": _HOST_PATH,
+            "description": _HOST_PATH_RULE,
+        },
+        "imageTarball": {
+            "type": "string",
+            "minLength": 1,
+            "pattern": _HOST_PATH,
+            "description": _HOST_PATH_RULE,
+        },
+        "rootfsTarball": {
+            "type": "string",
+            "minLength": 1,
+            "pattern": _HOST_PATH,
+            "description": _HOST_PATH_RULE,
+        },
         "ports": {
             "type": "array",
             "maxItems": 32,
@@ -58,7 +89,11 @@ PLAYGROUND_SCHEMA: dict[str, Any] = {
         },
         "env": {
             "type": "object",
-            "propertyNames": {"pattern": _ENV_NAME},
+            "propertyNames": {
+                "pattern": _ENV_NAME,
+                "description": "an environment variable name: letters, digits and '_', "
+                "not starting with a digit",
+            },
             "additionalProperties": {"type": "string"},
         },
         "volumes": {
@@ -73,8 +108,10 @@ PLAYGROUND_SCHEMA: dict[str, Any] = {
                     "source": {
                         "type": "string",
                         "pattern": r"^(/[^\x00-\x1f:,]*|[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62})\Z",
+                        "description": "an absolute VM path without ':', ',' or control characters, "
+                        "or a volume name: " + _DOCKER_NAME_RULE,
                     },
-                    "target": {"type": "string", "pattern": _ABS_PATH},
+                    "target": {"type": "string", "pattern": _ABS_PATH, "description": _ABS_PATH_RULE},
                     "readOnly": {"type": "boolean"},
                 },
             },
@@ -85,7 +122,11 @@ PLAYGROUND_SCHEMA: dict[str, Any] = {
         "devices": {
             "type": "array",
             "maxItems": 16,
-            "items": {"type": "string", "pattern": r"^/dev/[^\x00-\x1f:,]+\Z"},
+            "items": {
+                "type": "string",
+                "pattern": r"^/dev/[^\x00-\x1f:,]+\Z",
+                "description": "a device path under /dev/, without ':', ',' or control characters",
+            },
         },
         "readyTimeoutSeconds": {"type": "integer", "minimum": 30, "maximum": 7200},
     },
@@ -96,16 +137,29 @@ INNER_VM_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "enabled": {"type": "boolean"},
-        "name": {"type": "string", "pattern": r"^[a-z][a-z0-9-]{0,30}\Z"},
+        "name": {
+            "type": "string",
+            "pattern": r"^[a-z][a-z0-9-]{0,30}\Z",
+            "description": "lowercase letters, digits and '-', starting with a letter, at most 31 characters",
+        },
         "cpus": {"type": "integer", "minimum": 1, "maximum": 16},
         "memoryMiB": {"type": "integer", "minimum": 64, "maximum": 65536},
-        "diskSize": {"type": "string", "pattern": r"^[1-9][0-9]{0,5}[MGT]\Z"},
+        "diskSize": {
+            "type": "string",
+            "pattern": r"^[1-9][0-9]{0,5}[MGT]\Z",
+            "description": "a size such as 10G: a whole number (up to 6 digits) and M, G or T",
+        },
         "accelerator": {"enum": list(INNER_ACCELERATORS)},
         # Boot media, paths inside the playground container (put them there with a volume).
-        "kernel": {"type": "string", "pattern": _ABS_PATH},
-        "initrd": {"type": "string", "pattern": _ABS_PATH},
-        "kernelArgs": {"type": "string", "maxLength": 1024, "pattern": r"^[^\x00-\x1f]*\Z"},
-        "iso": {"type": "string", "pattern": _ABS_PATH},
+        "kernel": {"type": "string", "pattern": _ABS_PATH, "description": _ABS_PATH_RULE},
+        "initrd": {"type": "string", "pattern": _ABS_PATH, "description": _ABS_PATH_RULE},
+        "kernelArgs": {
+            "type": "string",
+            "maxLength": 1024,
+            "pattern": r"^[^\x00-\x1f]*\Z",
+            "description": "a kernel command line without control characters",
+        },
+        "iso": {"type": "string", "pattern": _ABS_PATH, "description": _ABS_PATH_RULE},
         # A qcow2 or raw cloud image on this machine or at an http(s) URL, fetched into the
         # host's image cache like nexus:image, copied into the VM once per digest.
         "image": {

@@ -9,7 +9,14 @@ import pytest
 
 from nexus_components.config import load_config
 from nexus_components.errors import ConfigError
-from nexus_components.guest.settings import DEFAULT_CONTAINER_NAME, InnerImage, PublishedPort, Volume
+from nexus_components.guest.settings import (
+    DEFAULT_CONTAINER_NAME,
+    INNER_VM_SCHEMA,
+    PLAYGROUND_SCHEMA,
+    InnerImage,
+    PublishedPort,
+    Volume,
+)
 
 HOME = Path("/home/dev")
 
@@ -132,10 +139,51 @@ def test_home_relative_tarball() -> None:
         ({"innerVm": {"image": {"url": "/a", "sha256": "xyz"}}}, "nexus:innerVm.image.sha256: got 'xyz'"),
         ({"innerVm": {"username": "Root"}}, "nexus:innerVm.username: got 'Root'; allowed: a Linux user name"),
         ({"innerVm": {"hostname": "-box"}}, "nexus:innerVm.hostname: got '-box'; allowed: a host name"),
+        (
+            {"playground": {"name": "-lab"}},
+            "nexus:playground.name: got '-lab'; allowed: a container name: letters, digits, '_', '.' "
+            "and '-', starting with a letter or digit, at most 63 characters",
+        ),
     ],
 )
 def test_bad_guest_settings_name_the_key(raw: dict[str, Any], expected: str) -> None:
     assert expected in error_of(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"playground": {"name": "-lab"}},
+        {"playground": {"image": "Bad Image"}},
+        {"playground": {"buildContext": "a\nb"}},
+        {"playground": {"env": {"1BAD": "x"}}},
+        {"playground": {"volumes": [{"source": "a b", "target": "/x"}]}},
+        {"playground": {"volumes": [{"source": "/a", "target": "rel"}]}},
+        {"playground": {"devices": ["/etc/passwd"]}},
+        {"innerVm": {"name": "Inner"}},
+        {"innerVm": {"diskSize": "10GB"}},
+        {"innerVm": {"kernel": "/boot/a,b"}},
+        {"innerVm": {"kernelArgs": "console=ttyS0\n"}},
+    ],
+)
+def test_what_is_allowed_is_said_in_words_not_as_a_regex(raw: dict[str, Any]) -> None:
+    message = error_of(raw)
+    assert "allowed: a string matching" not in message and "\\Z" not in message, message
+
+
+def test_every_pattern_of_the_guest_schemas_says_in_words_what_it_allows() -> None:
+    def patterns_without_words(schema: Any, where: str) -> list[str]:
+        if isinstance(schema, dict):
+            own = [where] if "pattern" in schema and not schema.get("description") else []
+            return own + [
+                found
+                for key, value in schema.items()
+                for found in patterns_without_words(value, f"{where}.{key}")
+            ]
+        return []
+
+    assert patterns_without_words(PLAYGROUND_SCHEMA, "playground") == []
+    assert patterns_without_words(INNER_VM_SCHEMA, "innerVm") == []
 
 
 def test_inner_vm_settings() -> None:
