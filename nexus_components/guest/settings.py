@@ -316,6 +316,7 @@ def load_playground(raw: Mapping[str, Any], *, home: Path, base_dir: Path) -> Pl
         source = ImageSource(kind, value, f"nexus:playground.{key}")
     else:
         source = PlaygroundConfig().source
+    enabled = bool(raw.get("enabled", True))
     command = tuple(raw.get("command", ()))
     if source.kind == "rootfs-tarball" and not command:
         raise ConfigError(
@@ -338,8 +339,12 @@ def load_playground(raw: Mapping[str, Any], *, home: Path, base_dir: Path) -> Pl
         [(f"nexus:playground.volumes[{i}].target", v.target) for i, v in enumerate(volumes)],
         "container path",
     )
+    # Last, after the checks that need no file system. A disabled playground never reads
+    # its source, so a stale path there must not block the stack.
+    if enabled and given and source.kind != "reference":
+        _check_source_on_this_machine(source, raw[given[0]], base_dir)
     return PlaygroundConfig(
-        enabled=bool(raw.get("enabled", True)),
+        enabled=enabled,
         name=raw.get("name", DEFAULT_CONTAINER_NAME),
         source=source,
         ports=ports,
@@ -438,6 +443,50 @@ def _check_unique(keyed: list[tuple[str, object]], what: str) -> None:
             raise ConfigError(
                 f"{key}: {what} is already used by {previous}", hint=f"give each its own {what}"
             )
+
+
+# What a file-system image source must be, and the first step to fix one that is not.
+_SOURCE_ON_THIS_MACHINE = {
+    "build": (
+        "a directory on this machine with a Dockerfile in it",
+        "point {key} at the directory that holds your Dockerfile",
+    ),
+    "image-tarball": ("a tarball file on this machine", "point {key} at an existing `docker save` archive"),
+    "rootfs-tarball": ("a tarball file on this machine", "point {key} at an existing root-file-system tar"),
+}
+
+
+def _check_source_on_this_machine(source: ImageSource, given: str, base_dir: Path) -> None:
+    """A build context or tarball that is not there fails at preview, naming its key: else
+    a build fails minutes into `up`, and a tarball's digest with a raw traceback."""
+    path = Path(source.value)
+    try:
+        problem = _source_problem(source.kind, path)
+    except OSError as error:  # e.g. a parent directory we may not search
+        problem = f"which cannot be read ({error.strerror or error})"
+    if not problem:
+        return
+    allowed, fix = _SOURCE_ON_THIS_MACHINE[source.kind]
+    shown = repr(given) + ("" if given == source.value else f" ({path})")
+    relative = given != "~" and not given.startswith("~/") and not Path(given).is_absolute()
+    raise ConfigError(
+        f"{source.key}: got {shown}, {problem}; allowed: {allowed}",
+        hint=fix.format(key=source.key)
+        + (f" (a relative path is taken from the project directory, {base_dir})" if relative else ""),
+    )
+
+
+def _source_problem(kind: str, path: Path) -> str:
+    """What is wrong with a build context or tarball on this machine; '' when nothing is."""
+    if not path.exists():
+        return "which does not exist"
+    if kind == "build":
+        if not path.is_dir():
+            return "which is a file, not a directory"
+        return "" if (path / "Dockerfile").is_file() else "which has no Dockerfile"
+    if path.is_dir():
+        return "which is a directory, not a file"
+    return "" if path.is_file() else "which is not a regular file"
 
 
 def _host_path(value: str, home: Path, base_dir: Path) -> Path:

@@ -13,6 +13,7 @@ from nexus_components.guest.settings import (
     DEFAULT_CONTAINER_NAME,
     INNER_VM_SCHEMA,
     PLAYGROUND_SCHEMA,
+    ImageSource,
     InnerImage,
     PublishedPort,
     Volume,
@@ -21,8 +22,8 @@ from nexus_components.guest.settings import (
 HOME = Path("/home/dev")
 
 
-def load(raw: dict[str, Any], project_dir: Path = Path("/work/project")) -> Any:
-    return load_config(raw, stack="dev", home=HOME, project_dir=project_dir)
+def load(raw: dict[str, Any], project_dir: Path = Path("/work/project"), home: Path = HOME) -> Any:
+    return load_config(raw, stack="dev", home=home, project_dir=project_dir)
 
 
 def error_of(raw: dict[str, Any]) -> str:
@@ -44,7 +45,9 @@ def test_defaults_follow_the_seed() -> None:
     assert (inner.cpus, inner.memory_mib, inner.disk_size) == (1, 1024, "10G")
 
 
-def test_full_playground_settings() -> None:
+def test_full_playground_settings(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "rootfs.tar").write_bytes(b"a tarball")
     config = load(
         {
             "playground": {
@@ -61,10 +64,11 @@ def test_full_playground_settings() -> None:
                 "privileged": True,
                 "devices": ["/dev/fuse"],
             }
-        }
+        },
+        project_dir=tmp_path,
     )
     playground = config.playground
-    assert playground.source.value == "/work/project/images/rootfs.tar"
+    assert playground.source.value == str(tmp_path / "images" / "rootfs.tar")
     assert playground.source.key == "nexus:playground.rootfsTarball"
     assert playground.env == {"GREETING": "it's $HOME"}
     assert playground.volumes == (Volume("/srv/data", "/data", True), Volume("cache", "/cache", False))
@@ -72,11 +76,85 @@ def test_full_playground_settings() -> None:
     assert playground.devices == ("/dev/fuse",)
 
 
-def test_home_relative_tarball() -> None:
-    config = load({"playground": {"imageTarball": "~/images/app.tar"}})
-    assert config.playground.source == config.playground.source.__class__(
-        "image-tarball", "/home/dev/images/app.tar", "nexus:playground.imageTarball"
+def test_home_relative_tarball(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "app.tar").write_bytes(b"a docker save archive")
+    config = load({"playground": {"imageTarball": "~/images/app.tar"}}, home=tmp_path)
+    assert config.playground.source == ImageSource(
+        "image-tarball", str(tmp_path / "images" / "app.tar"), "nexus:playground.imageTarball"
     )
+
+
+def source_error(raw_playground: dict[str, Any], project_dir: Path) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load({"playground": raw_playground}, project_dir=project_dir, home=project_dir / "home")
+    return str(caught.value)
+
+
+def test_a_build_context_with_a_dockerfile_is_taken_as_an_absolute_path(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "Dockerfile").write_text("FROM ubuntu:24.04\n")
+    config = load({"playground": {"buildContext": "app"}}, project_dir=tmp_path)
+    assert config.playground.source == ImageSource(
+        "build", str(tmp_path / "app"), "nexus:playground.buildContext"
+    )
+
+
+def test_a_missing_build_context_is_refused_naming_the_key(tmp_path: Path) -> None:
+    message = source_error({"buildContext": "app"}, tmp_path)
+    assert (
+        f"nexus:playground.buildContext: got 'app' ({tmp_path / 'app'}), which does not exist; "
+        "allowed: a directory on this machine with a Dockerfile in it"
+    ) in message
+    # A relative path is the project directory's: the hint says which one that is.
+    assert f"a relative path is taken from the project directory, {tmp_path}" in message
+
+
+def test_a_build_context_that_is_a_file_is_refused_naming_the_key(tmp_path: Path) -> None:
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text("FROM ubuntu:24.04\n")
+    message = source_error({"buildContext": str(dockerfile)}, tmp_path)
+    assert (
+        f"nexus:playground.buildContext: got '{dockerfile}', which is a file, not a directory; "
+        "allowed: a directory on this machine with a Dockerfile in it"
+    ) in message
+    assert "relative path" not in message
+
+
+def test_a_build_context_without_a_dockerfile_is_refused_naming_the_key(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "Containerfile").write_text("FROM ubuntu:24.04\n")
+    message = source_error({"buildContext": str(tmp_path / "app")}, tmp_path)
+    assert (
+        f"nexus:playground.buildContext: got '{tmp_path / 'app'}', which has no Dockerfile; "
+        "allowed: a directory on this machine with a Dockerfile in it"
+    ) in message
+
+
+@pytest.mark.parametrize("key", ["rootfsTarball", "imageTarball"])
+def test_a_missing_tarball_is_refused_naming_the_key(tmp_path: Path, key: str) -> None:
+    message = source_error({key: "~/images/gone.tar", "command": ["sleep", "infinity"]}, tmp_path)
+    assert (
+        f"nexus:playground.{key}: got '~/images/gone.tar' ({tmp_path / 'home' / 'images' / 'gone.tar'}), "
+        "which does not exist; allowed: a tarball file on this machine"
+    ) in message
+    assert "Traceback" not in message and "FileNotFoundError" not in message
+
+
+@pytest.mark.parametrize("key", ["rootfsTarball", "imageTarball"])
+def test_a_tarball_that_is_a_directory_is_refused_naming_the_key(tmp_path: Path, key: str) -> None:
+    (tmp_path / "rootfs").mkdir()
+    message = source_error({key: str(tmp_path / "rootfs"), "command": ["sleep", "infinity"]}, tmp_path)
+    assert (
+        f"nexus:playground.{key}: got '{tmp_path / 'rootfs'}', which is a directory, not a file; "
+        "allowed: a tarball file on this machine"
+    ) in message
+
+
+def test_a_disabled_playground_does_not_look_for_its_source(tmp_path: Path) -> None:
+    # It never builds or uploads anything, so a stale path must not block the stack.
+    config = load({"playground": {"enabled": False, "buildContext": "gone"}}, project_dir=tmp_path)
+    assert config.playground.source.value == str(tmp_path / "gone")
 
 
 @pytest.mark.parametrize(
