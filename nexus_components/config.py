@@ -53,6 +53,8 @@ _TOKEN_RULE = "a QEMU name: letters, digits, '.', '_', '+' and '-', starting wit
 _PATH = r"^[^\x00-\x1f,]+\Z"
 _PATH_RULE = "a file name or path without commas or control characters"
 _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+# The guest's sshd: nexus:network.sshPort forwards to it, and the guest layers reach the VM through it.
+GUEST_SSH_PORT = 22
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -259,7 +261,7 @@ class NetworkConfig:
 
     def all_forwards(self) -> tuple[PortForward, ...]:
         """SSH first, then the extra forwards: the order QEMU gets them in."""
-        return (PortForward(self.ssh_port, 22), *self.forwards)
+        return (PortForward(self.ssh_port, GUEST_SSH_PORT), *self.forwards)
 
     def keyed_forwards(self) -> list[tuple[str, PortForward]]:
         """Each forward with the config key that sets its host port, for error messages."""
@@ -338,7 +340,12 @@ def load_config(
     _check_socket_path_fits(state_dir)
     _check_not_a_shared_root(state_dir, home, paths.get("stateDir"))
     playground = load_playground(
-        document.get("playground", {}), home=home, base_dir=project_dir or Path.cwd()
+        document.get("playground", {}),
+        home=home,
+        base_dir=project_dir or Path.cwd(),
+        vm_ports_in_use={
+            ("tcp", GUEST_SSH_PORT): "the VM's sshd listens on (nexus:network.sshPort forwards to it)"
+        },
     )
     config = NexusConfig(
         stack=stack,

@@ -299,8 +299,18 @@ _SOURCE_KEYS = {
 }
 
 
-def load_playground(raw: Mapping[str, Any], *, home: Path, base_dir: Path) -> PlaygroundConfig:
-    """Defaults and cross-key checks for an already schema-valid `nexus:playground`."""
+def load_playground(
+    raw: Mapping[str, Any],
+    *,
+    home: Path,
+    base_dir: Path,
+    vm_ports_in_use: Mapping[tuple[str, int], str] | None = None,
+) -> PlaygroundConfig:
+    """Defaults and cross-key checks for an already schema-valid `nexus:playground`.
+
+    `vm_ports_in_use` maps (protocol, port) to who listens there in the VM already, said
+    so that it follows "a VM port ...": the container cannot publish those.
+    """
     given = [key for key in _SOURCE_KEYS if key in raw]
     if len(given) > 1:
         raise ConfigError(
@@ -328,10 +338,7 @@ def load_playground(raw: Mapping[str, Any], *, home: Path, base_dir: Path) -> Pl
         PublishedPort(int(p["vm"]), int(p["container"]), p.get("protocol", "tcp"))
         for p in raw.get("ports", [{"vm": 80, "container": 80}, {"vm": 443, "container": 443}])
     )
-    _check_unique(
-        [(f"nexus:playground.ports[{i}].vm", (p.protocol, p.vm)) for i, p in enumerate(ports)],
-        "VM port",
-    )
+    _check_vm_ports_free(ports, vm_ports_in_use or {})
     volumes = tuple(
         Volume(v["source"], v["target"], bool(v.get("readOnly", False))) for v in raw.get("volumes", [])
     )
@@ -433,6 +440,24 @@ def _inner_image(raw: Mapping[str, Any], home: Path, base_dir: Path) -> InnerIma
         url = str(_host_path(url, home, base_dir))  # the download cache wants it absolute
     sha256 = raw.get("sha256")
     return InnerImage(url, sha256.lower() if sha256 else None)
+
+
+def _check_vm_ports_free(ports: tuple[PublishedPort, ...], in_use: Mapping[tuple[str, int], str]) -> None:
+    """Docker would fail `up` with "address already in use" (after deleting the old
+    container) and no key named: each published VM port must be free of the VM's own
+    listeners and of the other entries."""
+    claimed = dict(in_use)
+    for i, port in enumerate(ports):
+        key = f"nexus:playground.ports[{i}].vm"
+        mine = f"{key} already publishes"
+        holder = claimed.setdefault((port.protocol, port.vm), mine)
+        if holder != mine:
+            raise ConfigError(
+                f"{key}: got {port.vm}, a VM {port.protocol} port {holder}; "
+                "allowed: a VM port nothing else in the VM listens on",
+                hint=f"publish container port {port.container} on another VM port (forward a host port "
+                "to that one with nexus:network.forwards to reach it from this machine)",
+            )
 
 
 def _check_unique(keyed: list[tuple[str, object]], what: str) -> None:

@@ -178,7 +178,8 @@ def test_a_disabled_playground_does_not_look_for_its_source(tmp_path: Path) -> N
         ({"playground": {"devices": ["/etc/passwd"]}}, "nexus:playground.devices[0]: got '/etc/passwd'"),
         (
             {"playground": {"ports": [{"vm": 80, "container": 80}, {"vm": 80, "container": 81}]}},
-            "nexus:playground.ports[1].vm: VM port is already used by nexus:playground.ports[0].vm",
+            "nexus:playground.ports[1].vm: got 80, a VM tcp port nexus:playground.ports[0].vm already "
+            "publishes; allowed: a VM port nothing else in the VM listens on",
         ),
         (
             {"playground": {"enabled": False}, "innerVm": {"enabled": True}},
@@ -262,6 +263,33 @@ def test_every_pattern_of_the_guest_schemas_says_in_words_what_it_allows() -> No
 
     assert patterns_without_words(PLAYGROUND_SCHEMA, "playground") == []
     assert patterns_without_words(INNER_VM_SCHEMA, "innerVm") == []
+
+
+@pytest.mark.parametrize("network", [{}, {"sshPort": 2200}])
+def test_publishing_on_the_vms_own_ssh_port_is_refused_naming_the_key(network: dict[str, Any]) -> None:
+    # Whatever host port forwards to it, the VM's sshd listens on 22 and `docker run -p 22:...`
+    # would fail `up` with "address already in use".
+    message = error_of(
+        {
+            "network": network,
+            "playground": {"ports": [{"vm": 80, "container": 80}, {"vm": 22, "container": 2222}]},
+        }
+    )
+    assert (
+        "nexus:playground.ports[1].vm: got 22, a VM tcp port the VM's sshd listens on "
+        "(nexus:network.sshPort forwards to it); allowed: a VM port nothing else in the VM listens on"
+    ) in message
+    assert "next step: publish container port 2222 on another VM port" in message
+
+
+def test_a_udp_port_beside_the_vms_sshd_is_allowed() -> None:
+    ports = [{"vm": 22, "container": 22, "protocol": "udp"}, {"vm": 80, "container": 80, "protocol": "udp"}]
+    config = load({"playground": {"ports": [*ports, {"vm": 80, "container": 80}]}})
+    assert config.playground.ports == (
+        PublishedPort(22, 22, "udp"),
+        PublishedPort(80, 80, "udp"),
+        PublishedPort(80, 80, "tcp"),
+    )
 
 
 def test_inner_vm_settings() -> None:
