@@ -21,6 +21,7 @@ import jsonschema
 from . import cloudinit
 from .errors import ConfigError
 from .guest.settings import (
+    INNER_VM_MIN_MEMORY_MIB,
     INNER_VM_SCHEMA,
     PLAYGROUND_SCHEMA,
     InnerVmConfig,
@@ -53,6 +54,10 @@ _TOKEN_RULE = "a QEMU name: letters, digits, '.', '_', '+' and '-', starting wit
 _PATH = r"^[^\x00-\x1f,]+\Z"
 _PATH_RULE = "a file name or path without commas or control characters"
 _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+# What the VM needs for itself (its system, cloud-init, Docker, the playground container),
+# hence the floor of nexus:vm.memoryMiB. An inner VM's QEMU takes its guest's RAM, plus its
+# own overhead, on top of that: so the inner VM must leave the VM at least this much too.
+VM_MIN_MEMORY_MIB = 512
 # The guest's sshd: nexus:network.sshPort forwards to it, and the guest layers reach the VM through it.
 GUEST_SSH_PORT = 22
 
@@ -92,7 +97,7 @@ SCHEMA: dict[str, Any] = {
                 },
                 "arch": {"enum": list(ARCHES)},
                 "cpus": {"type": "integer", "minimum": 1, "maximum": 64},
-                "memoryMiB": {"type": "integer", "minimum": 512, "maximum": 262144},
+                "memoryMiB": {"type": "integer", "minimum": VM_MIN_MEMORY_MIB, "maximum": 262144},
                 "diskSize": {
                     "type": "string",
                     "pattern": r"^[1-9][0-9]{0,5}[MGT]\Z",
@@ -389,6 +394,7 @@ def load_config(
         ),
     )
     _check_user_data(config)
+    _check_inner_vm_memory(config.vm, config.inner_vm)
     return config
 
 
@@ -525,6 +531,27 @@ def _check_not_a_shared_root(state_dir: Path, home: Path, given: str | None) -> 
             hint="unset nexus:paths.stateDir to use the default, or name a new directory "
             "(destroy removes the state directory with everything the stack made in it)",
         )
+
+
+def _check_inner_vm_memory(vm: VmConfig, inner_vm: InnerVmConfig) -> None:
+    """An inner VM given the VM's memory runs the VM out of it once its guest uses it (the
+    OOM killer ends its QEMU, or the VM stalls), long after preview; refuse it up front."""
+    at_most = vm.memory_mib - VM_MIN_MEMORY_MIB
+    if not inner_vm.enabled or inner_vm.memory_mib <= at_most:
+        return
+    left = vm.memory_mib - inner_vm.memory_mib
+    lower = (
+        f"lower nexus:innerVm.memoryMiB to {at_most} or less, or "
+        if at_most >= INNER_VM_MIN_MEMORY_MIB
+        else ""
+    )
+    raise ConfigError(
+        f"nexus:innerVm.memoryMiB: got {inner_vm.memory_mib}, which leaves "
+        + (f"{left} MiB" if left > 0 else "nothing")
+        + f" of nexus:vm.memoryMiB ({vm.memory_mib}) to the VM itself; allowed: at most "
+        f"nexus:vm.memoryMiB minus the {VM_MIN_MEMORY_MIB} MiB the VM needs for itself, here {at_most}",
+        hint=lower + f"raise nexus:vm.memoryMiB to {inner_vm.memory_mib + VM_MIN_MEMORY_MIB} or more",
+    )
 
 
 def _check_user_data(config: NexusConfig) -> None:

@@ -19,6 +19,7 @@ DEFAULT_CONTAINER_NAME = "nexus-playground"
 DEFAULT_IMAGE = "ubuntu:24.04"
 RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
 INNER_ACCELERATORS = ("auto", "kvm", "tcg")
+INNER_VM_MIN_MEMORY_MIB = 64
 
 _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 # Every pattern carries a description: errors say what is allowed in words (config.py).
@@ -143,7 +144,7 @@ INNER_VM_SCHEMA: dict[str, Any] = {
             "description": "lowercase letters, digits and '-', starting with a letter, at most 31 characters",
         },
         "cpus": {"type": "integer", "minimum": 1, "maximum": 16},
-        "memoryMiB": {"type": "integer", "minimum": 64, "maximum": 65536},
+        "memoryMiB": {"type": "integer", "minimum": INNER_VM_MIN_MEMORY_MIB, "maximum": 65536},
         "diskSize": {
             "type": "string",
             "pattern": r"^[1-9][0-9]{0,5}[MGT]\Z",

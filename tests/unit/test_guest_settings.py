@@ -292,6 +292,45 @@ def test_a_udp_port_beside_the_vms_sshd_is_allowed() -> None:
     )
 
 
+def inner_vm_with(vm_memory: int, inner_memory: int, enabled: bool = True) -> dict[str, Any]:
+    return {
+        "vm": {"memoryMiB": vm_memory},
+        "innerVm": {"enabled": enabled, "kernel": "/opt/k", "memoryMiB": inner_memory},
+    }
+
+
+@pytest.mark.parametrize(
+    ("vm_memory", "inner_memory", "left"),
+    [(2048, 4096, "nothing"), (2048, 2048, "nothing"), (2048, 1600, "448 MiB")],
+)
+def test_an_inner_vm_that_leaves_the_vm_too_little_memory_is_refused_naming_both_keys(
+    vm_memory: int, inner_memory: int, left: str
+) -> None:
+    message = error_of(inner_vm_with(vm_memory, inner_memory))
+    assert (
+        f"nexus:innerVm.memoryMiB: got {inner_memory}, which leaves {left} of nexus:vm.memoryMiB "
+        f"({vm_memory}) to the VM itself; allowed: at most nexus:vm.memoryMiB minus the 512 MiB "
+        "the VM needs for itself, here 1536"
+    ) in message
+    assert (
+        f"next step: lower nexus:innerVm.memoryMiB to 1536 or less, "
+        f"or raise nexus:vm.memoryMiB to {inner_memory + 512} or more"
+    ) in message
+
+
+def test_a_vm_too_small_for_any_inner_vm_is_told_to_grow() -> None:
+    message = error_of(inner_vm_with(512, 64))
+    assert "nexus:innerVm.memoryMiB: got 64, which leaves 448 MiB of nexus:vm.memoryMiB (512)" in message
+    assert "next step: raise nexus:vm.memoryMiB to 576 or more" in message
+
+
+def test_an_inner_vm_that_leaves_the_vm_enough_memory_is_accepted() -> None:
+    assert load(inner_vm_with(2048, 1536)).inner_vm.memory_mib == 1536
+    # The defaults (4096 and 1024) fit; a disabled inner VM takes nothing.
+    assert load({"innerVm": {"enabled": True, "kernel": "/opt/k"}}).inner_vm.memory_mib == 1024
+    assert not load(inner_vm_with(512, 4096, enabled=False)).inner_vm.enabled
+
+
 def test_inner_vm_settings() -> None:
     config = load(
         {
