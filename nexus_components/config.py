@@ -3,8 +3,9 @@
 Pulumi hands us the `nexus:` namespace as a mapping of top-level keys (`image`, `vm`,
 `network`, `guest`, `paths`) to structured objects. `load_config` validates the whole
 document with `jsonschema`, then applies the checks a schema cannot express (unique
-ports, a resolvable home directory) and returns frozen dataclasses with every default
-filled in. Errors name the key (`nexus:vm.memoryMiB`), the bad value and what is allowed.
+ports, a resolvable home directory, files that must be on this machine, the memory an
+inner VM leaves the VM) and returns frozen dataclasses with every default filled in.
+Errors name the key (`nexus:vm.memoryMiB`), the bad value and what is allowed.
 """
 
 from __future__ import annotations

@@ -309,8 +309,8 @@ def load_playground(
 ) -> PlaygroundConfig:
     """Defaults and cross-key checks for an already schema-valid `nexus:playground`.
 
-    `vm_ports_in_use` maps (protocol, port) to who listens there in the VM already, said
-    so that it follows "a VM port ...": the container cannot publish those.
+    `vm_ports_in_use`: (protocol, port) -> what already listens there in the VM, worded to
+    follow "a VM tcp port" in an error ("the VM's sshd listens on"); none can be published.
     """
     given = [key for key in _SOURCE_KEYS if key in raw]
     if len(given) > 1:
