@@ -3,8 +3,9 @@
 Pulumi hands us the `nexus:` namespace as a mapping of top-level keys (`image`, `vm`,
 `network`, `guest`, `paths`) to structured objects. `load_config` validates the whole
 document with `jsonschema`, then applies the checks a schema cannot express (unique
-ports, a resolvable home directory) and returns frozen dataclasses with every default
-filled in. Errors name the key (`nexus:vm.memoryMiB`), the bad value and what is allowed.
+ports, a resolvable home directory, files that must be on this machine, the memory an
+inner VM leaves the VM) and returns frozen dataclasses with every default filled in.
+Errors name the key (`nexus:vm.memoryMiB`), the bad value and what is allowed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jsonschema
 from . import cloudinit
 from .errors import ConfigError
 from .guest.settings import (
+    INNER_VM_MIN_MEMORY_MIB,
     INNER_VM_SCHEMA,
     PLAYGROUND_SCHEMA,
     InnerVmConfig,
@@ -53,6 +55,12 @@ _TOKEN_RULE = "a QEMU name: letters, digits, '.', '_', '+' and '-', starting wit
 _PATH = r"^[^\x00-\x1f,]+\Z"
 _PATH_RULE = "a file name or path without commas or control characters"
 _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+# What the VM needs for itself (its system, cloud-init, Docker, the playground container),
+# hence the floor of nexus:vm.memoryMiB. An inner VM's QEMU takes its guest's RAM, plus its
+# own overhead, on top of that: so the inner VM must leave the VM at least this much too.
+VM_MIN_MEMORY_MIB = 512
+# The guest's sshd: nexus:network.sshPort forwards to it, and the guest layers reach the VM through it.
+GUEST_SSH_PORT = 22
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -90,7 +98,7 @@ SCHEMA: dict[str, Any] = {
                 },
                 "arch": {"enum": list(ARCHES)},
                 "cpus": {"type": "integer", "minimum": 1, "maximum": 64},
-                "memoryMiB": {"type": "integer", "minimum": 512, "maximum": 262144},
+                "memoryMiB": {"type": "integer", "minimum": VM_MIN_MEMORY_MIB, "maximum": 262144},
                 "diskSize": {
                     "type": "string",
                     "pattern": r"^[1-9][0-9]{0,5}[MGT]\Z",
@@ -259,7 +267,7 @@ class NetworkConfig:
 
     def all_forwards(self) -> tuple[PortForward, ...]:
         """SSH first, then the extra forwards: the order QEMU gets them in."""
-        return (PortForward(self.ssh_port, 22), *self.forwards)
+        return (PortForward(self.ssh_port, GUEST_SSH_PORT), *self.forwards)
 
     def keyed_forwards(self) -> list[tuple[str, PortForward]]:
         """Each forward with the config key that sets its host port, for error messages."""
@@ -338,7 +346,12 @@ def load_config(
     _check_socket_path_fits(state_dir)
     _check_not_a_shared_root(state_dir, home, paths.get("stateDir"))
     playground = load_playground(
-        document.get("playground", {}), home=home, base_dir=project_dir or Path.cwd()
+        document.get("playground", {}),
+        home=home,
+        base_dir=project_dir or Path.cwd(),
+        vm_ports_in_use={
+            ("tcp", GUEST_SSH_PORT): "the VM's sshd listens on (nexus:network.sshPort forwards to it)"
+        },
     )
     config = NexusConfig(
         stack=stack,
@@ -382,6 +395,7 @@ def load_config(
         ),
     )
     _check_user_data(config)
+    _check_inner_vm_memory(config.vm, config.inner_vm)
     return config
 
 
@@ -518,6 +532,27 @@ def _check_not_a_shared_root(state_dir: Path, home: Path, given: str | None) -> 
             hint="unset nexus:paths.stateDir to use the default, or name a new directory "
             "(destroy removes the state directory with everything the stack made in it)",
         )
+
+
+def _check_inner_vm_memory(vm: VmConfig, inner_vm: InnerVmConfig) -> None:
+    """An inner VM given the VM's memory runs the VM out of it once its guest uses it (the
+    OOM killer ends its QEMU, or the VM stalls), long after preview; refuse it up front."""
+    at_most = vm.memory_mib - VM_MIN_MEMORY_MIB
+    if not inner_vm.enabled or inner_vm.memory_mib <= at_most:
+        return
+    left = vm.memory_mib - inner_vm.memory_mib
+    lower = (
+        f"lower nexus:innerVm.memoryMiB to {at_most} or less, or "
+        if at_most >= INNER_VM_MIN_MEMORY_MIB
+        else ""
+    )
+    raise ConfigError(
+        f"nexus:innerVm.memoryMiB: got {inner_vm.memory_mib}, which leaves "
+        + (f"{left} MiB" if left > 0 else "nothing")
+        + f" of nexus:vm.memoryMiB ({vm.memory_mib}) to the VM itself; allowed: at most "
+        f"nexus:vm.memoryMiB minus the {VM_MIN_MEMORY_MIB} MiB the VM needs for itself, here {at_most}",
+        hint=lower + f"raise nexus:vm.memoryMiB to {inner_vm.memory_mib + VM_MIN_MEMORY_MIB} or more",
+    )
 
 
 def _check_user_data(config: NexusConfig) -> None:

@@ -19,14 +19,21 @@ DEFAULT_CONTAINER_NAME = "nexus-playground"
 DEFAULT_IMAGE = "ubuntu:24.04"
 RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
 INNER_ACCELERATORS = ("auto", "kvm", "tcg")
+INNER_VM_MIN_MEMORY_MIB = 64
 
 _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+# Every pattern carries a description: errors say what is allowed in words (config.py).
 # A container path or VM path: absolute, no control characters, no `:` (docker's volume
 # separator) and no `,` (QEMU's option separator).
 _ABS_PATH = r"^/[^\x00-\x1f:,]*\Z"
+_ABS_PATH_RULE = "an absolute path in the container, without ':', ',' or control characters"
 _HOST_PATH = r"^[^\x00-\x1f]+\Z"
+_HOST_PATH_RULE = "a path on this machine without control characters"
 # Docker's own rules for container and volume names.
 _DOCKER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z"
+_DOCKER_NAME_RULE = (
+    "letters, digits, '_', '.' and '-', starting with a letter or digit, at most 63 characters"
+)
 # repository[:tag][@digest], optionally with a registry host[:port]; no whitespace.
 _IMAGE_REF = r"^[a-z0-9][a-z0-9._/:@-]*[a-zA-Z0-9_.-]*[a-zA-Z0-9]\Z"
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*\Z"
@@ -40,12 +47,37 @@ PLAYGROUND_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "enabled": {"type": "boolean"},
-        "name": {"type": "string", "pattern": _DOCKER_NAME},
+        "name": {
+            "type": "string",
+            "pattern": _DOCKER_NAME,
+            "description": "a container name: " + _DOCKER_NAME_RULE,
+        },
         # Where the image comes from: at most one of these (checked in load_playground).
-        "image": {"type": "string", "maxLength": 255, "pattern": _IMAGE_REF},
-        "buildContext": {"type": "string", "minLength": 1, "pattern": _HOST_PATH},
-        "imageTarball": {"type": "string", "minLength": 1, "pattern": _HOST_PATH},
-        "rootfsTarball": {"type": "string", "minLength": 1, "pattern": _HOST_PATH},
+        "image": {
+            "type": "string",
+            "maxLength": 255,
+            "pattern": _IMAGE_REF,
+            "description": "an image reference such as ubuntu:24.04 or registry.example:5000/team/lab:1 "
+            "(a lowercase name, no spaces)",
+        },
+        "buildContext": {
+            "type": "string",
+            "minLength": 1,
+            "pattern": _HOST_PATH,
+            "description": _HOST_PATH_RULE,
+        },
+        "imageTarball": {
+            "type": "string",
+            "minLength": 1,
+            "pattern": _HOST_PATH,
+            "description": _HOST_PATH_RULE,
+        },
+        "rootfsTarball": {
+            "type": "string",
+            "minLength": 1,
+            "pattern": _HOST_PATH,
+            "description": _HOST_PATH_RULE,
+        },
         "ports": {
             "type": "array",
             "maxItems": 32,
@@ -58,7 +90,11 @@ PLAYGROUND_SCHEMA: dict[str, Any] = {
         },
         "env": {
             "type": "object",
-            "propertyNames": {"pattern": _ENV_NAME},
+            "propertyNames": {
+                "pattern": _ENV_NAME,
+                "description": "an environment variable name: letters, digits and '_', "
+                "not starting with a digit",
+            },
             "additionalProperties": {"type": "string"},
         },
         "volumes": {
@@ -73,8 +109,10 @@ PLAYGROUND_SCHEMA: dict[str, Any] = {
                     "source": {
                         "type": "string",
                         "pattern": r"^(/[^\x00-\x1f:,]*|[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62})\Z",
+                        "description": "an absolute VM path without ':', ',' or control characters, "
+                        "or a volume name: " + _DOCKER_NAME_RULE,
                     },
-                    "target": {"type": "string", "pattern": _ABS_PATH},
+                    "target": {"type": "string", "pattern": _ABS_PATH, "description": _ABS_PATH_RULE},
                     "readOnly": {"type": "boolean"},
                 },
             },
@@ -85,7 +123,11 @@ PLAYGROUND_SCHEMA: dict[str, Any] = {
         "devices": {
             "type": "array",
             "maxItems": 16,
-            "items": {"type": "string", "pattern": r"^/dev/[^\x00-\x1f:,]+\Z"},
+            "items": {
+                "type": "string",
+                "pattern": r"^/dev/[^\x00-\x1f:,]+\Z",
+                "description": "a device path under /dev/, without ':', ',' or control characters",
+            },
         },
         "readyTimeoutSeconds": {"type": "integer", "minimum": 30, "maximum": 7200},
     },
@@ -96,16 +138,29 @@ INNER_VM_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "enabled": {"type": "boolean"},
-        "name": {"type": "string", "pattern": r"^[a-z][a-z0-9-]{0,30}\Z"},
+        "name": {
+            "type": "string",
+            "pattern": r"^[a-z][a-z0-9-]{0,30}\Z",
+            "description": "lowercase letters, digits and '-', starting with a letter, at most 31 characters",
+        },
         "cpus": {"type": "integer", "minimum": 1, "maximum": 16},
-        "memoryMiB": {"type": "integer", "minimum": 64, "maximum": 65536},
-        "diskSize": {"type": "string", "pattern": r"^[1-9][0-9]{0,5}[MGT]\Z"},
+        "memoryMiB": {"type": "integer", "minimum": INNER_VM_MIN_MEMORY_MIB, "maximum": 65536},
+        "diskSize": {
+            "type": "string",
+            "pattern": r"^[1-9][0-9]{0,5}[MGT]\Z",
+            "description": "a size such as 10G: a whole number (up to 6 digits) and M, G or T",
+        },
         "accelerator": {"enum": list(INNER_ACCELERATORS)},
         # Boot media, paths inside the playground container (put them there with a volume).
-        "kernel": {"type": "string", "pattern": _ABS_PATH},
-        "initrd": {"type": "string", "pattern": _ABS_PATH},
-        "kernelArgs": {"type": "string", "maxLength": 1024, "pattern": r"^[^\x00-\x1f]*\Z"},
-        "iso": {"type": "string", "pattern": _ABS_PATH},
+        "kernel": {"type": "string", "pattern": _ABS_PATH, "description": _ABS_PATH_RULE},
+        "initrd": {"type": "string", "pattern": _ABS_PATH, "description": _ABS_PATH_RULE},
+        "kernelArgs": {
+            "type": "string",
+            "maxLength": 1024,
+            "pattern": r"^[^\x00-\x1f]*\Z",
+            "description": "a kernel command line without control characters",
+        },
+        "iso": {"type": "string", "pattern": _ABS_PATH, "description": _ABS_PATH_RULE},
         # A qcow2 or raw cloud image on this machine or at an http(s) URL, fetched into the
         # host's image cache like nexus:image, copied into the VM once per digest.
         "image": {
@@ -245,8 +300,18 @@ _SOURCE_KEYS = {
 }
 
 
-def load_playground(raw: Mapping[str, Any], *, home: Path, base_dir: Path) -> PlaygroundConfig:
-    """Defaults and cross-key checks for an already schema-valid `nexus:playground`."""
+def load_playground(
+    raw: Mapping[str, Any],
+    *,
+    home: Path,
+    base_dir: Path,
+    vm_ports_in_use: Mapping[tuple[str, int], str] | None = None,
+) -> PlaygroundConfig:
+    """Defaults and cross-key checks for an already schema-valid `nexus:playground`.
+
+    `vm_ports_in_use`: (protocol, port) -> what already listens there in the VM, worded to
+    follow "a VM tcp port" in an error ("the VM's sshd listens on"); none can be published.
+    """
     given = [key for key in _SOURCE_KEYS if key in raw]
     if len(given) > 1:
         raise ConfigError(
@@ -262,6 +327,7 @@ def load_playground(raw: Mapping[str, Any], *, home: Path, base_dir: Path) -> Pl
         source = ImageSource(kind, value, f"nexus:playground.{key}")
     else:
         source = PlaygroundConfig().source
+    enabled = bool(raw.get("enabled", True))
     command = tuple(raw.get("command", ()))
     if source.kind == "rootfs-tarball" and not command:
         raise ConfigError(
@@ -273,10 +339,7 @@ def load_playground(raw: Mapping[str, Any], *, home: Path, base_dir: Path) -> Pl
         PublishedPort(int(p["vm"]), int(p["container"]), p.get("protocol", "tcp"))
         for p in raw.get("ports", [{"vm": 80, "container": 80}, {"vm": 443, "container": 443}])
     )
-    _check_unique(
-        [(f"nexus:playground.ports[{i}].vm", (p.protocol, p.vm)) for i, p in enumerate(ports)],
-        "VM port",
-    )
+    _check_vm_ports_free(ports, vm_ports_in_use or {})
     volumes = tuple(
         Volume(v["source"], v["target"], bool(v.get("readOnly", False))) for v in raw.get("volumes", [])
     )
@@ -284,8 +347,12 @@ def load_playground(raw: Mapping[str, Any], *, home: Path, base_dir: Path) -> Pl
         [(f"nexus:playground.volumes[{i}].target", v.target) for i, v in enumerate(volumes)],
         "container path",
     )
+    # Last, after the checks that need no file system. A disabled playground never reads
+    # its source, so a stale path there must not block the stack.
+    if enabled and given and source.kind != "reference":
+        _check_source_on_this_machine(source, raw[given[0]], base_dir)
     return PlaygroundConfig(
-        enabled=bool(raw.get("enabled", True)),
+        enabled=enabled,
         name=raw.get("name", DEFAULT_CONTAINER_NAME),
         source=source,
         ports=ports,
@@ -376,6 +443,24 @@ def _inner_image(raw: Mapping[str, Any], home: Path, base_dir: Path) -> InnerIma
     return InnerImage(url, sha256.lower() if sha256 else None)
 
 
+def _check_vm_ports_free(ports: tuple[PublishedPort, ...], in_use: Mapping[tuple[str, int], str]) -> None:
+    """Docker would fail `up` with "address already in use" (after deleting the old
+    container) and no key named: each published VM port must be free of the VM's own
+    listeners and of the other entries."""
+    claimed = dict(in_use)
+    for i, port in enumerate(ports):
+        key = f"nexus:playground.ports[{i}].vm"
+        mine = f"{key} already publishes"
+        holder = claimed.setdefault((port.protocol, port.vm), mine)
+        if holder != mine:
+            raise ConfigError(
+                f"{key}: got {port.vm}, a VM {port.protocol} port {holder}; "
+                "allowed: a VM port nothing else in the VM listens on",
+                hint=f"publish container port {port.container} on another VM port (forward a host port "
+                "to that one with nexus:network.forwards to reach it from this machine)",
+            )
+
+
 def _check_unique(keyed: list[tuple[str, object]], what: str) -> None:
     seen: dict[object, str] = {}
     for key, value in keyed:
@@ -384,6 +469,50 @@ def _check_unique(keyed: list[tuple[str, object]], what: str) -> None:
             raise ConfigError(
                 f"{key}: {what} is already used by {previous}", hint=f"give each its own {what}"
             )
+
+
+# What a file-system image source must be, and the first step to fix one that is not.
+_SOURCE_ON_THIS_MACHINE = {
+    "build": (
+        "a directory on this machine with a Dockerfile in it",
+        "point {key} at the directory that holds your Dockerfile",
+    ),
+    "image-tarball": ("a tarball file on this machine", "point {key} at an existing `docker save` archive"),
+    "rootfs-tarball": ("a tarball file on this machine", "point {key} at an existing root-file-system tar"),
+}
+
+
+def _check_source_on_this_machine(source: ImageSource, given: str, base_dir: Path) -> None:
+    """A build context or tarball that is not there fails at preview, naming its key: else
+    a build fails minutes into `up`, and a tarball's digest with a raw traceback."""
+    path = Path(source.value)
+    try:
+        problem = _source_problem(source.kind, path)
+    except OSError as error:  # e.g. a parent directory we may not search
+        problem = f"which cannot be read ({error.strerror or error})"
+    if not problem:
+        return
+    allowed, fix = _SOURCE_ON_THIS_MACHINE[source.kind]
+    shown = repr(given) + ("" if given == source.value else f" ({path})")
+    relative = given != "~" and not given.startswith("~/") and not Path(given).is_absolute()
+    raise ConfigError(
+        f"{source.key}: got {shown}, {problem}; allowed: {allowed}",
+        hint=fix.format(key=source.key)
+        + (f" (a relative path is taken from the project directory, {base_dir})" if relative else ""),
+    )
+
+
+def _source_problem(kind: str, path: Path) -> str:
+    """What is wrong with a build context or tarball on this machine; '' when nothing is."""
+    if not path.exists():
+        return "which does not exist"
+    if kind == "build":
+        if not path.is_dir():
+            return "which is a file, not a directory"
+        return "" if (path / "Dockerfile").is_file() else "which has no Dockerfile"
+    if path.is_dir():
+        return "which is a directory, not a file"
+    return "" if path.is_file() else "which is not a regular file"
 
 
 def _host_path(value: str, home: Path, base_dir: Path) -> Path:

@@ -2,7 +2,8 @@
 
 A throwaway project on a temporary file backend registers a component whose child
 resource makes a directory; preview, up, a second up, refresh and destroy run through
-the CLI that scripts/setup installed, and the test checks what each did on disk.
+the CLI that scripts/setup installed, and the test checks what each did on disk. The
+project's own program, too, where preview alone shows it: a bad stack setting.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.pulumi_cli import REPO, PulumiCli, scratch_program, toolchain_bin
+from tests.support.pulumi_cli import REPO, PulumiCli, project_view, scratch_program, toolchain_bin
 
 pytestmark = pytest.mark.engine
 
@@ -106,3 +107,31 @@ def test_preview_up_noop_refresh_destroy(cli: PulumiCli, tmp_path: Path) -> None
     assert "3 deleted" in destroyed.stdout, destroyed.stdout
     assert not target.exists()
     assert cli.resources() == []
+
+
+def test_preview_refuses_a_missing_build_context_naming_the_key_without_a_traceback(tmp_path: Path) -> None:
+    """The project's own program: a stack setting that points at nothing on this machine
+    stops preview with the key, the value and what is allowed, before anything is made."""
+    project = project_view(tmp_path / "project")
+    cli = PulumiCli(
+        project_dir=project,
+        backend_dir=tmp_path / "backend",
+        stack="checks",
+        config_file=project / "Pulumi.checks.yaml",
+    )
+    missing = tmp_path / "no-such-context"
+    cli.init(
+        {
+            "nexus:paths": {"stateDir": str(tmp_path / "state"), "cacheDir": str(tmp_path / "cache")},
+            "nexus:playground": {"buildContext": str(missing)},
+        }
+    )
+    result = cli.run("preview", *cli.stack_args(), check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert (
+        f"nexus:playground.buildContext: got '{missing}', which does not exist; "
+        "allowed: a directory on this machine with a Dockerfile in it"
+    ) in output, output
+    assert "Traceback" not in output, output
+    assert not (tmp_path / "state").exists()

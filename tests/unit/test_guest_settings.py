@@ -9,13 +9,21 @@ import pytest
 
 from nexus_components.config import load_config
 from nexus_components.errors import ConfigError
-from nexus_components.guest.settings import DEFAULT_CONTAINER_NAME, InnerImage, PublishedPort, Volume
+from nexus_components.guest.settings import (
+    DEFAULT_CONTAINER_NAME,
+    INNER_VM_SCHEMA,
+    PLAYGROUND_SCHEMA,
+    ImageSource,
+    InnerImage,
+    PublishedPort,
+    Volume,
+)
 
 HOME = Path("/home/dev")
 
 
-def load(raw: dict[str, Any], project_dir: Path = Path("/work/project")) -> Any:
-    return load_config(raw, stack="dev", home=HOME, project_dir=project_dir)
+def load(raw: dict[str, Any], project_dir: Path = Path("/work/project"), home: Path = HOME) -> Any:
+    return load_config(raw, stack="dev", home=home, project_dir=project_dir)
 
 
 def error_of(raw: dict[str, Any]) -> str:
@@ -37,7 +45,9 @@ def test_defaults_follow_the_seed() -> None:
     assert (inner.cpus, inner.memory_mib, inner.disk_size) == (1, 1024, "10G")
 
 
-def test_full_playground_settings() -> None:
+def test_full_playground_settings(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "rootfs.tar").write_bytes(b"a tarball")
     config = load(
         {
             "playground": {
@@ -54,10 +64,11 @@ def test_full_playground_settings() -> None:
                 "privileged": True,
                 "devices": ["/dev/fuse"],
             }
-        }
+        },
+        project_dir=tmp_path,
     )
     playground = config.playground
-    assert playground.source.value == "/work/project/images/rootfs.tar"
+    assert playground.source.value == str(tmp_path / "images" / "rootfs.tar")
     assert playground.source.key == "nexus:playground.rootfsTarball"
     assert playground.env == {"GREETING": "it's $HOME"}
     assert playground.volumes == (Volume("/srv/data", "/data", True), Volume("cache", "/cache", False))
@@ -65,11 +76,85 @@ def test_full_playground_settings() -> None:
     assert playground.devices == ("/dev/fuse",)
 
 
-def test_home_relative_tarball() -> None:
-    config = load({"playground": {"imageTarball": "~/images/app.tar"}})
-    assert config.playground.source == config.playground.source.__class__(
-        "image-tarball", "/home/dev/images/app.tar", "nexus:playground.imageTarball"
+def test_home_relative_tarball(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "app.tar").write_bytes(b"a docker save archive")
+    config = load({"playground": {"imageTarball": "~/images/app.tar"}}, home=tmp_path)
+    assert config.playground.source == ImageSource(
+        "image-tarball", str(tmp_path / "images" / "app.tar"), "nexus:playground.imageTarball"
     )
+
+
+def source_error(raw_playground: dict[str, Any], project_dir: Path) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load({"playground": raw_playground}, project_dir=project_dir, home=project_dir / "home")
+    return str(caught.value)
+
+
+def test_a_build_context_with_a_dockerfile_is_taken_as_an_absolute_path(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "Dockerfile").write_text("FROM ubuntu:24.04\n")
+    config = load({"playground": {"buildContext": "app"}}, project_dir=tmp_path)
+    assert config.playground.source == ImageSource(
+        "build", str(tmp_path / "app"), "nexus:playground.buildContext"
+    )
+
+
+def test_a_missing_build_context_is_refused_naming_the_key(tmp_path: Path) -> None:
+    message = source_error({"buildContext": "app"}, tmp_path)
+    assert (
+        f"nexus:playground.buildContext: got 'app' ({tmp_path / 'app'}), which does not exist; "
+        "allowed: a directory on this machine with a Dockerfile in it"
+    ) in message
+    # A relative path is the project directory's: the hint says which one that is.
+    assert f"a relative path is taken from the project directory, {tmp_path}" in message
+
+
+def test_a_build_context_that_is_a_file_is_refused_naming_the_key(tmp_path: Path) -> None:
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text("FROM ubuntu:24.04\n")
+    message = source_error({"buildContext": str(dockerfile)}, tmp_path)
+    assert (
+        f"nexus:playground.buildContext: got '{dockerfile}', which is a file, not a directory; "
+        "allowed: a directory on this machine with a Dockerfile in it"
+    ) in message
+    assert "relative path" not in message
+
+
+def test_a_build_context_without_a_dockerfile_is_refused_naming_the_key(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "Containerfile").write_text("FROM ubuntu:24.04\n")
+    message = source_error({"buildContext": str(tmp_path / "app")}, tmp_path)
+    assert (
+        f"nexus:playground.buildContext: got '{tmp_path / 'app'}', which has no Dockerfile; "
+        "allowed: a directory on this machine with a Dockerfile in it"
+    ) in message
+
+
+@pytest.mark.parametrize("key", ["rootfsTarball", "imageTarball"])
+def test_a_missing_tarball_is_refused_naming_the_key(tmp_path: Path, key: str) -> None:
+    message = source_error({key: "~/images/gone.tar", "command": ["sleep", "infinity"]}, tmp_path)
+    assert (
+        f"nexus:playground.{key}: got '~/images/gone.tar' ({tmp_path / 'home' / 'images' / 'gone.tar'}), "
+        "which does not exist; allowed: a tarball file on this machine"
+    ) in message
+    assert "Traceback" not in message and "FileNotFoundError" not in message
+
+
+@pytest.mark.parametrize("key", ["rootfsTarball", "imageTarball"])
+def test_a_tarball_that_is_a_directory_is_refused_naming_the_key(tmp_path: Path, key: str) -> None:
+    (tmp_path / "rootfs").mkdir()
+    message = source_error({key: str(tmp_path / "rootfs"), "command": ["sleep", "infinity"]}, tmp_path)
+    assert (
+        f"nexus:playground.{key}: got '{tmp_path / 'rootfs'}', which is a directory, not a file; "
+        "allowed: a tarball file on this machine"
+    ) in message
+
+
+def test_a_disabled_playground_does_not_look_for_its_source(tmp_path: Path) -> None:
+    # It never builds or uploads anything, so a stale path must not block the stack.
+    config = load({"playground": {"enabled": False, "buildContext": "gone"}}, project_dir=tmp_path)
+    assert config.playground.source.value == str(tmp_path / "gone")
 
 
 @pytest.mark.parametrize(
@@ -93,7 +178,8 @@ def test_home_relative_tarball() -> None:
         ({"playground": {"devices": ["/etc/passwd"]}}, "nexus:playground.devices[0]: got '/etc/passwd'"),
         (
             {"playground": {"ports": [{"vm": 80, "container": 80}, {"vm": 80, "container": 81}]}},
-            "nexus:playground.ports[1].vm: VM port is already used by nexus:playground.ports[0].vm",
+            "nexus:playground.ports[1].vm: got 80, a VM tcp port nexus:playground.ports[0].vm already "
+            "publishes; allowed: a VM port nothing else in the VM listens on",
         ),
         (
             {"playground": {"enabled": False}, "innerVm": {"enabled": True}},
@@ -132,10 +218,117 @@ def test_home_relative_tarball() -> None:
         ({"innerVm": {"image": {"url": "/a", "sha256": "xyz"}}}, "nexus:innerVm.image.sha256: got 'xyz'"),
         ({"innerVm": {"username": "Root"}}, "nexus:innerVm.username: got 'Root'; allowed: a Linux user name"),
         ({"innerVm": {"hostname": "-box"}}, "nexus:innerVm.hostname: got '-box'; allowed: a host name"),
+        (
+            {"playground": {"name": "-lab"}},
+            "nexus:playground.name: got '-lab'; allowed: a container name: letters, digits, '_', '.' "
+            "and '-', starting with a letter or digit, at most 63 characters",
+        ),
     ],
 )
 def test_bad_guest_settings_name_the_key(raw: dict[str, Any], expected: str) -> None:
     assert expected in error_of(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"playground": {"name": "-lab"}},
+        {"playground": {"image": "Bad Image"}},
+        {"playground": {"buildContext": "a\nb"}},
+        {"playground": {"env": {"1BAD": "x"}}},
+        {"playground": {"volumes": [{"source": "a b", "target": "/x"}]}},
+        {"playground": {"volumes": [{"source": "/a", "target": "rel"}]}},
+        {"playground": {"devices": ["/etc/passwd"]}},
+        {"innerVm": {"name": "Inner"}},
+        {"innerVm": {"diskSize": "10GB"}},
+        {"innerVm": {"kernel": "/boot/a,b"}},
+        {"innerVm": {"kernelArgs": "console=ttyS0\n"}},
+    ],
+)
+def test_what_is_allowed_is_said_in_words_not_as_a_regex(raw: dict[str, Any]) -> None:
+    message = error_of(raw)
+    assert "allowed: a string matching" not in message and "\\Z" not in message, message
+
+
+def test_every_pattern_of_the_guest_schemas_says_in_words_what_it_allows() -> None:
+    def patterns_without_words(schema: Any, where: str) -> list[str]:
+        if isinstance(schema, dict):
+            own = [where] if "pattern" in schema and not schema.get("description") else []
+            return own + [
+                found
+                for key, value in schema.items()
+                for found in patterns_without_words(value, f"{where}.{key}")
+            ]
+        return []
+
+    assert patterns_without_words(PLAYGROUND_SCHEMA, "playground") == []
+    assert patterns_without_words(INNER_VM_SCHEMA, "innerVm") == []
+
+
+@pytest.mark.parametrize("network", [{}, {"sshPort": 2200}])
+def test_publishing_on_the_vms_own_ssh_port_is_refused_naming_the_key(network: dict[str, Any]) -> None:
+    # Whatever host port forwards to it, the VM's sshd listens on 22 and `docker run -p 22:...`
+    # would fail `up` with "address already in use".
+    message = error_of(
+        {
+            "network": network,
+            "playground": {"ports": [{"vm": 80, "container": 80}, {"vm": 22, "container": 2222}]},
+        }
+    )
+    assert (
+        "nexus:playground.ports[1].vm: got 22, a VM tcp port the VM's sshd listens on "
+        "(nexus:network.sshPort forwards to it); allowed: a VM port nothing else in the VM listens on"
+    ) in message
+    assert "next step: publish container port 2222 on another VM port" in message
+
+
+def test_a_udp_port_beside_the_vms_sshd_is_allowed() -> None:
+    ports = [{"vm": 22, "container": 22, "protocol": "udp"}, {"vm": 80, "container": 80, "protocol": "udp"}]
+    config = load({"playground": {"ports": [*ports, {"vm": 80, "container": 80}]}})
+    assert config.playground.ports == (
+        PublishedPort(22, 22, "udp"),
+        PublishedPort(80, 80, "udp"),
+        PublishedPort(80, 80, "tcp"),
+    )
+
+
+def inner_vm_with(vm_memory: int, inner_memory: int, enabled: bool = True) -> dict[str, Any]:
+    return {
+        "vm": {"memoryMiB": vm_memory},
+        "innerVm": {"enabled": enabled, "kernel": "/opt/k", "memoryMiB": inner_memory},
+    }
+
+
+@pytest.mark.parametrize(
+    ("vm_memory", "inner_memory", "left"),
+    [(2048, 4096, "nothing"), (2048, 2048, "nothing"), (2048, 1600, "448 MiB")],
+)
+def test_an_inner_vm_that_leaves_the_vm_too_little_memory_is_refused_naming_both_keys(
+    vm_memory: int, inner_memory: int, left: str
+) -> None:
+    message = error_of(inner_vm_with(vm_memory, inner_memory))
+    assert (
+        f"nexus:innerVm.memoryMiB: got {inner_memory}, which leaves {left} of nexus:vm.memoryMiB "
+        f"({vm_memory}) to the VM itself; allowed: at most nexus:vm.memoryMiB minus the 512 MiB "
+        "the VM needs for itself, here 1536"
+    ) in message
+    assert (
+        f"next step: lower nexus:innerVm.memoryMiB to 1536 or less, "
+        f"or raise nexus:vm.memoryMiB to {inner_memory + 512} or more"
+    ) in message
+
+
+def test_a_vm_too_small_for_any_inner_vm_is_told_to_grow() -> None:
+    message = error_of(inner_vm_with(512, 64))
+    assert "nexus:innerVm.memoryMiB: got 64, which leaves 448 MiB of nexus:vm.memoryMiB (512)" in message
+    assert "next step: raise nexus:vm.memoryMiB to 576 or more" in message
+
+
+def test_an_inner_vm_that_leaves_the_vm_enough_memory_is_accepted() -> None:
+    assert load(inner_vm_with(2048, 1536)).inner_vm.memory_mib == 1536
+    # The defaults (4096 and 1024) fit; a disabled inner VM takes nothing.
+    assert load({"innerVm": {"enabled": True, "kernel": "/opt/k"}}).inner_vm.memory_mib == 1024
+    assert not load(inner_vm_with(512, 4096, enabled=False)).inner_vm.enabled
 
 
 def test_inner_vm_settings() -> None:
