@@ -1,34 +1,32 @@
-"""Pulumi dynamic providers: the create/diff/update/delete hooks of each layer.
+"""Pulumi dynamic providers: the create/diff/update/delete hooks of each host layer.
 
-Each hook is a few lines that call the pure modules. Dynamic providers (rather than
-pulumi-command's `local.Command`) give every layer a real `diff` that looks at the
-machine: a VM that is no longer running, or a disk that vanished, shows up in
-`pulumi preview` as something to start or create again.
+Each provider hands its hooks to the matching class of `lifecycles.py`, which the `nexus`
+provider plugin calls too: one implementation of the host layer, two front ends.
+Dynamic providers (rather than pulumi-command's `local.Command`) give every layer a real
+`diff` that looks at the machine: a VM that is no longer running, or a disk that
+vanished, shows up in `pulumi preview` as something to start or create again.
 
-Providers run in their own process; they report progress on stderr, which the engine
-shows under the stack while a step runs.
+Existing stacks store these classes by module path and name (pickled), so both stay as
+they are until the migration to the plugin's typed resources (issue 14).
 """
 
 from __future__ import annotations
 
 import functools
-import shutil
 import sys
 import traceback
-import uuid
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from . import cloudinit, disk, download, seed_iso, ssh, vm_process
-from .config import NetworkConfig, PortForward, check_disk_fits_base
-from .errors import NexusError, VmError
-from .paths import StateDirMarker, VmPaths, make_state_dir, remove_quietly, remove_stack_files
-from .qemu_argv import DISK_ID
+from . import lifecycles
+from .errors import NexusError
 
 Props = dict[str, Any]
+# Kept under their old names: the guest providers and the tests import them from here.
+_say = lifecycles.say
+_ensure_firmware_vars = lifecycles.ensure_firmware_vars
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
@@ -80,332 +78,51 @@ def _reports_errors(cls: type[ResourceProvider]) -> type[ResourceProvider]:
     return cls
 
 
-def _say(name: str, message: str) -> None:
-    print(f"[{name}] {message}", file=sys.stderr, flush=True)
-
-
-def _changed(olds: Props, news: Props, keys: tuple[str, ...]) -> list[str]:
-    return [key for key in keys if olds.get(key) != news.get(key)]
-
-
-def _recorded_pid(props: Props) -> int | None:
-    return int(props.get("pid") or 0) or None
-
-
-def _paths(props: Props) -> VmPaths:
-    qmp_tcp_port = props.get("qmp_tcp_port")
-    return VmPaths(Path(props["state_dir"]), int(qmp_tcp_port) if qmp_tcp_port else None)
-
-
 @_reports_errors
-class StateDirProvider(ResourceProvider):
-    """The stack's directory; deleted last, taking every file the stack made with it."""
+class _LifecycleProvider(ResourceProvider):
+    """A dynamic provider whose hooks are those of one `lifecycles.Lifecycle`."""
+
+    lifecycle: ClassVar[lifecycles.Lifecycle]
 
     def create(self, props: Props) -> CreateResult:
-        created = make_state_dir(_paths(props), stack=props["stack"])
-        return CreateResult(id_=props["state_dir"], outs={**props, "created_dirs": [str(d) for d in created]})
+        made = self.lifecycle.create(props)
+        return CreateResult(id_=made.id, outs=made.outs)
 
     def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
-        replaces = _changed(olds, news, ("state_dir",))
-        if not Path(olds["state_dir"]).is_dir():
-            replaces = ["state_dir"]
-        return DiffResult(changes=bool(replaces), replaces=replaces, delete_before_replace=True)
-
-    def delete(self, _id: str, props: Props) -> None:
-        # A QEMU whose create was interrupted (Ctrl-C) never reached the state; its pid
-        # file is still here, and it must not outlive the stack.
-        paths = _paths(props)
-        vm_process.stop(paths, powerdown_timeout=10, log=lambda line: _say("state", line))
-        # The marker names the directories up created; the state is the fallback if it is gone.
-        recorded = [Path(d) for d in props["created_dirs"]] if "created_dirs" in props else None
-        created = None if StateDirMarker.read(paths) is not None else recorded
-        for kept in remove_stack_files(paths, created):
-            _say("state", f"kept {kept}: it holds files nexus-nested-vm did not create")
-
-
-@_reports_errors
-class BaseImageProvider(ResourceProvider):
-    """The cloud image in the shared cache. Deleting a stack keeps the cache, on purpose."""
-
-    KEYS = ("url", "sha256", "cache_dir")
-
-    def create(self, props: Props) -> CreateResult:
-        source = download.ImageSource(url=props["url"], sha256=props.get("sha256"))
-        name = Path(props["url"]).name or "image"
-        image = download.fetch_image(
-            source,
-            Path(props["cache_dir"]),
-            progress=download.log_progress(lambda line: _say("image", line), name),
+        diff = self.lifecycle.diff(olds, news)
+        return DiffResult(
+            changes=diff.changes, replaces=diff.replaces, delete_before_replace=diff.delete_before_replace
         )
-        # Checked here, before any of the VM's own resources exist.
-        virtual_size = disk.virtual_size(props["qemu_img"], image.path)
-        check_disk_fits_base(props["disk_size"], virtual_size)
-        outs = {
-            **props,
-            "path": str(image.path),
-            "digest": image.sha256,
-            "size": image.size,
-            "virtual_size": virtual_size,
-        }
-        return CreateResult(id_=image.sha256, outs=outs)
-
-    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
-        if olds.get("virtual_size") and not _changed(olds, news, self.KEYS):
-            check_disk_fits_base(news["disk_size"], int(olds["virtual_size"]))
-        replaces = _changed(olds, news, self.KEYS)
-        if not Path(olds.get("path", "")).is_file():
-            replaces.append("path")
-        return DiffResult(changes=bool(replaces), replaces=replaces)
-
-    def delete(self, _id: str, _props: Props) -> None:
-        pass
-
-
-@_reports_errors
-class SshKeyProvider(ResourceProvider):
-    """The per-stack key pair, generated unless the user configured their own."""
-
-    def create(self, props: Props) -> CreateResult:
-        paths = _paths(props)
-        if props.get("private_key_file"):
-            private_key = Path(props["private_key_file"]).expanduser()
-            public_key = Path(props["public_key_file"]).expanduser()
-            for path, key in ((private_key, "sshPrivateKeyFile"), (public_key, "sshPublicKeyFile")):
-                if not path.is_file():
-                    raise NexusError(
-                        f"nexus:guest.{key}: {path} does not exist",
-                        hint=f"point nexus:guest.{key} at an existing key file, or unset both key settings",
-                    )
-            generated = False
-        else:
-            private_key, public_key = paths.ssh_private_key, paths.ssh_public_key
-            if not private_key.is_file():
-                ssh.generate_key_pair(private_key, comment=props["comment"])
-            generated = True
-        outs = {
-            **props,
-            "private_key_path": str(private_key),
-            "public_key": public_key.read_text().strip(),
-            "generated": generated,
-        }
-        return CreateResult(id_=str(private_key), outs=outs)
-
-    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
-        replaces = _changed(olds, news, ("state_dir", "private_key_file", "public_key_file"))
-        if not Path(olds["private_key_path"]).is_file():
-            replaces.append("private_key_path")
-        return DiffResult(changes=bool(replaces), replaces=replaces, delete_before_replace=True)
-
-    def delete(self, _id: str, props: Props) -> None:
-        if props.get("generated"):
-            paths = _paths(props)
-            remove_quietly(paths.ssh_private_key)
-            remove_quietly(paths.ssh_public_key)
-
-
-@_reports_errors
-class OverlayDiskProvider(ResourceProvider):
-    """The VM's qcow2 disk on top of the base image; grows in place, never shrinks."""
-
-    def create(self, props: Props) -> CreateResult:
-        paths = _paths(props)
-        disk.create_overlay(
-            props["qemu_img"],
-            Path(props["base_path"]),
-            paths.overlay_disk,
-            int(props["size_bytes"]),
-            size_key="nexus:vm.diskSize",
-        )
-        # A fresh id per creation: the VM depends on it, so a re-created disk re-creates the VM.
-        return CreateResult(id_=f"{paths.overlay_disk}@{uuid.uuid4().hex[:12]}", outs=props)
-
-    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
-        if news["size_bytes"] < olds["size_bytes"]:
-            raise VmError(
-                f"nexus:vm.diskSize: shrinking the disk from {olds['disk_size']} to {news['disk_size']} "
-                "is refused "
-                "(it would cut off the guest's file system)",
-                hint=f"set nexus:vm.diskSize back to {olds['disk_size']} or more; "
-                "to start from a smaller disk, `pulumi destroy` first",
-            )
-        replaces = _changed(olds, news, ("state_dir", "base_digest", "base_path"))
-        if not _paths(olds).overlay_disk.is_file():
-            replaces.append("path")
-        changes = bool(replaces) or news["size_bytes"] != olds["size_bytes"]
-        return DiffResult(changes=changes, replaces=replaces, delete_before_replace=True)
 
     def update(self, _id: str, olds: Props, news: Props) -> UpdateResult:
-        paths = _paths(news)
-        if vm_process.running_pid(paths) is not None:
-            # QEMU holds a write lock on the disk: grow it through the running VM instead.
-            vm_process.block_resize(paths, DISK_ID, int(news["size_bytes"]))
-        else:
-            disk.resize_offline(news["qemu_img"], paths.overlay_disk, int(news["size_bytes"]))
-        _say("disk", f"grew the disk from {olds['disk_size']} to {news['disk_size']}")
-        return UpdateResult(outs=news)
-
-    def delete(self, _id: str, props: Props) -> None:
-        remove_quietly(_paths(props).overlay_disk)
-
-
-@_reports_errors
-class CloudInitSeedProvider(ResourceProvider):
-    """user-data and meta-data as a NoCloud ISO (label `cidata`)."""
-
-    def create(self, props: Props) -> CreateResult:
-        return CreateResult(id_=str(_paths(props).seed_iso), outs=self._write(props))
-
-    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
-        keys = tuple(key for key in news if not key.startswith("__"))
-        changed = _changed(olds, news, keys)
-        if not _paths(olds).seed_iso.is_file():
-            changed.append("seed_iso")
-        return DiffResult(changes=bool(changed))
-
-    def update(self, _id: str, _olds: Props, news: Props) -> UpdateResult:
-        return UpdateResult(outs=self._write(news))
-
-    def delete(self, _id: str, props: Props) -> None:
-        paths = _paths(props)
-        remove_quietly(paths.seed_iso)
-        remove_quietly(paths.user_data)
-
-    @staticmethod
-    def _write(props: Props) -> Props:
-        paths = _paths(props)
-        spec = cloudinit.CloudInitSpec(
-            username=props["username"],
-            ssh_public_key=props["public_key"],
-            hostname=props["hostname"],
-            guest_arch=props["arch"],
-            install_packages=props["install_packages"],
-            extra_packages=tuple(props["packages"]),
-            extra_user_data=props["user_data"],
-        )
-        user_data = cloudinit.render_user_data(spec)
-        instance_id = cloudinit.instance_id_for(user_data, props["hostname"])
-        meta_data = cloudinit.render_meta_data(instance_id=instance_id, hostname=props["hostname"])
-        seed_iso.write_seed_iso(
-            paths.seed_iso, {"user-data": user_data.encode(), "meta-data": meta_data.encode()}
-        )
-        paths.user_data.write_text(user_data)
-        return {**props, "instance_id": instance_id}
-
-
-def _ensure_firmware_vars(paths: VmPaths, code: str | None, template: str | None) -> None:
-    """The VM's own writable UEFI variable store, kept across restarts like its disk."""
-    if code is None or paths.firmware_vars.exists():
-        return
-    if template:
-        shutil.copyfile(template, paths.firmware_vars)
-    else:
-        # Without a template, an all-zero store the size of the code image (pflash
-        # units must match) is what edk2 initialises on first boot.
-        with paths.firmware_vars.open("wb") as store:
-            store.truncate(Path(code).stat().st_size)
-
-
-def _ssh_target(props: Props) -> ssh.SshTarget:
-    return ssh.SshTarget(
-        host=props["ssh_host"],
-        port=int(props["ssh_port"]),
-        user=props["username"],
-        private_key=Path(props["private_key"]),
-    )
-
-
-@_reports_errors
-class QemuVmProvider(ResourceProvider):
-    """The QEMU process. `up` returns once SSH answers and cloud-init is done."""
-
-    RESTART_KEYS = ("argv", "ssh_port", "forwards", "bind_address", "username", "private_key", "instance_id")
-
-    def create(self, props: Props) -> CreateResult:
-        return CreateResult(id_=props["name"], outs=self._start(props, adopt=True))
-
-    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
-        replaces = _changed(olds, news, ("state_dir", "overlay_id"))
-        restart = _changed(olds, news, self.RESTART_KEYS)
-        if vm_process.running_pid(_paths(olds), _recorded_pid(olds)) is None:
-            restart.append("running")  # killed or host rebooted: start it again on the same disk
-        elif not (replaces or restart) and "ssh_port" in olds and vm_process.guest_hangs(_ssh_target(olds)):
-            _say("vm", "QEMU runs but the guest does not answer on SSH (it hangs); up restarts it")
-            restart.append("answering")  # power-cycled on the same disk, as a user would
-        return DiffResult(changes=bool(replaces or restart), replaces=replaces, delete_before_replace=True)
-
-    def update(self, _id: str, olds: Props, news: Props) -> UpdateResult:
-        self._stop(olds)
-        return UpdateResult(outs=self._start(news))
-
-    def delete(self, _id: str, props: Props) -> None:
-        self._stop(props)
-        paths = _paths(props)
-        for path in (
-            paths.connect_script,
-            paths.ssh_config,
-            paths.serial_log,
-            paths.qemu_log,
-            paths.firmware_vars,
-        ):
-            remove_quietly(path)
+        return UpdateResult(outs=self.lifecycle.update(olds, news))
 
     def read(self, id_: str, props: Props) -> ReadResult:
-        pid = vm_process.running_pid(_paths(props), _recorded_pid(props))
-        return ReadResult(id_=id_, outs={**props, "pid": pid or 0})
+        return ReadResult(id_=id_, outs=self.lifecycle.read(id_, props))
 
-    @staticmethod
-    def _stop(props: Props) -> None:
-        # The recorded pid finds the VM even if its pid file or state directory is gone.
-        vm_process.stop(_paths(props), recorded_pid=_recorded_pid(props), log=lambda line: _say("vm", line))
+    def delete(self, _id: str, props: Props) -> None:
+        self.lifecycle.delete(props)
 
-    @staticmethod
-    def _start(props: Props, *, adopt: bool = False) -> Props:
-        paths = _paths(props)
-        leftover = vm_process.vm_pids(paths)
-        # An up killed while the VM booted (Ctrl-C twice) leaves QEMU running with this
-        # very command line. Stopping it mid-boot would cut cloud-init's first run short
-        # and leave the guest half set up on this disk, so the create waits for it instead.
-        adopted = adopt and len(leftover) == 1 and vm_process.runs_argv(leftover[0], props["argv"])
-        if not adopted:
-            # Any other QEMU of ours would hold the disk and the ports.
-            vm_process.stop(paths, log=lambda line: _say("vm", line))
-        # Numbers come back from the engine as floats.
-        network = NetworkConfig(
-            bind_address=props["bind_address"],
-            ssh_port=int(props["ssh_port"]),
-            forwards=tuple(
-                PortForward(int(forward["host"]), int(forward["guest"]), forward["protocol"])
-                for forward in props["forwards"]
-            ),
-        )
-        if not adopted:
-            vm_process.check_ports_free(network, qmp_tcp_port=paths.qmp_tcp_port)
-            _ensure_firmware_vars(paths, props.get("firmware_code"), props.get("firmware_vars_template"))
-        target = _ssh_target(props)
-        paths.connect_script.write_text(ssh.connect_script(target))
-        paths.connect_script.chmod(0o755)
-        paths.ssh_config.write_text(ssh.ssh_config_entry(props["name"], target))
 
-        if adopted:
-            pid = leftover[0]
-            _say("vm", f"QEMU (pid {pid}) of an interrupted up is still booting this VM; waiting for it")
-        else:
-            resources = f"{props['cpus']:.0f} vCPU, {props['memory_mib']:.0f} MiB"
-            _say("vm", f"starting QEMU ({props['accelerator']}, {resources})")
-            # The ready line must come from this boot, not from the last one's console.
-            remove_quietly(paths.serial_log)
-            pid = vm_process.launch(props["argv"], paths)
-        try:
-            seconds = vm_process.wait_until_ready(
-                target,
-                paths,
-                timeout=props["boot_timeout_seconds"],
-                log=lambda line: _say("vm", line),
-                ready_line=cloudinit.READY_LINE,
-            )
-        except BaseException:
-            # Nothing half-made: a VM that never became ready is not left running.
-            vm_process.stop(paths, powerdown_timeout=5)
-            raise
-        _say("vm", f"ready after {seconds:.0f} s: {target.interactive_command()}")
-        return {**props, "pid": pid, "ready_seconds": round(seconds, 1)}
+class StateDirProvider(_LifecycleProvider):
+    lifecycle = lifecycles.StateDir()
+
+
+class BaseImageProvider(_LifecycleProvider):
+    lifecycle = lifecycles.BaseImage()
+
+
+class SshKeyProvider(_LifecycleProvider):
+    lifecycle = lifecycles.SshKey()
+
+
+class OverlayDiskProvider(_LifecycleProvider):
+    lifecycle = lifecycles.OverlayDisk()
+
+
+class CloudInitSeedProvider(_LifecycleProvider):
+    lifecycle = lifecycles.CloudInitSeed()
+
+
+class QemuVmProvider(_LifecycleProvider):
+    lifecycle = lifecycles.QemuVm()

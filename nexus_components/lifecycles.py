@@ -1,0 +1,390 @@
+"""The host layer's create/diff/update/read/delete, on plain property dicts.
+
+One implementation, two front ends: the dynamic providers in `providers.py` (what
+existing stacks hold in their state) and the `nexus` provider plugin (`nexus_provider/`,
+typed resources with their own type tokens). No Pulumi import here, so both can call
+it and tests can drive it directly.
+
+Every `diff` looks at the machine: a VM that is no longer running, or a disk that
+vanished, shows up in `pulumi preview` as something to start or create again.
+
+Progress goes to stderr, which the engine shows under the stack while a step runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import cloudinit, disk, download, seed_iso, ssh, vm_process
+from .config import NetworkConfig, PortForward, check_disk_fits_base
+from .errors import NexusError, VmError
+from .paths import StateDirMarker, VmPaths, make_state_dir, remove_quietly, remove_stack_files
+from .qemu_argv import DISK_ID
+
+Props = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Created:
+    id: str
+    outs: Props
+
+
+@dataclass(frozen=True)
+class Diff:
+    changes: bool
+    replaces: list[str] = field(default_factory=list)
+    delete_before_replace: bool = False
+
+
+def say(name: str, message: str) -> None:
+    print(f"[{name}] {message}", file=sys.stderr, flush=True)
+
+
+def changed(olds: Props, news: Props, keys: tuple[str, ...]) -> list[str]:
+    return [key for key in keys if olds.get(key) != news.get(key)]
+
+
+def recorded_pid(props: Props) -> int | None:
+    return int(props.get("pid") or 0) or None
+
+
+def vm_paths(props: Props) -> VmPaths:
+    qmp_tcp_port = props.get("qmp_tcp_port")
+    return VmPaths(Path(props["state_dir"]), int(qmp_tcp_port) if qmp_tcp_port else None)
+
+
+class Lifecycle:
+    """One kind of host resource. Without `update`, every change is a replacement."""
+
+    has_update = False
+
+    def create(self, props: Props) -> Created:
+        raise NotImplementedError
+
+    def diff(self, olds: Props, news: Props) -> Diff:
+        raise NotImplementedError
+
+    def update(self, olds: Props, news: Props) -> Props:
+        raise NotImplementedError(f"{type(self).__name__} is replaced, never updated")
+
+    def read(self, id_: str, props: Props) -> Props:
+        return props
+
+    def delete(self, props: Props) -> None:
+        pass
+
+
+class StateDir(Lifecycle):
+    """The stack's directory; deleted last, taking every file the stack made with it."""
+
+    def create(self, props: Props) -> Created:
+        created = make_state_dir(vm_paths(props), stack=props["stack"])
+        return Created(props["state_dir"], {**props, "created_dirs": [str(d) for d in created]})
+
+    def diff(self, olds: Props, news: Props) -> Diff:
+        replaces = changed(olds, news, ("state_dir",))
+        if not Path(olds["state_dir"]).is_dir():
+            replaces = ["state_dir"]
+        return Diff(bool(replaces), replaces, delete_before_replace=True)
+
+    def delete(self, props: Props) -> None:
+        # A QEMU whose create was interrupted (Ctrl-C) never reached the state; its pid
+        # file is still here, and it must not outlive the stack.
+        paths = vm_paths(props)
+        vm_process.stop(paths, powerdown_timeout=10, log=lambda line: say("state", line))
+        # The marker names the directories up created; the state is the fallback if it is gone.
+        recorded = [Path(d) for d in props["created_dirs"]] if "created_dirs" in props else None
+        created = None if StateDirMarker.read(paths) is not None else recorded
+        for kept in remove_stack_files(paths, created):
+            say("state", f"kept {kept}: it holds files nexus-nested-vm did not create")
+
+
+class BaseImage(Lifecycle):
+    """The cloud image in the shared cache. Deleting a stack keeps the cache, on purpose."""
+
+    KEYS = ("url", "sha256", "cache_dir")
+
+    def create(self, props: Props) -> Created:
+        source = download.ImageSource(url=props["url"], sha256=props.get("sha256"))
+        name = Path(props["url"]).name or "image"
+        image = download.fetch_image(
+            source,
+            Path(props["cache_dir"]),
+            progress=download.log_progress(lambda line: say("image", line), name),
+        )
+        # Checked here, before any of the VM's own resources exist.
+        virtual_size = disk.virtual_size(props["qemu_img"], image.path)
+        check_disk_fits_base(props["disk_size"], virtual_size)
+        outs = {
+            **props,
+            "path": str(image.path),
+            "digest": image.sha256,
+            "size": image.size,
+            "virtual_size": virtual_size,
+        }
+        return Created(image.sha256, outs)
+
+    def diff(self, olds: Props, news: Props) -> Diff:
+        if olds.get("virtual_size") and not changed(olds, news, self.KEYS):
+            check_disk_fits_base(news["disk_size"], int(olds["virtual_size"]))
+        replaces = changed(olds, news, self.KEYS)
+        if not Path(olds.get("path", "")).is_file():
+            replaces.append("path")
+        return Diff(bool(replaces), replaces)
+
+
+class SshKey(Lifecycle):
+    """The per-stack key pair, generated unless the user configured their own."""
+
+    def create(self, props: Props) -> Created:
+        paths = vm_paths(props)
+        if props.get("private_key_file"):
+            private_key = Path(props["private_key_file"]).expanduser()
+            public_key = Path(props["public_key_file"]).expanduser()
+            for path, key in ((private_key, "sshPrivateKeyFile"), (public_key, "sshPublicKeyFile")):
+                if not path.is_file():
+                    raise NexusError(
+                        f"nexus:guest.{key}: {path} does not exist",
+                        hint=f"point nexus:guest.{key} at an existing key file, or unset both key settings",
+                    )
+            generated = False
+        else:
+            private_key, public_key = paths.ssh_private_key, paths.ssh_public_key
+            if not private_key.is_file():
+                ssh.generate_key_pair(private_key, comment=props["comment"])
+            generated = True
+        outs = {
+            **props,
+            "private_key_path": str(private_key),
+            "public_key": public_key.read_text().strip(),
+            "generated": generated,
+        }
+        return Created(str(private_key), outs)
+
+    def diff(self, olds: Props, news: Props) -> Diff:
+        replaces = changed(olds, news, ("state_dir", "private_key_file", "public_key_file"))
+        if not Path(olds["private_key_path"]).is_file():
+            replaces.append("private_key_path")
+        return Diff(bool(replaces), replaces, delete_before_replace=True)
+
+    def delete(self, props: Props) -> None:
+        if props.get("generated"):
+            paths = vm_paths(props)
+            remove_quietly(paths.ssh_private_key)
+            remove_quietly(paths.ssh_public_key)
+
+
+class OverlayDisk(Lifecycle):
+    """The VM's qcow2 disk on top of the base image; grows in place, never shrinks."""
+
+    has_update = True
+
+    def create(self, props: Props) -> Created:
+        paths = vm_paths(props)
+        disk.create_overlay(
+            props["qemu_img"],
+            Path(props["base_path"]),
+            paths.overlay_disk,
+            int(props["size_bytes"]),
+            size_key="nexus:vm.diskSize",
+        )
+        # A fresh id per creation: the VM depends on it, so a re-created disk re-creates the VM.
+        return Created(f"{paths.overlay_disk}@{uuid.uuid4().hex[:12]}", props)
+
+    def diff(self, olds: Props, news: Props) -> Diff:
+        if news["size_bytes"] < olds["size_bytes"]:
+            raise VmError(
+                f"nexus:vm.diskSize: shrinking the disk from {olds['disk_size']} to {news['disk_size']} "
+                "is refused "
+                "(it would cut off the guest's file system)",
+                hint=f"set nexus:vm.diskSize back to {olds['disk_size']} or more; "
+                "to start from a smaller disk, `pulumi destroy` first",
+            )
+        replaces = changed(olds, news, ("state_dir", "base_digest", "base_path"))
+        if not vm_paths(olds).overlay_disk.is_file():
+            replaces.append("path")
+        changes = bool(replaces) or news["size_bytes"] != olds["size_bytes"]
+        return Diff(changes, replaces, delete_before_replace=True)
+
+    def update(self, olds: Props, news: Props) -> Props:
+        paths = vm_paths(news)
+        if vm_process.running_pid(paths) is not None:
+            # QEMU holds a write lock on the disk: grow it through the running VM instead.
+            vm_process.block_resize(paths, DISK_ID, int(news["size_bytes"]))
+        else:
+            disk.resize_offline(news["qemu_img"], paths.overlay_disk, int(news["size_bytes"]))
+        say("disk", f"grew the disk from {olds['disk_size']} to {news['disk_size']}")
+        return news
+
+    def delete(self, props: Props) -> None:
+        remove_quietly(vm_paths(props).overlay_disk)
+
+
+class CloudInitSeed(Lifecycle):
+    """user-data and meta-data as a NoCloud ISO (label `cidata`)."""
+
+    has_update = True
+
+    def create(self, props: Props) -> Created:
+        return Created(str(vm_paths(props).seed_iso), self._write(props))
+
+    def diff(self, olds: Props, news: Props) -> Diff:
+        keys = tuple(key for key in news if not key.startswith("__"))
+        differs = changed(olds, news, keys)
+        if not vm_paths(olds).seed_iso.is_file():
+            differs.append("seed_iso")
+        return Diff(bool(differs))
+
+    def update(self, olds: Props, news: Props) -> Props:
+        return self._write(news)
+
+    def delete(self, props: Props) -> None:
+        paths = vm_paths(props)
+        remove_quietly(paths.seed_iso)
+        remove_quietly(paths.user_data)
+
+    @staticmethod
+    def _write(props: Props) -> Props:
+        paths = vm_paths(props)
+        spec = cloudinit.CloudInitSpec(
+            username=props["username"],
+            ssh_public_key=props["public_key"],
+            hostname=props["hostname"],
+            guest_arch=props["arch"],
+            install_packages=props["install_packages"],
+            extra_packages=tuple(props["packages"]),
+            extra_user_data=props["user_data"],
+        )
+        user_data = cloudinit.render_user_data(spec)
+        instance_id = cloudinit.instance_id_for(user_data, props["hostname"])
+        meta_data = cloudinit.render_meta_data(instance_id=instance_id, hostname=props["hostname"])
+        seed_iso.write_seed_iso(
+            paths.seed_iso, {"user-data": user_data.encode(), "meta-data": meta_data.encode()}
+        )
+        paths.user_data.write_text(user_data)
+        return {**props, "instance_id": instance_id}
+
+
+def ensure_firmware_vars(paths: VmPaths, code: str | None, template: str | None) -> None:
+    """The VM's own writable UEFI variable store, kept across restarts like its disk."""
+    if code is None or paths.firmware_vars.exists():
+        return
+    if template:
+        shutil.copyfile(template, paths.firmware_vars)
+    else:
+        # Without a template, an all-zero store the size of the code image (pflash
+        # units must match) is what edk2 initialises on first boot.
+        with paths.firmware_vars.open("wb") as store:
+            store.truncate(Path(code).stat().st_size)
+
+
+def _ssh_target(props: Props) -> ssh.SshTarget:
+    return ssh.SshTarget(
+        host=props["ssh_host"],
+        port=int(props["ssh_port"]),
+        user=props["username"],
+        private_key=Path(props["private_key"]),
+    )
+
+
+class QemuVm(Lifecycle):
+    """The QEMU process. `up` returns once SSH answers and cloud-init is done."""
+
+    has_update = True
+    RESTART_KEYS = ("argv", "ssh_port", "forwards", "bind_address", "username", "private_key", "instance_id")
+
+    def create(self, props: Props) -> Created:
+        return Created(props["name"], self._start(props, adopt=True))
+
+    def diff(self, olds: Props, news: Props) -> Diff:
+        replaces = changed(olds, news, ("state_dir", "overlay_id"))
+        restart = changed(olds, news, self.RESTART_KEYS)
+        if vm_process.running_pid(vm_paths(olds), recorded_pid(olds)) is None:
+            restart.append("running")  # killed or host rebooted: start it again on the same disk
+        elif not (replaces or restart) and "ssh_port" in olds and vm_process.guest_hangs(_ssh_target(olds)):
+            say("vm", "QEMU runs but the guest does not answer on SSH (it hangs); up restarts it")
+            restart.append("answering")  # power-cycled on the same disk, as a user would
+        return Diff(bool(replaces or restart), replaces, delete_before_replace=True)
+
+    def update(self, olds: Props, news: Props) -> Props:
+        self._stop(olds)
+        return self._start(news)
+
+    def delete(self, props: Props) -> None:
+        self._stop(props)
+        paths = vm_paths(props)
+        for path in (
+            paths.connect_script,
+            paths.ssh_config,
+            paths.serial_log,
+            paths.qemu_log,
+            paths.firmware_vars,
+        ):
+            remove_quietly(path)
+
+    def read(self, id_: str, props: Props) -> Props:
+        pid = vm_process.running_pid(vm_paths(props), recorded_pid(props))
+        return {**props, "pid": pid or 0}
+
+    @staticmethod
+    def _stop(props: Props) -> None:
+        # The recorded pid finds the VM even if its pid file or state directory is gone.
+        vm_process.stop(vm_paths(props), recorded_pid=recorded_pid(props), log=lambda line: say("vm", line))
+
+    @staticmethod
+    def _start(props: Props, *, adopt: bool = False) -> Props:
+        paths = vm_paths(props)
+        leftover = vm_process.vm_pids(paths)
+        # An up killed while the VM booted (Ctrl-C twice) leaves QEMU running with this
+        # very command line. Stopping it mid-boot would cut cloud-init's first run short
+        # and leave the guest half set up on this disk, so the create waits for it instead.
+        adopted = adopt and len(leftover) == 1 and vm_process.runs_argv(leftover[0], props["argv"])
+        if not adopted:
+            # Any other QEMU of ours would hold the disk and the ports.
+            vm_process.stop(paths, log=lambda line: say("vm", line))
+        # Numbers come back from the engine as floats.
+        network = NetworkConfig(
+            bind_address=props["bind_address"],
+            ssh_port=int(props["ssh_port"]),
+            forwards=tuple(
+                PortForward(int(forward["host"]), int(forward["guest"]), forward["protocol"])
+                for forward in props["forwards"]
+            ),
+        )
+        if not adopted:
+            vm_process.check_ports_free(network, qmp_tcp_port=paths.qmp_tcp_port)
+            ensure_firmware_vars(paths, props.get("firmware_code"), props.get("firmware_vars_template"))
+        target = _ssh_target(props)
+        paths.connect_script.write_text(ssh.connect_script(target))
+        paths.connect_script.chmod(0o755)
+        paths.ssh_config.write_text(ssh.ssh_config_entry(props["name"], target))
+
+        if adopted:
+            pid = leftover[0]
+            say("vm", f"QEMU (pid {pid}) of an interrupted up is still booting this VM; waiting for it")
+        else:
+            resources = f"{props['cpus']:.0f} vCPU, {props['memory_mib']:.0f} MiB"
+            say("vm", f"starting QEMU ({props['accelerator']}, {resources})")
+            # The ready line must come from this boot, not from the last one's console.
+            remove_quietly(paths.serial_log)
+            pid = vm_process.launch(props["argv"], paths)
+        try:
+            seconds = vm_process.wait_until_ready(
+                target,
+                paths,
+                timeout=props["boot_timeout_seconds"],
+                log=lambda line: say("vm", line),
+                ready_line=cloudinit.READY_LINE,
+            )
+        except BaseException:
+            # Nothing half-made: a VM that never became ready is not left running.
+            vm_process.stop(paths, powerdown_timeout=5)
+            raise
+        say("vm", f"ready after {seconds:.0f} s: {target.interactive_command()}")
+        return {**props, "pid": pid, "ready_seconds": round(seconds, 1)}
