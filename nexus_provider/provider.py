@@ -1,0 +1,167 @@
+"""The `nexus` provider: one controller with the CRUD of every registered resource.
+
+Each call finds the resource's `ResourceSpec` by its type token, turns the engine's
+property values into the plain dict its lifecycle takes (the same one the dynamic
+providers pass), runs the lifecycle in a worker thread (it blocks: downloads, QEMU,
+SSH) and turns the result back. `check` refuses bad inputs by property; during
+`preview`, `create` and `update` touch nothing and report the outputs as unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pulumi.provider.experimental.property_value import Computed, PropertyValue
+from pulumi.provider.experimental.provider import (
+    CheckFailure,
+    CheckRequest,
+    CheckResponse,
+    CreateRequest,
+    CreateResponse,
+    DeleteRequest,
+    DiffRequest,
+    DiffResponse,
+    GetSchemaRequest,
+    GetSchemaResponse,
+    PropertyDiff,
+    PropertyDiffKind,
+    Provider,
+    ReadRequest,
+    ReadResponse,
+    UpdateRequest,
+    UpdateResponse,
+)
+
+from . import NAME, VERSION
+from .resources import DESCRIPTION, RESOURCES
+from .spec import (
+    UNKNOWN,
+    ResourceSpec,
+    camel_case,
+    check_inputs,
+    from_schema_names,
+    package_schema,
+    to_schema_names,
+)
+
+PropertyMap = Mapping[str, PropertyValue]
+
+
+def to_python(value: PropertyValue) -> Any:
+    """An engine value as plain Python; an unknown one as `spec.UNKNOWN`."""
+    inner = value.value
+    if isinstance(inner, Computed):
+        return UNKNOWN
+    if isinstance(inner, Mapping):
+        return {key: to_python(item) for key, item in inner.items()}
+    if isinstance(inner, tuple):
+        return [to_python(item) for item in inner]
+    return inner
+
+
+def to_property_value(value: Any, *, secret: bool = False) -> PropertyValue:
+    if value is UNKNOWN:
+        return PropertyValue.computed()
+    if isinstance(value, Mapping):
+        return PropertyValue({key: to_property_value(item) for key, item in value.items()}, is_secret=secret)
+    if isinstance(value, list | tuple):
+        return PropertyValue([to_property_value(item) for item in value], is_secret=secret)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)  # the engine's only number type
+    return PropertyValue(value, is_secret=secret)
+
+
+class NexusProvider(Provider):
+    def __init__(self, resources: Sequence[ResourceSpec] = RESOURCES) -> None:
+        self._resources = {spec.pulumi_type: spec for spec in resources}
+        self._schema = json.dumps(package_schema(NAME, VERSION, DESCRIPTION, resources))
+
+    def _spec(self, token: str) -> ResourceSpec:
+        try:
+            return self._resources[token]
+        except KeyError:
+            raise ValueError(f"{NAME} {VERSION} has no resource {token}") from None
+
+    def _props(self, spec: ResourceSpec, values: PropertyMap) -> dict[str, Any]:
+        return from_schema_names(spec, {key: to_python(value) for key, value in values.items()})
+
+    def _inputs(self, spec: ResourceSpec, values: PropertyMap) -> dict[str, Any]:
+        return spec.derive(self._props(spec, values))
+
+    @staticmethod
+    def _state(props: Mapping[str, Any], secrets_from: PropertyMap) -> dict[str, PropertyValue]:
+        """The lifecycle's result as engine values; what came in secret stays secret."""
+        state = to_schema_names(props)
+        return {
+            key: to_property_value(value, secret=key in secrets_from and secrets_from[key].contains_secret())
+            for key, value in state.items()
+        }
+
+    def _unknown_outputs(self, spec: ResourceSpec, inputs: PropertyMap) -> dict[str, PropertyValue]:
+        outputs = {name: PropertyValue.computed() for name in spec.state_names() if name not in inputs}
+        return {**inputs, **outputs}
+
+    async def get_schema(self, request: GetSchemaRequest) -> GetSchemaResponse:
+        return GetSchemaResponse(self._schema)
+
+    async def check(self, request: CheckRequest) -> CheckResponse:
+        spec = self._spec(request.type)
+        raw = {key: to_python(value) for key, value in request.new_inputs.items()}
+        failures = check_inputs(spec, raw)
+        return CheckResponse(
+            inputs=request.new_inputs,
+            failures=[CheckFailure(failure.property, failure.reason) for failure in failures],
+        )
+
+    async def diff(self, request: DiffRequest) -> DiffResponse:
+        spec = self._spec(request.type)
+        olds = self._props(spec, request.old_state)
+        news = self._inputs(spec, request.new_inputs)
+        diff = await asyncio.to_thread(spec.lifecycle.diff, olds, news)
+        replaces = [camel_case(key) for key in diff.replaces]
+        updates = [camel_case(key) for key in spec.input_names().values() if olds.get(key) != news.get(key)]
+        detailed = {key: PropertyDiff(PropertyDiffKind.UPDATE, input_diff=True) for key in updates}
+        detailed.update(
+            {key: PropertyDiff(PropertyDiffKind.UPDATE_REPLACE, input_diff=True) for key in replaces}
+        )
+        return DiffResponse(
+            changes=diff.changes,
+            replaces=replaces,
+            delete_before_replace=diff.delete_before_replace,
+            diffs=sorted(detailed),
+            detailed_diff=detailed if diff.changes else {},
+        )
+
+    async def create(self, request: CreateRequest) -> CreateResponse:
+        spec = self._spec(request.type)
+        if request.preview:
+            return CreateResponse(resource_id="", properties=self._unknown_outputs(spec, request.properties))
+        made = await asyncio.to_thread(spec.lifecycle.create, self._inputs(spec, request.properties))
+        return CreateResponse(resource_id=made.id, properties=self._state(made.outs, request.properties))
+
+    async def update(self, request: UpdateRequest) -> UpdateResponse:
+        spec = self._spec(request.type)
+        if request.preview:
+            return UpdateResponse(properties=self._unknown_outputs(spec, request.news))
+        outs = await asyncio.to_thread(
+            spec.lifecycle.update, self._props(spec, request.olds), self._inputs(spec, request.news)
+        )
+        return UpdateResponse(properties=self._state(outs, request.news))
+
+    async def read(self, request: ReadRequest) -> ReadResponse:
+        spec = self._spec(request.type)
+        props = await asyncio.to_thread(
+            spec.lifecycle.read, request.resource_id, self._props(spec, request.properties)
+        )
+        return ReadResponse(
+            resource_id=request.resource_id,
+            properties=self._state(props, request.properties),
+            inputs=request.inputs,
+        )
+
+    async def delete(self, request: DeleteRequest) -> None:
+        spec = self._spec(request.type)
+        await asyncio.to_thread(spec.lifecycle.delete, self._props(spec, request.properties))

@@ -1,0 +1,81 @@
+"""Serves the provider to the engine, with our errors shown as their message alone.
+
+`pulumi.provider.experimental.server.main` appends the Python stack of any failed call
+to its message. Our errors (`NexusError`) already say what failed, the command and the
+next step, so this server answers them with the message only; any other exception (a
+bug) keeps the SDK's stack. Same serving steps as `main`: a gRPC server on a free
+local port, the port on stdout for the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+from pulumi.provider.experimental.provider import Provider
+from pulumi.provider.experimental.server import ProviderServicer
+from pulumi.runtime.proto import provider_pb2_grpc
+
+from nexus_components.errors import NexusError
+
+# What the SDK's own server allows: large schemas and states.
+MAX_MESSAGE_BYTES = 400 * 1024 * 1024
+Handler = Callable[[Any, Any, Any], Awaitable[Any]]
+
+
+def nexus_error(error: BaseException) -> NexusError | None:
+    """Our error behind this one: the SDK wraps what a provider raises into a new exception."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, NexusError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _message_only(handler: Handler) -> Handler:
+    @functools.wraps(handler)
+    async def answer(servicer: Any, request: Any, context: Any) -> Any:
+        try:
+            return await handler(servicer, request, context)
+        except Exception as error:
+            ours = nexus_error(error)
+            if ours is None:
+                raise
+            await context.abort(grpc.StatusCode.UNKNOWN, str(ours))
+
+    return answer
+
+
+class NexusServicer(ProviderServicer):
+    """The SDK's servicer, whose resource calls report our errors as their message."""
+
+
+for _call in ("Check", "Diff", "Create", "Update", "Read", "Delete"):
+    setattr(NexusServicer, _call, _message_only(getattr(ProviderServicer, _call)))
+
+
+def serve(args: Sequence[str], version: str, provider: Provider) -> None:
+    parser = argparse.ArgumentParser(description="The nexus Pulumi provider plugin (a gRPC server)")
+    parser.add_argument("engine", help="the Pulumi engine's address")
+    engine = parser.parse_known_args(args)[0].engine
+
+    async def run() -> None:
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        servicer = NexusServicer(list(args), version, provider, engine_address=engine)
+        provider_pb2_grpc.add_ResourceProviderServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        sys.stdout.write(f"{port}\n")
+        sys.stdout.flush()
+        await server.wait_for_termination()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
