@@ -34,6 +34,7 @@ from pulumi.provider.experimental.provider import (
     UpdateRequest,
     UpdateResponse,
 )
+from pulumi.runtime.rpc import UNKNOWN as WIRE_UNKNOWN
 
 from . import NAME, VERSION
 from .resources import DESCRIPTION, RESOURCES
@@ -48,12 +49,15 @@ from .spec import (
 )
 
 PropertyMap = Mapping[str, PropertyValue]
+# This SDK's PropertyValue cannot marshal its own `computed()`: send the wire's sentinel.
+UNKNOWN_VALUE = PropertyValue(WIRE_UNKNOWN)
 
 
 def to_python(value: PropertyValue) -> Any:
     """An engine value as plain Python; an unknown one as `spec.UNKNOWN`."""
     inner = value.value
-    if isinstance(inner, Computed):
+    # On the wire an unknown is a sentinel string, which this SDK's PropertyValue keeps as is.
+    if isinstance(inner, Computed) or inner == WIRE_UNKNOWN:
         return UNKNOWN
     if isinstance(inner, Mapping):
         return {key: to_python(item) for key, item in inner.items()}
@@ -64,7 +68,7 @@ def to_python(value: PropertyValue) -> Any:
 
 def to_property_value(value: Any, *, secret: bool = False) -> PropertyValue:
     if value is UNKNOWN:
-        return PropertyValue.computed()
+        return UNKNOWN_VALUE
     if isinstance(value, Mapping):
         return PropertyValue({key: to_property_value(item) for key, item in value.items()}, is_secret=secret)
     if isinstance(value, list | tuple):
@@ -101,7 +105,7 @@ class NexusProvider(Provider):
         }
 
     def _unknown_outputs(self, spec: ResourceSpec, inputs: PropertyMap) -> dict[str, PropertyValue]:
-        outputs = {name: PropertyValue.computed() for name in spec.state_names() if name not in inputs}
+        outputs = {name: UNKNOWN_VALUE for name in spec.state_names() if name not in inputs}
         return {**inputs, **outputs}
 
     async def get_schema(self, request: GetSchemaRequest) -> GetSchemaResponse:

@@ -21,7 +21,7 @@ class Arch(Enum):
 @dataclass(frozen=True)
 class CloudInitSeedArgs:
     state_dir: str = absolute_path(
-        "The stack's directory, where the seed is written (`seed.iso`, and `user-data` to read)."
+        "The stack's directory, where the seed is written (`cidata.iso`, and `user-data.yaml` to read)."
     )
     username: str = prop("The login user cloud-init creates, with `publicKey` authorised and sudo.")
     hostname: str = prop("The guest's host name.")

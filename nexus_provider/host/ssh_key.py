@@ -13,7 +13,7 @@ from ..spec import Failure, ResourceSpec, absolute_path, prop
 @dataclass(frozen=True)
 class SshKeyArgs:
     state_dir: str = absolute_path(
-        "The stack's directory, where a generated pair is written (`ssh-key`, `ssh-key.pub`, mode 0600)."
+        "The stack's directory, where a generated pair is written (`ssh/id_ed25519` and `.pub`, mode 0600)."
     )
     comment: str = prop("The comment of a generated key, e.g. `nexus-<stack>`.")
     private_key_file: str | None = prop(
