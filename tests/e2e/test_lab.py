@@ -13,7 +13,6 @@ provider's error reads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from typing import Any
 import pytest
 
 from nexus_components.ssh import SshTarget
+from tests.support.blank_image import make_blank_image
 from tests.support.debian_image import IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving
 from tests.support.processes import processes_where, pulumi_programs_in, running
@@ -309,10 +309,7 @@ def test_lab_lifecycle(tmp_path: Path, image_url: str) -> None:
 @pytest.fixture
 def blank_image(tmp_path: Path) -> dict[str, str]:
     """A 1 GiB blank qcow2 as the base image: enough for every layer up to QEMU."""
-    image = tmp_path / "images" / "blank.qcow2"
-    image.parent.mkdir()
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "1G"], check=True)
-    return {"url": str(image), "sha256": hashlib.sha256(image.read_bytes()).hexdigest()}
+    return make_blank_image(tmp_path / "images")
 
 
 def blank_stack(tmp_path: Path, image: dict[str, str], name: str, **sections: dict[str, Any]) -> PulumiCli:
