@@ -44,6 +44,17 @@ def scripts_pulumi(home: Path, project: Path, *args: str, **env: str) -> subproc
     )
 
 
+def store_secret(home: Path, project: Path, **env: str) -> None:
+    stored = scripts_pulumi(
+        home, project, "config", "set", "--secret", "probe", SECRET, "--stack", "linux", **env
+    )
+    assert stored.returncode == 0, stored.stderr
+
+
+def read_secret(home: Path, project: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return scripts_pulumi(home, project, "config", "get", "probe", "--stack", "linux", **env)
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     view = project_view(tmp_path / "project")
@@ -65,16 +76,13 @@ def test_a_new_user_gets_a_private_random_passphrase(tmp_path: Path, project: Pa
     assert stat.S_IMODE(passphrase.stat().st_mode) == 0o600
     chosen = passphrase.read_text()
     assert len(chosen) >= 32
-    stored = scripts_pulumi(home, project, "config", "set", "--secret", "probe", SECRET, "--stack", "linux")
-    assert stored.returncode == 0, stored.stderr
+    store_secret(home, project)
     # The same file is used again: the secret reads back.
-    shown = scripts_pulumi(home, project, "config", "get", "probe", "--stack", "linux")
+    shown = read_secret(home, project)
     assert shown.stdout.strip() == SECRET, shown.stderr
     assert passphrase.read_text() == chosen
     # Without the passphrase the secret cannot be read: an empty one, the old default, fails.
-    empty = scripts_pulumi(
-        home, project, "config", "get", "probe", "--stack", "linux", PULUMI_CONFIG_PASSPHRASE=""
-    )
+    empty = read_secret(home, project, PULUMI_CONFIG_PASSPHRASE="")
     assert empty.returncode != 0 and SECRET not in empty.stdout
     assert "passphrase" in empty.stderr.lower(), empty.stderr
 
@@ -85,21 +93,8 @@ def test_a_passphrase_of_your_own_is_used_and_no_file_is_made(tmp_path: Path, pr
     made = scripts_pulumi(home, project, "stack", "init", "linux", PULUMI_CONFIG_PASSPHRASE="mine")
     assert made.returncode == 0, made.stderr
     assert not (home / ".nexus-nested-vm" / "passphrase").exists()
-    scripts_pulumi(
-        home,
-        project,
-        "config",
-        "set",
-        "--secret",
-        "probe",
-        SECRET,
-        "--stack",
-        "linux",
-        PULUMI_CONFIG_PASSPHRASE="mine",
-    )
-    shown = scripts_pulumi(
-        home, project, "config", "get", "probe", "--stack", "linux", PULUMI_CONFIG_PASSPHRASE="mine"
-    )
+    store_secret(home, project, PULUMI_CONFIG_PASSPHRASE="mine")
+    shown = read_secret(home, project, PULUMI_CONFIG_PASSPHRASE="mine")
     assert shown.stdout.strip() == SECRET, shown.stderr
 
 
@@ -108,20 +103,9 @@ def test_stacks_made_with_the_old_empty_passphrase_keep_working(tmp_path: Path, 
     home.mkdir()
     old = scripts_pulumi(home, project, "stack", "init", "linux", PULUMI_CONFIG_PASSPHRASE="")
     assert old.returncode == 0, old.stderr
-    scripts_pulumi(
-        home,
-        project,
-        "config",
-        "set",
-        "--secret",
-        "probe",
-        SECRET,
-        "--stack",
-        "linux",
-        PULUMI_CONFIG_PASSPHRASE="",
-    )
+    store_secret(home, project, PULUMI_CONFIG_PASSPHRASE="")
     # The next run without a passphrase of the user's: no new file would open these stacks.
-    shown = scripts_pulumi(home, project, "config", "get", "probe", "--stack", "linux")
+    shown = read_secret(home, project)
     assert shown.returncode == 0 and shown.stdout.strip() == SECRET, shown.stderr
     assert not (home / ".nexus-nested-vm" / "passphrase").exists()
     assert "use an empty passphrase" in shown.stderr
