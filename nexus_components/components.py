@@ -23,14 +23,10 @@ from pulumi.dynamic import Resource
 from . import providers
 from .config import NexusConfig, disk_size_bytes
 from .paths import VmPaths
-from .qemu_argv import HostFacts, VmFiles, build_qemu_argv
+from .qemu_argv import HostFacts, VmFiles, build_qemu_argv, qmp_tcp_port
 from .ssh import SshTarget
 
 TYPE_PREFIX = "nexus:lab"
-
-
-def qmp_tcp_port(config: NexusConfig, host: HostFacts) -> int | None:
-    return config.network.qmp_port if host.os == "windows" else None
 
 
 def _child(parent: pulumi.Resource) -> pulumi.ResourceOptions:

@@ -54,6 +54,18 @@ def recorded_pid(props: Props) -> int | None:
     return int(props.get("pid") or 0) or None
 
 
+def vm_network(props: Props) -> NetworkConfig:
+    """The VM's forwarded ports. Numbers come back from the engine as floats."""
+    return NetworkConfig(
+        bind_address=props["bind_address"],
+        ssh_port=int(props["ssh_port"]),
+        forwards=tuple(
+            PortForward(int(forward["host"]), int(forward["guest"]), forward["protocol"])
+            for forward in props["forwards"]
+        ),
+    )
+
+
 def vm_paths(props: Props) -> VmPaths:
     qmp_tcp_port = props.get("qmp_tcp_port")
     return VmPaths(Path(props["state_dir"]), int(qmp_tcp_port) if qmp_tcp_port else None)
@@ -348,15 +360,7 @@ class QemuVm(Lifecycle):
         if not adopted:
             # Any other QEMU of ours would hold the disk and the ports.
             vm_process.stop(paths, log=lambda line: say("vm", line))
-        # Numbers come back from the engine as floats.
-        network = NetworkConfig(
-            bind_address=props["bind_address"],
-            ssh_port=int(props["ssh_port"]),
-            forwards=tuple(
-                PortForward(int(forward["host"]), int(forward["guest"]), forward["protocol"])
-                for forward in props["forwards"]
-            ),
-        )
+        network = vm_network(props)
         if not adopted:
             vm_process.check_ports_free(network, qmp_tcp_port=paths.qmp_tcp_port)
             ensure_firmware_vars(paths, props.get("firmware_code"), props.get("firmware_vars_template"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from .config import NexusConfig, PortForward, VmConfig
+from .config import NetworkConfig, NexusConfig, PortForward, VmConfig
 from .errors import ConfigError
 from .paths import VmPaths
 
@@ -48,6 +48,37 @@ class VmFiles:
         )
 
 
+@dataclass(frozen=True)
+class GuestMachine:
+    """The VM's own part of the command line: what nexus:vm sets (`of`), or the typed inputs
+    of the nexus provider's QemuVm resource."""
+
+    name: str
+    arch: str
+    cpus: int
+    memory_mib: int
+    machine: str | None = None
+    cpu_model: str | None = None
+    firmware_code: str | None = None
+
+    @classmethod
+    def of(cls, vm: VmConfig) -> GuestMachine:
+        return cls(
+            name=vm.name,
+            arch=vm.arch,
+            cpus=vm.cpus,
+            memory_mib=vm.memory_mib,
+            machine=vm.machine,
+            cpu_model=vm.cpu_model,
+            firmware_code=vm.firmware_code,
+        )
+
+
+def qmp_tcp_port(config: NexusConfig, host: HostFacts) -> int | None:
+    """Where QMP listens: a TCP port on Windows, whose QEMU has no UNIX sockets; else None (a socket)."""
+    return config.network.qmp_port if host.os == "windows" else None
+
+
 DISK_ID = "disk0"  # the id QMP's block_resize addresses
 
 
@@ -60,7 +91,7 @@ def default_machine(arch: str) -> str:
     return "virt" if arch == "aarch64" else "q35"
 
 
-def machine_option(vm: VmConfig, accelerator: str) -> str:
+def machine_option(vm: VmConfig | GuestMachine, accelerator: str) -> str:
     """The -machine value: the machine type, its options for this guest, the accelerator."""
     machine = vm.machine or default_machine(vm.arch)
     options = [machine]
@@ -94,8 +125,11 @@ def hostfwd_rules(bind_address: str, forwards: tuple[PortForward, ...]) -> list[
 
 
 def build_qemu_argv(config: NexusConfig, host: HostFacts, files: VmFiles) -> list[str]:
+    return qemu_argv(GuestMachine.of(config.vm), config.network, host, files)
+
+
+def qemu_argv(vm: GuestMachine, network: NetworkConfig, host: HostFacts, files: VmFiles) -> list[str]:
     """Every argument QEMU gets, in layers: machine, resources, firmware, disks, net, control."""
-    vm = config.vm
     if host.accelerator == "auto":
         raise ValueError("resolve the accelerator before building the command line")
 
@@ -140,9 +174,7 @@ def build_qemu_argv(config: NexusConfig, host: HostFacts, files: VmFiles) -> lis
         "-drive",
         f"if=virtio,format=raw,readonly=on,file={qemu_opt_value(files.seed_iso)}",
         "-netdev",
-        ",".join(
-            ["user,id=net0", *hostfwd_rules(config.network.bind_address, config.network.all_forwards())]
-        ),
+        ",".join(["user,id=net0", *hostfwd_rules(network.bind_address, network.all_forwards())]),
         "-device",
         "virtio-net-pci,netdev=net0",
         "-device",

@@ -43,6 +43,17 @@ class Unknown:
 UNKNOWN = Unknown()
 
 
+def contains_unknown(value: Any) -> bool:
+    """Whether this value, or anything in it, is not known yet."""
+    if value is UNKNOWN:
+        return True
+    if isinstance(value, Mapping):
+        return any(contains_unknown(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(contains_unknown(item) for item in value)
+    return False
+
+
 def prop(
     description: str,
     *,
@@ -85,19 +96,16 @@ class Failure:
     reason: str
 
 
-@dataclass(frozen=True)
-class ResourceSpec:
-    """One custom resource of the package."""
+@dataclass(frozen=True, kw_only=True)
+class TypedSpec:
+    """What resources and components share: a type token, typed inputs and outputs, and checks."""
 
     pulumi_type: str
     description: str
     inputs: type
     outputs: type
-    lifecycle: Lifecycle
     # Rules across properties, run on inputs whose values are all known and well typed.
     checks: Callable[[Props], list[Failure]] = lambda _props: []
-    # The lifecycle's properties from the typed inputs, for what the typed API leaves out.
-    derive: Callable[[Props], Props] = lambda props: props
 
     @property
     def module(self) -> str:
@@ -107,10 +115,29 @@ class ResourceSpec:
         """Schema name -> Python name of every input."""
         return {camel_case(f.name): f.name for f in dataclasses.fields(self.inputs)}
 
+    def output_names(self) -> dict[str, str]:
+        return {camel_case(f.name): f.name for f in dataclasses.fields(self.outputs)}
+
     def state_names(self) -> dict[str, str]:
         """Schema name -> Python name of every property the state holds (inputs and outputs)."""
-        outputs = {camel_case(f.name): f.name for f in dataclasses.fields(self.outputs)}
-        return {**self.input_names(), **outputs}
+        return {**self.input_names(), **self.output_names()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourceSpec(TypedSpec):
+    """One custom resource of the package: the provider runs its lifecycle."""
+
+    lifecycle: Lifecycle
+    # The lifecycle's properties from the typed inputs, for what the typed API leaves out.
+    derive: Callable[[Props], Props] = lambda props: props
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComponentSpec(TypedSpec):
+    """One component of the package: `component(name, props, options)` registers its children
+    (resources of this package) and returns an object with `urn` and `outputs` (Python names)."""
+
+    component: Callable[..., Any]
 
 
 def camel_case(name: str) -> str:
@@ -126,14 +153,25 @@ def snake_case(name: str) -> str:
 
 
 def package_schema(
-    name: str, version: str, description: str, resources: typing.Sequence[ResourceSpec]
+    name: str,
+    version: str,
+    description: str,
+    resources: typing.Sequence[ResourceSpec],
+    components: typing.Sequence[ComponentSpec] = (),
 ) -> dict[str, Any]:
-    """The Pulumi package schema of these resources."""
+    """The Pulumi package schema of these resources and components."""
     type_specs: dict[str, dict[str, Any]] = {}
+    claimed: dict[type, str] = {}
     resource_specs = {
-        spec.pulumi_type: _resource_schema(spec, _TypeRefs(name, spec.module, type_specs))
+        spec.pulumi_type: _resource_schema(spec, _TypeRefs(name, spec.module, type_specs, claimed))
         for spec in resources
     }
+    resource_specs.update(
+        {
+            spec.pulumi_type: _component_schema(spec, _TypeRefs(name, spec.module, type_specs, claimed))
+            for spec in components
+        }
+    )
     return {
         "name": name,
         "displayName": "Nexus nested-virtualization lab",
@@ -152,15 +190,21 @@ def package_schema(
 
 @dataclass
 class _TypeRefs:
-    """Where a resource's enums and object types go: `types`, under the resource's module."""
+    """Where a resource's enums and object types go: `types`, under the module of the first
+    resource that uses them (a component reusing a resource's type refers to that one)."""
 
     package: str
     module: str
     types: dict[str, dict[str, Any]]
+    claimed: dict[type, str]
 
     def ref(self, python_type: type) -> dict[str, Any]:
-        token = f"{self.package}:{self.module}:{python_type.__name__}"
-        if token not in self.types:
+        token = self.claimed.get(python_type)
+        if token is None:
+            token = f"{self.package}:{self.module}:{python_type.__name__}"
+            if token in self.types:
+                raise ValueError(f"two types are named {token}")
+            self.claimed[python_type] = token
             self.types[token] = {}  # claimed first: a type that refers to itself ends here
             self.types[token] = _named_type_schema(python_type, self)
         return {"$ref": f"#/types/{token}"}
@@ -188,6 +232,19 @@ def _resource_schema(spec: ResourceSpec, refs: _TypeRefs) -> dict[str, Any]:
         # The state holds the inputs too, as every resource's outputs do.
         "properties": {**inputs, **outputs},
         "required": sorted({*required_inputs, *required_outputs}),
+    }
+
+
+def _component_schema(spec: ComponentSpec, refs: _TypeRefs) -> dict[str, Any]:
+    inputs, required_inputs = _properties_schema(spec.inputs, refs)
+    outputs, required_outputs = _properties_schema(spec.outputs, refs)
+    return {
+        "isComponent": True,
+        "description": spec.description,
+        "inputProperties": inputs,
+        "requiredInputs": required_inputs,
+        "properties": outputs,
+        "required": required_outputs,
     }
 
 
@@ -240,7 +297,7 @@ def _doc(python_type: type) -> str:
 # --------------------------------------------------------------------------- check
 
 
-def check_inputs(spec: ResourceSpec, inputs: Mapping[str, Any]) -> list[Failure]:
+def check_inputs(spec: TypedSpec, inputs: Mapping[str, Any]) -> list[Failure]:
     """What is wrong with these inputs (schema names, engine values); empty when nothing is.
 
     Unknown values (outputs of resources not made yet) pass: they are checked at `up`,
@@ -252,7 +309,7 @@ def check_inputs(spec: ResourceSpec, inputs: Mapping[str, Any]) -> list[Failure]
     return spec.checks(from_schema_names(spec, inputs))
 
 
-def from_schema_names(spec: ResourceSpec, values: Mapping[str, Any]) -> Props:
+def from_schema_names(spec: TypedSpec, values: Mapping[str, Any]) -> Props:
     """Schema names -> the Python names the lifecycles use (nested values are kept as they are)."""
     names = spec.state_names()
     return {names.get(key, snake_case(key)): value for key, value in values.items()}

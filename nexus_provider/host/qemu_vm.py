@@ -1,4 +1,9 @@
-"""nexus:host:QemuVm, the QEMU process of the VM."""
+"""nexus:host:QemuVm, the QEMU process of the VM.
+
+Consumers describe the machine (CPUs, memory, accelerator, ports...); the command line is
+built here by the same pure function the reference program uses (`qemu_argv`), on the
+machine that runs QEMU, and kept in the state: a changed command line restarts the VM.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,13 @@ from dataclasses import dataclass
 from enum import Enum
 
 from nexus_components import lifecycles
-from nexus_components.config import VM_MIN_MEMORY_MIB
+from nexus_components.hostfacts import host_os
+from nexus_components.lifecycles import Props
+from nexus_components.qemu_argv import GuestMachine, HostFacts, VmFiles, default_qemu_binary, qemu_argv
 
-from ..spec import ResourceSpec, absolute_path, port, prop
+from ..settings import setting
+from ..spec import UNKNOWN, Failure, ResourceSpec, absolute_path, contains_unknown, port, prop
+from .cloud_init_seed import Arch
 
 
 class Accelerator(Enum):
@@ -18,6 +27,13 @@ class Accelerator(Enum):
     HVF = "hvf"
     WHPX = "whpx"
     TCG = "tcg"
+
+
+class BindAddress(Enum):
+    """The host address forwarded ports listen on (QEMU's user networking forwards only from IPv4)."""
+
+    LOOPBACK = "127.0.0.1"
+    ALL_INTERFACES = "0.0.0.0"
 
 
 class Protocol(Enum):
@@ -38,30 +54,49 @@ class PortForward:
 
 @dataclass(frozen=True)
 class QemuVmArgs:
-    name: str = prop("The VM's name: the resource's id, and its entry in the stack's SSH config.")
+    name: str = setting(
+        "The VM's name: the resource's id, QEMU's process name, and its entry in the stack's SSH config.",
+        "vm",
+        "name",
+    )
     state_dir: str = absolute_path(
-        "The stack's directory: QEMU's pid file, QMP socket, serial log and the connect script live there."
+        "The stack's directory: QEMU's pid file, QMP socket, serial log and the connect script live there; "
+        "the disk (`disk.qcow2`) and seed (`cidata.iso`) are read from there."
     )
-    argv: list[str] = prop("QEMU's whole command line, program first; a changed one restarts the VM.")
-    accelerator: Accelerator = prop("The accelerator the command line uses (for progress messages).")
-    cpus: int = prop(
-        "The vCPUs the command line gives the guest (for progress messages).", minimum=1, maximum=64
+    arch: Arch = prop("The guest's architecture: x86_64 boots a q35 PC, aarch64 a virt machine with UEFI.")
+    accelerator: Accelerator = prop(
+        "The accelerator QEMU runs the guest with; it must work on this host (tcg always does)."
     )
-    memory_mib: int = prop(
-        "The memory the command line gives the guest, in MiB (for progress messages).",
-        minimum=VM_MIN_MEMORY_MIB,
-        maximum=262144,
+    cpus: int = setting("The guest's vCPUs.", "vm", "cpus")
+    memory_mib: int = setting("The guest's memory in MiB.", "vm", "memoryMiB")
+    machine: str | None = setting(
+        "QEMU's machine type (`-machine`); unset: q35 for x86_64, virt for aarch64.", "vm", "machine"
     )
-    firmware_code: str | None = prop("aarch64: the UEFI code image; unset for x86_64.")
-    firmware_vars_template: str | None = prop(
+    cpu_model: str | None = setting(
+        "QEMU's CPU model (`-cpu`); unset: host under kvm and hvf, max for aarch64 otherwise, QEMU's "
+        "default for x86_64 under tcg and whpx.",
+        "vm",
+        "cpuModel",
+    )
+    qemu_binary: str | None = setting(
+        "The QEMU system emulator (a name on PATH or a path); unset: qemu-system-<arch>.", "vm", "qemuBinary"
+    )
+    firmware_code: str | None = setting(
+        "aarch64 (required there): the UEFI code image for the virt machine's 64 MiB flash; "
+        "unset for x86_64.",
+        "vm",
+        "firmwareCode",
+    )
+    firmware_vars_template: str | None = setting(
         "aarch64: the template of the VM's own UEFI variable store (kept across restarts); unset: a "
-        "blank store the size of the code image."
+        "blank store the size of the code image.",
+        "vm",
+        "firmwareVars",
     )
-    bind_address: str = prop("The host address the forwarded ports listen on.")
-    ssh_host: str = prop("The address SSH reaches the VM at (the bind address, or 127.0.0.1 for 0.0.0.0).")
-    ssh_port: int = port("The host port forwarded to the guest's sshd.")
-    forwards: list[PortForward] = prop("More forwarded ports.")
-    username: str = prop("The guest's login user.")
+    bind_address: BindAddress = prop("The host address the forwarded ports listen on.")
+    ssh_port: int = port("The host port forwarded to the guest's sshd (port 22).")
+    forwards: list[PortForward] = prop("More forwarded ports, after SSH's.")
+    username: str = prop("The guest's login user (CloudInitSeed's `username`).")
     private_key: str = prop("The private key's file the VM is reached with (SshKey's `privateKeyPath`).")
     instance_id: str = prop(
         "The seed's instance id (CloudInitSeed's `instanceId`): a new seed restarts the VM."
@@ -75,8 +110,62 @@ class QemuVmArgs:
 
 @dataclass(frozen=True)
 class QemuVmState:
+    argv: list[str] = prop("QEMU's whole command line, program first, as built from the inputs.")
+    ssh_host: str = prop("The address SSH reaches the VM at: the bind address, or 127.0.0.1 for 0.0.0.0.")
     pid: int = prop("QEMU's process id (0 when `refresh` found it not running).")
     ready_seconds: float = prop("How long the VM took to be ready: SSH answering and cloud-init done.")
+
+
+def _firmware_for_aarch64(props: Props) -> list[Failure]:
+    if props["arch"] == Arch.AARCH64.value and not props.get("firmware_code"):
+        return [Failure("firmwareCode", "missing while arch is aarch64; allowed: the UEFI code image's path")]
+    return []
+
+
+# What the command line is made of (the rest only decides when QEMU starts again).
+_COMMAND_LINE_INPUTS = (
+    "name",
+    "state_dir",
+    "arch",
+    "accelerator",
+    "cpus",
+    "memory_mib",
+    "machine",
+    "cpu_model",
+    "qemu_binary",
+    "firmware_code",
+    "firmware_vars_template",
+    "bind_address",
+    "ssh_port",
+    "forwards",
+    "qmp_tcp_port",
+)
+
+
+def _with_command_line(props: Props) -> Props:
+    """The command line QEMU gets on this host, and where SSH reaches the guest."""
+    if contains_unknown([props.get(name) for name in _COMMAND_LINE_INPUTS]):
+        return {**props, "argv": UNKNOWN, "ssh_host": UNKNOWN}
+    os_name = host_os()
+    network = lifecycles.vm_network(props)
+    machine = GuestMachine(
+        name=props["name"],
+        arch=props["arch"],
+        cpus=int(props["cpus"]),
+        memory_mib=int(props["memory_mib"]),
+        machine=props.get("machine"),
+        cpu_model=props.get("cpu_model"),
+        firmware_code=props.get("firmware_code"),
+    )
+    host = HostFacts(
+        os=os_name,
+        accelerator=props["accelerator"],
+        qemu_binary=props.get("qemu_binary") or default_qemu_binary(props["arch"], os_name),
+        firmware_code=props.get("firmware_code"),
+        firmware_vars_template=props.get("firmware_vars_template"),
+    )
+    argv = qemu_argv(machine, network, host, VmFiles.of(lifecycles.vm_paths(props)))
+    return {**props, "argv": argv, "ssh_host": network.ssh_host}
 
 
 RESOURCE = ResourceSpec(
@@ -87,4 +176,6 @@ RESOURCE = ResourceSpec(
     inputs=QemuVmArgs,
     outputs=QemuVmState,
     lifecycle=lifecycles.QemuVm(),
+    checks=_firmware_for_aarch64,
+    derive=_with_command_line,
 )

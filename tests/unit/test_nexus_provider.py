@@ -23,12 +23,17 @@ from pulumi.provider.experimental.provider import (
     PropertyDiffKind,
 )
 
+from nexus_components.config import SCHEMA as CONFIG_SCHEMA
+from nexus_components.config import load_config
 from nexus_components.errors import VmError
+from nexus_components.hostfacts import host_os
+from nexus_components.paths import VmPaths
+from nexus_components.qemu_argv import HostFacts, VmFiles, build_qemu_argv
 from nexus_provider import NAME, VERSION
 from nexus_provider.provider import UNKNOWN_VALUE, NexusProvider, to_property_value
 from nexus_provider.resources import DESCRIPTION, RESOURCES
 from nexus_provider.server import nexus_error
-from nexus_provider.spec import UNKNOWN, ResourceSpec, check_inputs, package_schema, prop
+from nexus_provider.spec import UNKNOWN, ResourceSpec, check_inputs, from_schema_names, package_schema, prop
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = package_schema(NAME, VERSION, DESCRIPTION, RESOURCES)
@@ -77,11 +82,29 @@ def test_enum_like_inputs_are_enums_and_optional_inputs_are_not_required() -> No
     assert SCHEMA["types"]["nexus:host:PortForward"]["properties"]["protocol"]["$ref"] == (
         "#/types/nexus:host:Protocol"
     )
+    assert vm["inputProperties"]["bindAddress"]["$ref"] == "#/types/nexus:host:BindAddress"
     image = SCHEMA["resources"]["nexus:host:BaseImage"]
     assert "sha256" not in image["requiredInputs"] and "url" in image["requiredInputs"]
     assert "memoryMib" in vm["requiredInputs"] and "firmwareCode" not in vm["requiredInputs"]
     assert image["properties"]["virtualSize"]["type"] == "integer"
     assert seed["inputProperties"]["userData"]["additionalProperties"] == {"$ref": "pulumi.json#/Any"}
+
+
+def enum_values(token: str) -> list[str]:
+    return [value["value"] for value in SCHEMA["types"][token]["enum"]]
+
+
+def test_enums_allow_what_the_stack_config_allows() -> None:
+    vm_settings = CONFIG_SCHEMA["properties"]["vm"]["properties"]
+    network_settings = CONFIG_SCHEMA["properties"]["network"]["properties"]
+    assert enum_values("nexus:host:Arch") == vm_settings["arch"]["enum"]
+    # The resource takes the accelerator `auto` resolved to.
+    assert enum_values("nexus:host:Accelerator") == [
+        a for a in vm_settings["accelerator"]["enum"] if a != "auto"
+    ]
+    assert enum_values("nexus:host:BindAddress") == network_settings["bindAddress"]["enum"]
+    forward = network_settings["forwards"]["items"]["properties"]
+    assert enum_values("nexus:host:Protocol") == forward["protocol"]["enum"]
 
 
 def test_a_property_without_a_description_is_refused_when_the_schema_is_made() -> None:
@@ -100,12 +123,11 @@ def vm_inputs(**changes: Any) -> dict[str, Any]:
     inputs: dict[str, Any] = {
         "name": "lab",
         "stateDir": "/tmp/lab",
-        "argv": ["qemu-system-x86_64"],
+        "arch": "x86_64",
         "accelerator": "tcg",
         "cpus": 2.0,
         "memoryMib": 1024.0,
         "bindAddress": "127.0.0.1",
-        "sshHost": "127.0.0.1",
         "sshPort": 2222.0,
         "forwards": [{"host": 8080.0, "guest": 80.0, "protocol": "tcp"}],
         "username": "nexus",
@@ -137,11 +159,21 @@ def test_check_refuses_bad_inputs_naming_the_property_and_what_is_allowed() -> N
         "forwards[0].protocol": "got 'sctp'; allowed: one of tcp, udp",
     }
     missing = vm_inputs()
-    del missing["argv"]
-    assert reasons(vm, missing) == {"argv": "missing; allowed: a list of a string"}
+    del missing["forwards"]
+    assert reasons(vm, missing) == {
+        "forwards": "missing; allowed: a list of an object with host, guest, protocol"
+    }
     assert reasons(vm, vm_inputs(memoryMiB=1024.0))["memoryMiB"].startswith(
-        "not a property of QemuVmArgs; allowed: name, stateDir, argv"
+        "not a property of QemuVmArgs; allowed: name, stateDir, arch"
     )
+    assert reasons(vm, vm_inputs(argv=["qemu-system-x86_64"]))["argv"].startswith("not a property")
+    assert reasons(vm, vm_inputs(machine="q35,accel=kvm")) == {
+        "machine": "got 'q35,accel=kvm'; allowed: a QEMU name: letters, digits, '.', '_', '+' and '-', "
+        "starting with a letter or digit"
+    }
+    assert reasons(vm, vm_inputs(arch="aarch64")) == {
+        "firmwareCode": "missing while arch is aarch64; allowed: the UEFI code image's path"
+    }
     image = spec_of("nexus:host:BaseImage")
     assert reasons(
         image,
@@ -150,6 +182,27 @@ def test_check_refuses_bad_inputs_naming_the_property_and_what_is_allowed() -> N
         "sha256": "got 'ABC'; allowed: 64 lower-case hex digits",
         "diskSize": "got '20GB'; allowed: a size such as 20G: a whole number (up to 6 digits) and M, G or T",
     }
+
+
+def test_the_vm_command_line_is_built_from_typed_inputs_by_the_reference_programs_function() -> None:
+    """Same inputs, same argv as nexus_components.qemu_argv gives the reference program."""
+    vm = spec_of("nexus:host:QemuVm")
+    props = vm.derive(from_schema_names(vm, vm_inputs(bindAddress="0.0.0.0", cpuModel="max")))
+    config = load_config(
+        {
+            "vm": {"name": "lab", "accelerator": "tcg", "cpus": 2, "memoryMiB": 1024, "cpuModel": "max"},
+            "network": {"bindAddress": "0.0.0.0", "sshPort": 2222, "forwards": [{"host": 8080, "guest": 80}]},
+            "paths": {"stateDir": "/tmp/lab"},
+        },
+        stack="unit",
+        home=Path("/home/unit"),
+    )
+    host = HostFacts(os=host_os(), accelerator="tcg", qemu_binary="qemu-system-x86_64")
+    assert props["argv"] == build_qemu_argv(config, host, VmFiles.of(VmPaths(Path("/tmp/lab"))))
+    assert props["ssh_host"] == "127.0.0.1"
+    assert "-smp" in props["argv"] and props["argv"][props["argv"].index("-smp") + 1] == "2"
+    unknown_port = vm.derive(from_schema_names(vm, vm_inputs(sshPort=UNKNOWN)))
+    assert unknown_port["argv"] is UNKNOWN
 
 
 def test_unknown_inputs_pass_check_and_rules_across_properties_run_on_known_ones() -> None:
