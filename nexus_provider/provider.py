@@ -14,11 +14,15 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pulumi
+from pulumi.errors import InputPropertiesError
 from pulumi.provider.experimental.property_value import Computed, PropertyValue
 from pulumi.provider.experimental.provider import (
     CheckFailure,
     CheckRequest,
     CheckResponse,
+    ConstructRequest,
+    ConstructResponse,
     CreateRequest,
     CreateResponse,
     DeleteRequest,
@@ -34,15 +38,19 @@ from pulumi.provider.experimental.provider import (
     UpdateRequest,
     UpdateResponse,
 )
+from pulumi.resource import DependencyResource
 from pulumi.runtime.rpc import UNKNOWN as WIRE_UNKNOWN
 
 from . import NAME, VERSION
-from .resources import DESCRIPTION, RESOURCES
+from .resources import COMPONENTS, DESCRIPTION, RESOURCES
 from .spec import (
     UNKNOWN,
+    ComponentSpec,
+    Failure,
     ResourceSpec,
     camel_case,
     check_inputs,
+    contains_unknown,
     from_schema_names,
     package_schema,
     to_schema_names,
@@ -78,12 +86,39 @@ def to_property_value(value: Any, *, secret: bool = False) -> PropertyValue:
     return PropertyValue(value, is_secret=secret)
 
 
-class NexusProvider(Provider):
-    def __init__(self, resources: Sequence[ResourceSpec] = RESOURCES) -> None:
-        self._resources = {spec.pulumi_type: spec for spec in resources}
-        self._schema = json.dumps(package_schema(NAME, VERSION, DESCRIPTION, resources))
+async def output_property(value: Any) -> PropertyValue:
+    """A component's output as an engine value: known or not, secret or not, and what it depends on."""
+    if not isinstance(value, pulumi.Output):
+        return to_property_value(value)
+    if not await value.is_known():
+        return UNKNOWN_VALUE
+    urns = {await resource.urn.future() for resource in await value.resources()}
+    known = to_property_value(await value.future(), secret=await value.is_secret())
+    return known.with_dependencies(urn for urn in urns if urn)
 
-    def _spec(self, token: str) -> ResourceSpec:
+
+def _unknown_refused(inputs: Mapping[str, Any]) -> list[Failure]:
+    # A component's arguments decide which resources it declares, so they must be known.
+    return [
+        Failure(
+            key, "not known yet; allowed: a value known when the program runs, not another resource's output"
+        )
+        for key, value in inputs.items()
+        if contains_unknown(value)
+    ]
+
+
+class NexusProvider(Provider):
+    def __init__(
+        self, resources: Sequence[ResourceSpec] = RESOURCES, components: Sequence[ComponentSpec] = COMPONENTS
+    ) -> None:
+        self._resources = {spec.pulumi_type: spec for spec in resources}
+        self._components = {spec.pulumi_type: spec for spec in components}
+        self._schema = json.dumps(package_schema(NAME, VERSION, DESCRIPTION, resources, components))
+
+    def _spec(self, urn_type: str) -> ResourceSpec:
+        # A URN's type is qualified by its parents' (`nexus:index:Lab$nexus:host:QemuVm`).
+        token = urn_type.rsplit("$", 1)[-1]
         try:
             return self._resources[token]
         except KeyError:
@@ -110,6 +145,36 @@ class NexusProvider(Provider):
 
     async def get_schema(self, request: GetSchemaRequest) -> GetSchemaResponse:
         return GetSchemaResponse(self._schema)
+
+    async def check_config(self, request: CheckRequest) -> CheckResponse:
+        # Pulumi hands the package's config namespace (`nexus:`) to its default provider. Those
+        # keys are the reference program's stack settings (nexus:vm, nexus:network...), which
+        # programs read; the provider has no settings of its own, so it takes them as they are.
+        return CheckResponse(inputs=request.new_inputs, failures=[])
+
+    async def construct(self, request: ConstructRequest) -> ConstructResponse:
+        spec = self._components.get(request.resource_type)
+        if spec is None:
+            raise ValueError(f"{NAME} {VERSION} has no component {request.resource_type}")
+        raw = {key: to_python(value) for key, value in request.inputs.items()}
+        failures = check_inputs(spec, raw) + _unknown_refused(raw)
+        if failures:
+            raise InputPropertiesError(
+                f"{request.resource_type} {request.name}: invalid arguments",
+                [{"property_path": failure.property, "reason": failure.reason} for failure in failures],
+            )
+        # What the arguments came from comes before the component, as for any resource.
+        after = {urn for value in request.inputs.values() for urn in value.all_dependencies()}
+        options = pulumi.ResourceOptions.merge(
+            request.options,
+            pulumi.ResourceOptions(depends_on=[DependencyResource(urn) for urn in sorted(after)]),
+        )
+        component = spec.component(request.name, from_schema_names(spec, raw), options)
+        state = {
+            name: await output_property(component.outputs[python_name])
+            for name, python_name in spec.output_names().items()
+        }
+        return ConstructResponse(urn=await component.urn.future(), state=state, state_dependencies={})
 
     async def check(self, request: CheckRequest) -> CheckResponse:
         spec = self._spec(request.type)

@@ -58,7 +58,7 @@ class NexusServicer(ProviderServicer):
     """The SDK's servicer, whose resource calls report our errors as their message."""
 
 
-for _call in ("Check", "Diff", "Create", "Update", "Read", "Delete"):
+for _call in ("Check", "Diff", "Create", "Update", "Read", "Delete", "Construct"):
     setattr(NexusServicer, _call, _message_only(getattr(ProviderServicer, _call)))
 
 

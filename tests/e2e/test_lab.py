@@ -29,7 +29,6 @@ from typing import Any
 import pytest
 
 from nexus_components.ssh import SshTarget
-from tests.support.blank_image import make_blank_image
 from tests.support.debian_image import IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving
 from tests.support.processes import processes_where, pulumi_programs_in, running
@@ -304,12 +303,6 @@ def test_lab_lifecycle(tmp_path: Path, image_url: str) -> None:
 
 
 # --- errors before changes, without booting a guest ------------------------------------------
-
-
-@pytest.fixture
-def blank_image(tmp_path: Path) -> dict[str, str]:
-    """A 1 GiB blank qcow2 as the base image: enough for every layer up to QEMU."""
-    return make_blank_image(tmp_path / "images")
 
 
 def blank_stack(tmp_path: Path, image: dict[str, str], name: str, **sections: dict[str, Any]) -> PulumiCli:

@@ -30,13 +30,22 @@ from nexus_components.hostfacts import host_os
 from nexus_components.paths import VmPaths
 from nexus_components.qemu_argv import HostFacts, VmFiles, build_qemu_argv
 from nexus_provider import NAME, VERSION
+from nexus_provider.lab_args import config_document
 from nexus_provider.provider import UNKNOWN_VALUE, NexusProvider, to_property_value
-from nexus_provider.resources import DESCRIPTION, RESOURCES
+from nexus_provider.resources import COMPONENTS, DESCRIPTION, RESOURCES
 from nexus_provider.server import nexus_error
-from nexus_provider.spec import UNKNOWN, ResourceSpec, check_inputs, from_schema_names, package_schema, prop
+from nexus_provider.spec import (
+    UNKNOWN,
+    ResourceSpec,
+    TypedSpec,
+    check_inputs,
+    from_schema_names,
+    package_schema,
+    prop,
+)
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA = package_schema(NAME, VERSION, DESCRIPTION, RESOURCES)
+SCHEMA = package_schema(NAME, VERSION, DESCRIPTION, RESOURCES, COMPONENTS)
 HOST_RESOURCES = ("StateDir", "BaseImage", "SshKey", "OverlayDisk", "CloudInitSeed", "QemuVm")
 
 
@@ -51,10 +60,13 @@ def test_the_plugin_has_the_projects_version() -> None:
 
 
 def test_every_host_resource_is_in_the_schema_with_every_property_described() -> None:
-    assert set(SCHEMA["resources"]) == {f"nexus:host:{name}" for name in HOST_RESOURCES}
+    assert set(SCHEMA["resources"]) == {f"nexus:host:{name}" for name in HOST_RESOURCES} | {"nexus:index:Lab"}
     for token, resource in SCHEMA["resources"].items():
         assert resource["description"], token
-        assert set(resource["inputProperties"]) <= set(resource["properties"]), "the state holds the inputs"
+        if not resource.get("isComponent"):
+            assert set(resource["inputProperties"]) <= set(resource["properties"]), (
+                "the state holds the inputs"
+            )
         for name, prop_schema in {**resource["inputProperties"], **resource["properties"]}.items():
             assert prop_schema["description"], f"{token}.{name}"
     for token, type_schema in SCHEMA["types"].items():
@@ -140,7 +152,7 @@ def vm_inputs(**changes: Any) -> dict[str, Any]:
     return inputs
 
 
-def reasons(spec: ResourceSpec, inputs: dict[str, Any]) -> dict[str, str]:
+def reasons(spec: TypedSpec, inputs: dict[str, Any]) -> dict[str, str]:
     return {failure.property: failure.reason for failure in check_inputs(spec, inputs)}
 
 
@@ -284,3 +296,46 @@ def test_our_error_is_found_behind_the_sdks_wrapper() -> None:
         assert wrapped.__cause__ is None
         assert str(nexus_error(wrapped)) == "nexus:network.sshPort: host port 2222 is already in use"
     assert nexus_error(RuntimeError("a bug")) is None
+
+
+def test_the_lab_is_a_component_in_the_schema_whose_settings_reuse_the_host_types() -> None:
+    lab = SCHEMA["resources"]["nexus:index:Lab"]
+    assert lab["isComponent"] is True and lab["requiredInputs"] == []
+    assert set(lab["inputProperties"]) == {"image", "vm", "network", "guest", "paths"}
+    assert {"sshCommand", "sshPort", "privateKeyPath", "vmPid", "stateDir"} <= set(lab["properties"])
+    vm = SCHEMA["types"]["nexus:index:LabVm"]["properties"]
+    assert vm["arch"]["$ref"] == "#/types/nexus:host:Arch", "one Arch type, where it was declared first"
+    assert (
+        enum_values("nexus:index:AcceleratorChoice")
+        == CONFIG_SCHEMA["properties"]["vm"]["properties"]["accelerator"]["enum"]
+    )
+    forwards = SCHEMA["types"]["nexus:index:LabNetwork"]["properties"]["forwards"]
+    assert forwards["items"] == {"$ref": "#/types/nexus:host:PortForward"}
+
+
+def test_the_labs_arguments_are_checked_by_property_and_become_the_stack_configuration() -> None:
+    lab = next(spec for spec in COMPONENTS if spec.pulumi_type == "nexus:index:Lab")
+    assert reasons(lab, {"vm": {"memoryMib": 64.0, "accelerator": "fast"}, "paths": {"stateDir": "a,b"}}) == {
+        "vm.memoryMib": "got 64; allowed: at least 512",
+        "vm.accelerator": "got 'fast'; allowed: one of auto, kvm, hvf, whpx, tcg",
+        "paths.stateDir": "got 'a,b'; allowed: a file name or path without commas or control characters",
+    }
+    assert reasons(lab, {"guest": {"packages": ["curl", "Bad Name"]}}) == {
+        "guest.packages[1]": "got 'Bad Name'; allowed: a package name "
+        "(lowercase letters, digits and + . : = ~ -), optionally with =version"
+    }
+    props = from_schema_names(
+        lab, {"vm": {"memoryMib": 1024.0, "machine": None}, "network": {"forwards": []}}
+    )
+    document = config_document({**props, "image": None})
+    assert document == {"vm": {"memoryMiB": 1024.0}, "network": {"forwards": []}}
+    config = load_config(document, stack="unit", home=Path("/home/unit"))
+    assert config.vm.memory_mib == 1024 and config.network.forwards == () and config.vm.cpus == 2
+
+
+def test_the_provider_takes_the_nexus_stack_settings_handed_to_it_as_they_are() -> None:
+    """Pulumi hands a package's config namespace to its default provider: the reference program's
+    `nexus:vm`, `nexus:network`... are the program's settings, not the provider's."""
+    settings = values({"vm": '{"memoryMiB": 2048}', "network": {"sshPort": 2222.0}, "version": "0.1.0"})
+    checked = asyncio.run(NexusProvider().check_config(CheckRequest("urn:provider", {}, settings, b"")))
+    assert not checked.failures and checked.inputs == settings

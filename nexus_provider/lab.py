@@ -1,0 +1,118 @@
+"""nexus:index:Lab, the component a consumer declares: one typed lab, its host resources wired.
+
+    Lab
+      ├─ BaseImage       first: it can refuse the disk size before the VM's own files exist
+      ├─ StateDir        after the image; deleted last
+      ├─ SshKey, OverlayDisk, CloudInitSeed
+      └─ QemuVm          ready when SSH answers and cloud-init is done
+
+The same order and values as the reference program's NexusVm (nexus_components/components.py),
+with this package's typed resources. The provider constructs it (`construct`), so its checks
+and host detection run on the machine that runs QEMU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pulumi
+
+from nexus_components.config import load_config
+from nexus_components.hostfacts import (
+    accelerator_note,
+    check_before_changes,
+    detect_host,
+    find_qemu_img,
+    host_os,
+)
+
+from . import VERSION, lab_args
+from .host import base_image, cloud_init_seed, overlay_disk, qemu_vm, ssh_key, state_dir
+from .lab_args import LabArgs, LabOutputs, Props
+from .spec import ComponentSpec, ResourceSpec, camel_case, to_schema_names
+
+
+class HostResource(pulumi.CustomResource):
+    """A resource of this package declared by a component, served by the same provider."""
+
+    def __init__(self, spec: ResourceSpec, name: str, inputs: Props, opts: pulumi.ResourceOptions) -> None:
+        outputs = dict.fromkeys(spec.output_names())
+        super().__init__(
+            spec.pulumi_type,
+            name,
+            {**to_schema_names(inputs), **outputs},
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(version=VERSION)),
+        )
+
+    def output(self, python_name: str) -> pulumi.Output[Any]:
+        value: pulumi.Output[Any] = getattr(self, camel_case(python_name))
+        return value
+
+
+class Lab(pulumi.ComponentResource):
+    def __init__(self, name: str, props: Props, opts: pulumi.ResourceOptions | None = None) -> None:
+        # Everything the configuration and the host can refuse is refused before anything is declared.
+        config = load_config(lab_args.config_document(props), stack=pulumi.get_stack(), home=Path.home())
+        host = detect_host(config.vm)
+        qemu_img = find_qemu_img(config.vm, host_os())
+        check_before_changes(config, qemu_img)
+        super().__init__(COMPONENT.pulumi_type, name, None, opts)
+        note = accelerator_note(config.vm.accelerator, host.accelerator)
+        if note:
+            pulumi.log.warn(note, resource=self)
+
+        def child(after: pulumi.Resource | None = None) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(parent=self, depends_on=[after] if after else None)
+
+        image = HostResource(
+            base_image.RESOURCE, f"{name}-image", lab_args.base_image_inputs(config, qemu_img), child()
+        )
+        state = HostResource(
+            state_dir.RESOURCE, f"{name}-state", lab_args.state_dir_inputs(config, host), child(image)
+        )
+        key = HostResource(ssh_key.RESOURCE, f"{name}-ssh-key", lab_args.ssh_key_inputs(config), child(state))
+        disk = HostResource(
+            overlay_disk.RESOURCE,
+            f"{name}-disk",
+            lab_args.overlay_disk_inputs(
+                config, host, qemu_img, image.output("path"), image.output("digest")
+            ),
+            child(state),
+        )
+        seed = HostResource(
+            cloud_init_seed.RESOURCE,
+            f"{name}-seed",
+            lab_args.cloud_init_seed_inputs(config, key.output("public_key")),
+            child(state),
+        )
+        vm = HostResource(
+            qemu_vm.RESOURCE,
+            f"{name}-vm",
+            lab_args.qemu_vm_inputs(
+                config, host, key.output("private_key_path"), seed.output("instance_id"), disk.id
+            ),
+            child(state),
+        )
+        private_key = key.output("private_key_path")
+        self.outputs: Props = {
+            **lab_args.file_outputs(config, host),
+            "ssh_command": private_key.apply(lambda path: lab_args.ssh_command(config, path)),
+            "private_key_path": private_key,
+            "vm_pid": vm.output("pid"),
+            "vm_ready_seconds": vm.output("ready_seconds"),
+        }
+        self.register_outputs(to_schema_names(self.outputs))
+
+
+COMPONENT = ComponentSpec(
+    pulumi_type="nexus:index:Lab",
+    description="A nested-virtualization lab on this machine, declared with the settings the reference "
+    "program reads from its `nexus:` stack configuration: the cloud image, the VM (QEMU), its forwarded "
+    "ports, the guest's login and the lab's directories. `up` returns once the VM answers on SSH and "
+    "cloud-init is done. Every argument is optional (the defaults are the stack configuration's), and "
+    "must be known when the program runs (a plain value, not another resource's output).",
+    inputs=LabArgs,
+    outputs=LabOutputs,
+    component=Lab,
+)

@@ -1,0 +1,302 @@
+"""nexus:index:Lab's typed arguments and outputs, and what the Lab makes of them.
+
+The arguments have the shape of the reference program's `nexus:` stack configuration
+(image, vm, network, guest, paths; the same keys and rules), so a value either one refuses,
+the other refuses too, and `config.load_config` fills in the same defaults. From the loaded
+configuration come the inputs of each host resource the Lab declares.
+
+Pure Python: no Pulumi import (the component itself is `lab.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from nexus_components.config import NexusConfig
+from nexus_components.paths import VmPaths
+from nexus_components.qemu_argv import HostFacts, qmp_tcp_port
+from nexus_components.ssh import SshTarget
+
+from .host.cloud_init_seed import Arch
+from .host.qemu_vm import BindAddress, PortForward
+from .settings import setting, setting_rule
+from .spec import prop
+
+Props = dict[str, Any]
+
+
+class AcceleratorChoice(Enum):
+    """How QEMU runs the guest's CPU. auto: the host's hypervisor (KVM, HVF or WHPX) when QEMU can
+    really start a vCPU with it, else tcg (software emulation: minutes to boot, not seconds)."""
+
+    AUTO = "auto"
+    KVM = "kvm"
+    HVF = "hvf"
+    WHPX = "whpx"
+    TCG = "tcg"
+
+
+@dataclass(frozen=True)
+class LabImage:
+    """The cloud image the VM's disk starts from."""
+
+    url: str | None = setting(
+        "An http(s) URL, a file:// URL or a local path (air-gapped machines) of a qcow2 cloud image; "
+        "unset: Ubuntu 24.04's cloud image for the architecture.",
+        "image",
+        "url",
+    )
+    sha256: str | None = setting(
+        "The image's expected SHA-256; unset: read from SHA256SUMS beside the URL.", "image", "sha256"
+    )
+
+
+@dataclass(frozen=True)
+class LabVm:
+    """The VM: its machine, resources and QEMU programs."""
+
+    name: str | None = setting("The VM's name; unset: nexus-<stack>.", "vm", "name")
+    arch: Arch | None = prop("The guest's architecture; unset: x86_64.")
+    cpus: int | None = setting("vCPUs; unset: 2. A change restarts the VM on the same disk.", "vm", "cpus")
+    memory_mib: int | None = setting(
+        "Memory in MiB; unset: 4096. A change restarts the VM on the same disk.", "vm", "memoryMiB"
+    )
+    disk_size: str | None = setting(
+        "The disk's size; unset: 20G. A larger size grows the disk in place; a smaller one is refused.",
+        "vm",
+        "diskSize",
+    )
+    accelerator: AcceleratorChoice | None = prop("The accelerator; unset: auto.")
+    machine: str | None = setting(
+        "QEMU's machine type; unset: q35 for x86_64, virt (with GICv3) for aarch64.", "vm", "machine"
+    )
+    cpu_model: str | None = setting("QEMU's CPU model; unset: chosen for the accelerator.", "vm", "cpuModel")
+    qemu_binary: str | None = setting(
+        "The QEMU system emulator; unset: qemu-system-<arch> on PATH.", "vm", "qemuBinary"
+    )
+    qemu_img_binary: str | None = setting("qemu-img; unset: qemu-img on PATH.", "vm", "qemuImgBinary")
+    firmware_code: str | None = setting(
+        "aarch64: the UEFI code image; unset: found beside QEMU or where the host's packages put it.",
+        "vm",
+        "firmwareCode",
+    )
+    firmware_vars: str | None = setting(
+        "aarch64: the template of the VM's UEFI variable store; unset: the one beside the code image.",
+        "vm",
+        "firmwareVars",
+    )
+    boot_timeout_seconds: int | None = setting(
+        "How long `up` waits for SSH and cloud-init; unset: 900.", "vm", "bootTimeoutSeconds"
+    )
+
+
+@dataclass(frozen=True)
+class LabNetwork:
+    """The VM's forwarded ports (QEMU user networking)."""
+
+    bind_address: BindAddress | None = prop("Where the forwarded ports listen; unset: 127.0.0.1.")
+    ssh_port: int | None = setting(
+        "The host port forwarded to the guest's sshd; unset: 2222.", "network", "sshPort"
+    )
+    qmp_port: int | None = setting(
+        "Windows hosts: the QMP port (TCP); unset: 4444. Unused elsewhere (a socket).", "network", "qmpPort"
+    )
+    forwards: list[PortForward] | None = prop(
+        "More forwarded ports (each host port once); unset: 8080 -> 80 and 8443 -> 443."
+    )
+
+
+_PACKAGE = setting_rule("guest", "packages")["items"]
+
+
+@dataclass(frozen=True)
+class LabGuest:
+    """The guest's login and what cloud-init sets up at first boot."""
+
+    username: str | None = setting("The login user, with sudo; unset: ubuntu.", "guest", "username")
+    hostname: str | None = setting("The guest's host name; unset: the VM's name.", "guest", "hostname")
+    ssh_public_key_file: str | None = setting(
+        "Your own public key (with sshPrivateKeyFile); unset: a per-stack ed25519 pair is generated.",
+        "guest",
+        "sshPublicKeyFile",
+    )
+    ssh_private_key_file: str | None = setting(
+        "The private half of sshPublicKeyFile; it is never deleted.", "guest", "sshPrivateKeyFile"
+    )
+    install_packages: bool | None = prop(
+        "Install the lab's packages (docker.io, qemu, libvirt, cpu-checker); unset: true. Minutes under tcg."
+    )
+    packages: list[str] | None = prop(
+        "More packages to install; unset: none.", pattern=_PACKAGE["pattern"], rule=_PACKAGE["description"]
+    )
+    user_data: dict[str, Any] | None = prop("More cloud-config, merged into the generated one; unset: none.")
+
+
+@dataclass(frozen=True)
+class LabPaths:
+    """Where the lab's files go on this machine."""
+
+    state_dir: str | None = setting(
+        "The stack's directory (absolute, or starting with ~/); `destroy` removes it with everything the "
+        "stack made. Unset: ~/.nexus-nested-vm/stacks/<stack>.",
+        "paths",
+        "stateDir",
+    )
+    cache_dir: str | None = setting(
+        "The image cache shared by all stacks; `destroy` keeps it. Unset: ~/.cache/nexus-nested-vm/images.",
+        "paths",
+        "cacheDir",
+    )
+
+
+@dataclass(frozen=True)
+class LabArgs:
+    image: LabImage | None = prop("The cloud image (the stack setting nexus:image).")
+    vm: LabVm | None = prop("The VM (nexus:vm).")
+    network: LabNetwork | None = prop("The forwarded ports (nexus:network).")
+    guest: LabGuest | None = prop("The guest's login and first boot (nexus:guest).")
+    paths: LabPaths | None = prop("The lab's directories (nexus:paths).")
+
+
+@dataclass(frozen=True)
+class LabOutputs:
+    ssh_command: str = prop("The command that logs into the VM.")
+    ssh_port: int = prop("The host port forwarded to the guest's sshd.")
+    private_key_path: str = prop("The private key's file the VM is reached with.")
+    vm_pid: int = prop("QEMU's process id.")
+    vm_ready_seconds: float = prop("How long the VM took to be ready: SSH answering and cloud-init done.")
+    serial_log: str = prop("The guest's serial console, as a file.")
+    connect_script: str = prop("A script that logs into the VM (`ssh` with the stack's key and port).")
+    accelerator: str = prop("The accelerator QEMU runs the guest with (what auto chose).")
+    state_dir: str = prop("The stack's directory.")
+
+
+# Lab property names (camelCase of the Python names) that the stack configuration spells otherwise.
+_CONFIG_KEYS = {"memoryMib": "memoryMiB"}
+
+
+def config_document(props: Props) -> dict[str, Any]:
+    """The Lab's arguments as the `nexus:` stack configuration `config.load_config` reads."""
+
+    def settings(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                _CONFIG_KEYS.get(key, key): settings(item) for key, item in value.items() if item is not None
+            }
+        if isinstance(value, list):
+            return [settings(item) for item in value]
+        return value
+
+    return {section: settings(values) for section, values in props.items() if values is not None}
+
+
+# ---------------------------------------------------------------- the host resources' inputs
+
+
+def state_dir_inputs(config: NexusConfig, host: HostFacts) -> Props:
+    return {
+        "state_dir": str(config.state_dir),
+        "stack": config.stack,
+        "qmp_tcp_port": qmp_tcp_port(config, host),
+    }
+
+
+def base_image_inputs(config: NexusConfig, qemu_img: str) -> Props:
+    return {
+        "url": config.image.url,
+        "sha256": config.image.sha256,
+        "cache_dir": str(config.cache_dir),
+        # Not part of the image's identity: the image checks that the disk can hold it.
+        "disk_size": config.vm.disk_size,
+        "qemu_img": qemu_img,
+    }
+
+
+def ssh_key_inputs(config: NexusConfig) -> Props:
+    return {
+        "state_dir": str(config.state_dir),
+        "comment": f"nexus-{config.stack}",
+        "private_key_file": config.guest.ssh_private_key_file,
+        "public_key_file": config.guest.ssh_public_key_file,
+    }
+
+
+def overlay_disk_inputs(
+    config: NexusConfig, host: HostFacts, qemu_img: str, base_path: Any, base_digest: Any
+) -> Props:
+    return {
+        "state_dir": str(config.state_dir),
+        "base_path": base_path,
+        "base_digest": base_digest,
+        "disk_size": config.vm.disk_size,
+        "qemu_img": qemu_img,
+        "qmp_tcp_port": qmp_tcp_port(config, host),
+    }
+
+
+def cloud_init_seed_inputs(config: NexusConfig, public_key: Any) -> Props:
+    guest = config.guest
+    return {
+        "state_dir": str(config.state_dir),
+        "username": guest.username,
+        "hostname": guest.hostname,
+        "arch": config.vm.arch,
+        "install_packages": guest.install_packages,
+        "packages": list(guest.packages),
+        "user_data": dict(guest.user_data),
+        "public_key": public_key,
+    }
+
+
+def qemu_vm_inputs(
+    config: NexusConfig, host: HostFacts, private_key: Any, instance_id: Any, overlay_id: Any
+) -> Props:
+    vm, network = config.vm, config.network
+    aarch64 = vm.arch == Arch.AARCH64.value
+    return {
+        "name": vm.name,
+        "state_dir": str(config.state_dir),
+        "arch": vm.arch,
+        "accelerator": host.accelerator,
+        "cpus": vm.cpus,
+        "memory_mib": vm.memory_mib,
+        "machine": vm.machine,
+        "cpu_model": vm.cpu_model,
+        "qemu_binary": host.qemu_binary,
+        "firmware_code": host.firmware_code if aarch64 else None,
+        "firmware_vars_template": host.firmware_vars_template if aarch64 else None,
+        "bind_address": network.bind_address,
+        "ssh_port": network.ssh_port,
+        "forwards": [
+            {"host": forward.host, "guest": forward.guest, "protocol": forward.protocol}
+            for forward in network.forwards
+        ],
+        "username": config.guest.username,
+        "private_key": private_key,
+        "instance_id": instance_id,
+        "overlay_id": overlay_id,
+        "boot_timeout_seconds": vm.boot_timeout_seconds,
+        "qmp_tcp_port": qmp_tcp_port(config, host),
+    }
+
+
+def ssh_command(config: NexusConfig, private_key_path: str) -> str:
+    network = config.network
+    return SshTarget(
+        network.ssh_host, network.ssh_port, config.guest.username, Path(private_key_path)
+    ).interactive_command()
+
+
+def file_outputs(config: NexusConfig, host: HostFacts) -> Props:
+    """The Lab's outputs that are known before anything is made."""
+    paths = VmPaths(config.state_dir)
+    return {
+        "ssh_port": config.network.ssh_port,
+        "serial_log": str(paths.serial_log),
+        "connect_script": str(paths.connect_script),
+        "accelerator": host.accelerator,
+        "state_dir": str(config.state_dir),
+    }
