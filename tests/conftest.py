@@ -11,13 +11,19 @@ from tests.support.blank_image import make_blank_image
 from tests.support.nexus_consumer import make_pulumi_home
 from tests.support.pulumi_cli import HEALS
 
-# Run last: their image takes longest to build (through qemu-user), and on a full run
-# tests.support.prebuild builds it last, in the background, while the other tiers run.
-LAST_MODULES = ("test_arm64.py",)
+# End-to-end modules by the test image they boot, in the order tests.support.prebuild builds
+# those images in the background on a full run: the x86_64 image's tests first, then the
+# guest-layers image's, the arm64 image's last (built through qemu-user, it takes longest).
+# Each image gets the run time of the modules before it to finish building.
+LATER_MODULES = {
+    "test_guest_layers.py": 1,
+    "test_inner_vm_image.py": 1,
+    "test_arm64.py": 2,
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.path.name in LAST_MODULES)  # a stable sort keeps the rest
+    items.sort(key=lambda item: LATER_MODULES.get(item.path.name, 0))  # a stable sort keeps the rest
 
 
 def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:

@@ -22,8 +22,7 @@ from tests.support.debian_image import GUEST_LAYERS, ensure_test_image
 from tests.support.playground_rootfs import ensure_playground_image_tarball
 
 
-# The e2e tier's order (tests/conftest.py runs the arm64 test last: its image, built through
-# qemu-user, takes longest).
+# The e2e tier's order (tests/conftest.py orders the modules by the image they boot).
 def log(line: str) -> None:
     print(f"[prebuild {time.strftime('%H:%M:%S')}] {line}", flush=True)
 
