@@ -10,6 +10,7 @@ cannot. The container itself is pulumi-docker's; one-shot steps are pulumi-comma
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from ..ssh import SshTarget
 from . import engine, inner_image, playground
 from . import inner_vm as inner
 from .runner import (
+    SSH_UNREACHABLE,
+    CommandResult,
     CommandRunner,
     GuestError,
     SshRunner,
@@ -36,6 +39,14 @@ Props = dict[str, Any]
 
 ENGINE_LAYER = "Docker engine"
 INNER_LAYER = "inner VM"
+# What `up` says when the VM hangs during the inner VM's boot; the README's
+# troubleshooting entry quotes both.
+INNER_VM_STALLED = f"{INNER_LAYER}: the VM stopped answering while the inner VM booted"
+INNER_VM_STALLED_HINT = (
+    "run `pulumi up` again: it restarts the VM that hangs and then the inner VM. Nested "
+    "virtualization under an emulated (TCG) VM can stall like this; if it recurs, set "
+    "nexus:innerVm.accelerator to tcg"
+)
 
 
 def _target(props: Props) -> SshTarget:
@@ -307,13 +318,27 @@ class InnerVmMachine:
         text = result.stdout.strip()
         return int(text) if result.ok and text.isdigit() else None
 
-    def qmp(self, command: str, **arguments: Any) -> str:
-        result = self.runner.run(
+    def qmp_result(self, command: str, **arguments: Any) -> CommandResult:
+        return self.runner.run(
             inner.qmp_argv(self.container, self.paths.qmp_socket),
             input_bytes=inner.qmp_input(command, **arguments),
             timeout=60,
         )
-        return result.stdout
+
+    def qmp(self, command: str, **arguments: Any) -> str:
+        return self.qmp_result(command, **arguments).stdout
+
+    def qmp_running(self) -> str | None:
+        """None once QMP reports `running`; else what is missing (VM_SILENT: no answer at all)."""
+        result = self.qmp_result("query-status")
+        if unreachable(result):
+            return inner_image.VM_SILENT
+        return None if inner.qmp_status(result.stdout) == "running" else "QMP does not report running yet"
+
+    @staticmethod
+    def stalled(argv: Sequence[str], detail: object) -> GuestError:
+        # Nothing can be stopped or read in a VM that does not answer; it hangs.
+        return GuestError(f"{INNER_VM_STALLED}: {detail}", command=argv, hint=INNER_VM_STALLED_HINT)
 
     def status(self) -> str:
         return inner.qmp_status(self.qmp("query-status"))
@@ -335,6 +360,10 @@ class InnerVmMachine:
         )
         if probe.returncode == inner.PROBE_EXIT_STATUS:
             return "kvm"
+        if probe.returncode == SSH_UNREACHABLE:
+            # SSH itself gave up (the probe's own bound, `timeout`, exits 124): the VM
+            # hangs, which says nothing about KVM.
+            raise self.stalled(probe.argv, inner_image.VM_SILENT)
         if requested == "kvm":
             raise GuestError(
                 f"nexus:innerVm.accelerator is 'kvm' but KVM cannot run a guest in the container "
@@ -374,13 +403,16 @@ class InnerVmMachine:
             "fix the cause named in the output (nexus:innerVm.*); the container keeps running",
             timeout=120,
         )
-        _, missing = wait_for(
-            lambda: None if self.status() == "running" else "QMP does not report running yet",
-            timeout=float(self.config.boot_timeout_seconds),
-            poll_seconds=1.0,
-            log=lambda line: _say(log_prefix, line),
-            waiting_for="the inner VM",
-        )
+        try:
+            _, missing = wait_for(
+                inner_image.give_up_when_silent(self.qmp_running),
+                timeout=float(self.config.boot_timeout_seconds),
+                poll_seconds=1.0,
+                log=lambda line: _say(log_prefix, line),
+                waiting_for="the inner VM",
+            )
+        except inner_image.VmSilent as silent:
+            raise self.stalled(argv, silent) from silent
         if missing is not None:
             tail = self.runner.run(inner.serial_tail(self.container, self.paths.serial_log), timeout=60)
             self.stop(powerdown_timeout=1)
@@ -435,14 +467,7 @@ class InnerVmMachine:
                 log=lambda line: _say(log_prefix, line),
             )
         except inner_image.VmSilent as silent:
-            # Nothing can be stopped or read in a VM that does not answer; it hangs.
-            raise GuestError(
-                f"{INNER_LAYER}: the VM stopped answering while the inner VM booted: {silent}",
-                command=argv,
-                hint="run `pulumi up` again: it power-cycles a VM that hangs and starts the inner VM "
-                "again. If it recurs, nested virtualization may be unreliable on this host: "
-                "set nexus:innerVm.accelerator to tcg",
-            ) from silent
+            raise self.stalled(argv, silent) from silent
         if missing is None:
             return
         tail = self.runner.run(inner.serial_tail(self.container, self.paths.serial_log, 30), timeout=60)
