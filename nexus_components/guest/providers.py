@@ -77,38 +77,115 @@ def container_status(runner: CommandRunner, container: str) -> str:
 # --------------------------------------------------------------------------- Docker engine
 
 
-def _engine_missing(runner: CommandRunner) -> str | None:
-    """What keeps the engine from being ready, or None; raises on what waiting cannot fix."""
-    status = runner.run(engine.CLOUD_INIT_STATUS, timeout=60)
-    if unreachable(status):
-        return "SSH to the VM does not answer"
-    missing = engine.cloud_init_missing(status.returncode, status.output)
-    if missing == "cloud-init finished with an error":
-        log = runner.run(engine.CLOUD_INIT_LOG_TAIL, timeout=60)
-        raise GuestError(
-            f"{ENGINE_LAYER}: cloud-init finished with an error in the VM "
-            "(a package install may have failed)",
-            command=engine.CLOUD_INIT_STATUS,
-            output="last lines of /var/log/cloud-init-output.log:\n" + (output_tail(log.output) or "(none)"),
-            hint="fix the cause above (nexus:guest.packages, nexus:guest.userData), then `pulumi up`; "
-            "the VM keeps running",
-        )
-    if missing:
-        return missing
-    version = runner.run(engine.DOCKER_SERVER_VERSION, timeout=60)
-    missing = engine.docker_missing(version.returncode, version.output)
-    if missing == "docker is not installed in the VM":
-        raise GuestError(
-            f"{ENGINE_LAYER}: docker is not installed in the VM",
-            command=engine.DOCKER_SERVER_VERSION,
-            output=output_tail(version.output),
-            hint="set nexus:guest.installPackages to true (the seed's packages include docker.io), "
-            "or use an image with Docker, or set nexus:playground.enabled to false",
-        )
-    if missing:
-        state = runner.run(engine.DOCKER_DAEMON_STATE, timeout=30).output or "unknown"
+NO_SSH = "SSH to the VM does not answer"
+DAEMON_HINT = (
+    "ssh in (sshCommand output), see `systemctl status docker` and `journalctl --unit docker`, "
+    "fix the cause, then `pulumi up`; the VM keeps running"
+)
+
+
+class EngineWait:
+    """One wait for the engine: what keeps it from being ready, starting a stopped daemon once.
+
+    The daemon is the lab's own, so a daemon systemd reports stopped once cloud-init is done
+    (stopped by hand, or given up) is started rather than waited for; one that cannot be
+    started, or stops again, ends the wait at once with the command and its output.
+    """
+
+    def __init__(self, runner: CommandRunner) -> None:
+        self.runner = runner
+        self.started_daemon = False
+
+    def missing(self) -> str | None:
+        """What keeps the engine from being ready, or None; raises on what waiting cannot fix."""
+        runner = self.runner
+        status = runner.run(engine.CLOUD_INIT_STATUS, timeout=60)
+        if unreachable(status):
+            return NO_SSH
+        missing = engine.cloud_init_missing(status.returncode, status.output)
+        if missing == "cloud-init finished with an error":
+            log = runner.run(engine.CLOUD_INIT_LOG_TAIL, timeout=60)
+            raise GuestError(
+                f"{ENGINE_LAYER}: cloud-init finished with an error in the VM "
+                "(a package install may have failed)",
+                command=engine.CLOUD_INIT_STATUS,
+                output="last lines of /var/log/cloud-init-output.log:\n"
+                + (output_tail(log.output) or "(none)"),
+                hint="fix the cause above (nexus:guest.packages, nexus:guest.userData), then `pulumi up`; "
+                "the VM keeps running",
+            )
+        if missing:
+            return missing
+        version = runner.run(engine.DOCKER_SERVER_VERSION, timeout=60)
+        missing = engine.docker_missing(version.returncode, version.output)
+        if missing == "docker is not installed in the VM":
+            raise GuestError(
+                f"{ENGINE_LAYER}: docker is not installed in the VM",
+                command=engine.DOCKER_SERVER_VERSION,
+                output=output_tail(version.output),
+                hint="set nexus:guest.installPackages to true (the seed's packages include docker.io), "
+                "or use an image with Docker, or set nexus:playground.enabled to false",
+            )
+        if not missing:
+            return None
+        state = runner.run(engine.DOCKER_DAEMON_STATE, timeout=30).stdout.strip() or "unknown"
+        if state in engine.DAEMON_STOPPED_STATES:
+            if self.started_daemon:
+                raise GuestError(
+                    f"{ENGINE_LAYER}: the Docker daemon stopped again after `up` started it "
+                    f"(systemctl says docker is {state})",
+                    command=engine.START_DOCKER,
+                    output=self._journal(),
+                    hint=DAEMON_HINT,
+                )
+            self._start_daemon(state)
+            return f"{missing}; `up` started it (systemctl said docker was {state})"
         return f"{missing}; systemctl says docker is {state}"
-    return None
+
+    def _start_daemon(self, state: str) -> None:
+        _say(
+            "docker", f"the Docker daemon is {state} in the VM; starting it: {' '.join(engine.START_DOCKER)}"
+        )
+        self.started_daemon = True
+        started = self.runner.run(engine.START_DOCKER, timeout=180)
+        if started.ok:
+            return
+        status = f"exit status {started.returncode}"
+        if started.returncode == SSH_UNREACHABLE:
+            status = "SSH could not reach the VM"
+        raise GuestError(
+            f"{ENGINE_LAYER}: the Docker daemon was {state} in the VM and could not be started ({status})",
+            command=engine.START_DOCKER,
+            output="last lines of its output:\n"
+            + (output_tail(started.output) or "(none)")
+            + "\n"
+            + self._journal(),
+            hint=DAEMON_HINT,
+        )
+
+    def _journal(self) -> str:
+        journal = self.runner.run(engine.DOCKER_JOURNAL_TAIL, timeout=60)
+        return "last lines of `journalctl --unit docker`:\n" + (output_tail(journal.output) or "(none)")
+
+    def not_ready(self, timeout: float, missing: str) -> GuestError:
+        """The error when the wait ran out: its output and next step fit what was missing."""
+        if missing == NO_SSH:
+            output, hint = "", "is the VM running? `pulumi preview` shows it; `pulumi up` starts it again"
+        elif missing.startswith("cloud-init"):
+            log = self.runner.run(engine.CLOUD_INIT_LOG_TAIL, timeout=60)
+            output = "last lines of /var/log/cloud-init-output.log:\n" + (output_tail(log.output) or "(none)")
+            hint = (
+                "raise nexus:playground.readyTimeoutSeconds if the VM is just slow (TCG is); "
+                "ssh in (sshCommand output) and check `cloud-init status --long`"
+            )
+        else:
+            output, hint = self._journal(), DAEMON_HINT
+        return GuestError(
+            f"{ENGINE_LAYER}: not ready within {timeout:.0f} s: {missing}",
+            command=engine.DOCKER_SERVER_VERSION,
+            output=output,
+            hint=hint,
+        )
 
 
 @_reports_errors
@@ -118,16 +195,20 @@ class DockerEngineProvider(ResourceProvider):
     KEYS = ("ssh_host", "ssh_port", "username", "private_key", "vm_pid", "instance_id")
 
     def create(self, props: Props) -> CreateResult:
-        return CreateResult(id_=props["docker_host"], outs=self._ready(props))
+        return CreateResult(id_=props["docker_host"], outs=engine_ready(_runner(props), props))
 
     def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
         changed = _changed(olds, news, self.KEYS)
         if not changed and not self._answers(olds):
-            changed.append("daemon")  # stopped, or the VM is down: wait for it again
+            # Stopped, or the VM is down: wait for it again (starting a stopped daemon).
+            _say(
+                "docker", "the Docker daemon does not answer; up waits for it, and starts it if it is stopped"
+            )
+            changed.append("daemon")
         return DiffResult(changes=bool(changed))
 
     def update(self, _id: str, _olds: Props, news: Props) -> UpdateResult:
-        return UpdateResult(outs=self._ready(news))
+        return UpdateResult(outs=engine_ready(_runner(news), news))
 
     def read(self, id_: str, props: Props) -> ReadResult:
         answers = self._answers(props)
@@ -143,57 +224,50 @@ class DockerEngineProvider(ResourceProvider):
         result = _runner(props).run(engine.DOCKER_AS_USER, timeout=60)
         return result.ok and bool(result.stdout.strip())
 
-    @staticmethod
-    def _ready(props: Props) -> Props:
-        runner = _runner(props)
-        timeout = float(props["timeout_seconds"])
-        seconds, missing = wait_for(
-            lambda: _engine_missing(runner),
-            timeout=timeout,
-            log=lambda line: _say("docker", line),
-            waiting_for="the Docker engine",
+
+def engine_ready(runner: CommandRunner, props: Props) -> Props:
+    """Waits for cloud-init and the daemon (starting a stopped one), then reads the seed's checks."""
+    timeout = float(props["timeout_seconds"])
+    wait = EngineWait(runner)
+    seconds, missing = wait_for(
+        wait.missing,
+        timeout=timeout,
+        log=lambda line: _say("docker", line),
+        waiting_for="the Docker engine",
+    )
+    if missing is not None:
+        raise wait.not_ready(timeout, missing)
+    user_access = runner.run(engine.DOCKER_AS_USER, timeout=60)
+    if not user_access.ok:
+        # pulumi-docker connects as the login user: give it the docker group (next session on).
+        check(
+            runner.run(engine.join_docker_group(props["username"]), timeout=60),
+            layer=ENGINE_LAYER,
+            what="add the login user to the docker group",
+            hint="check that the login user has passwordless sudo in the VM",
         )
-        if missing is not None:
-            log = runner.run(engine.CLOUD_INIT_LOG_TAIL, timeout=60)
-            raise GuestError(
-                f"{ENGINE_LAYER}: not ready within {timeout:.0f} s: {missing}",
-                command=engine.DOCKER_SERVER_VERSION,
-                output="last lines of /var/log/cloud-init-output.log:\n"
-                + (output_tail(log.output) or "(none)"),
-                hint="raise nexus:playground.readyTimeoutSeconds if the VM is just slow (TCG is), "
-                "or ssh in (sshCommand output) and check `systemctl status docker`",
-            )
-        user_access = runner.run(engine.DOCKER_AS_USER, timeout=60)
-        if not user_access.ok:
-            # pulumi-docker connects as the login user: give it the docker group (next session on).
-            check(
-                runner.run(engine.join_docker_group(props["username"]), timeout=60),
-                layer=ENGINE_LAYER,
-                what="add the login user to the docker group",
-                hint="check that the login user has passwordless sudo in the VM",
-            )
-            # Groups are read at login: sessions over the shared connection would not see it.
-            close_shared_connection(_target(props))
-            check(
-                runner.run(engine.DOCKER_AS_USER, timeout=60),
-                layer=ENGINE_LAYER,
-                what="reach the Docker daemon as the login user",
-                hint="ssh in and run `docker version`",
-            )
-        version = runner.run(engine.DOCKER_AS_USER, timeout=60).stdout.strip()
-        kvm_ok = runner.run(engine.KVM_OK, timeout=60)
-        verdict = engine.parse_kvm_ok(kvm_ok.returncode, kvm_ok.output)
-        libvirt = runner.run(engine.LIBVIRT_VERSION, timeout=60)
-        _say("docker", f"Docker {version} ready after {seconds:.0f} s; kvm-ok: {verdict.verdict}")
-        return {
-            **props,
-            "docker_version": version,
-            "kvm_usable": verdict.usable,
-            "kvm_verdict": verdict.verdict,
-            "libvirt_version": engine.parse_libvirt_version(libvirt.returncode, libvirt.output),
-            "ready_seconds": round(seconds, 1),
-            "answers": True,
-        }
+        # Groups are read at login: sessions over the shared connection would not see it.
+        close_shared_connection(_target(props))
+        check(
+            runner.run(engine.DOCKER_AS_USER, timeout=60),
+            layer=ENGINE_LAYER,
+            what="reach the Docker daemon as the login user",
+            hint="ssh in and run `docker version`",
+        )
+    version = runner.run(engine.DOCKER_AS_USER, timeout=60).stdout.strip()
+    kvm_ok = runner.run(engine.KVM_OK, timeout=60)
+    verdict = engine.parse_kvm_ok(kvm_ok.returncode, kvm_ok.output)
+    libvirt = runner.run(engine.LIBVIRT_VERSION, timeout=60)
+    _say("docker", f"Docker {version} ready after {seconds:.0f} s; kvm-ok: {verdict.verdict}")
+    return {
+        **props,
+        "docker_version": version,
+        "kvm_usable": verdict.usable,
+        "kvm_verdict": verdict.verdict,
+        "libvirt_version": engine.parse_libvirt_version(libvirt.returncode, libvirt.output),
+        "ready_seconds": round(seconds, 1),
+        "answers": True,
+    }
 
 
 def remove_leftover_container(runner: CommandRunner, container: str) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus_components.guest import providers
+from nexus_components.guest import engine, providers
 from nexus_components.guest.providers import INNER_VM_STALLED, INNER_VM_STALLED_HINT, InnerVmMachine
 from nexus_components.guest.runner import GuestError
 from nexus_components.guest.settings import InnerVmConfig
@@ -67,3 +67,119 @@ def test_the_readme_says_what_the_stall_error_says() -> None:
     assert f"**`{INNER_VM_STALLED}`**" in readme
     assert INNER_VM_STALLED_HINT in readme
     assert providers.INNER_LAYER == "inner VM"
+
+
+# --------------------------------------------------------------------------- Docker engine
+
+ENGINE_PROPS = {
+    "ssh_host": "127.0.0.1",
+    "ssh_port": 2222,
+    "username": "nexus",
+    "private_key": "/nonexistent/key",
+    "timeout_seconds": 12,
+}
+DAEMON_DOWN = (
+    "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"
+)
+
+
+class DockerVm:
+    """A VM whose cloud-init is done and whose Docker daemon was stopped by hand.
+
+    `starts`: `systemctl start docker` succeeds; `stays_up`: the daemon then keeps running
+    (else it dies at once, as one with a broken configuration does)."""
+
+    def __init__(self, *, starts: bool = True, stays_up: bool = True) -> None:
+        self.running = False
+        self.start_attempts = 0
+        self.starts = starts
+        self.stays_up = stays_up
+        self.runner = ScriptedRunner(self.answer)
+
+    def answer(self, argv: tuple[str, ...]) -> Answer:
+        if argv == engine.CLOUD_INIT_STATUS:
+            return 0, "status: done\n"
+        if argv == engine.START_DOCKER:
+            self.start_attempts += 1
+            if not self.starts:
+                return (
+                    1,
+                    "",
+                    "Job for docker.service failed because the control process exited with error code.",
+                )
+            self.running = self.stays_up
+            return 0, ""
+        if argv == engine.DOCKER_JOURNAL_TAIL:
+            return 0, "dockerd[812]: failed to start daemon: error initializing graphdriver: no space left"
+        if argv == engine.DOCKER_DAEMON_STATE:
+            return (
+                (0, "active\n") if self.running else (3, "failed\n" if self.start_attempts else "inactive\n")
+            )
+        if argv in (engine.DOCKER_SERVER_VERSION, engine.DOCKER_AS_USER):
+            return (0, "20.10.24\n") if self.running else (1, "", DAEMON_DOWN)
+        if argv == engine.KVM_OK:
+            return 0, "INFO: /dev/kvm exists\nKVM acceleration can be used\n"
+        if argv == engine.LIBVIRT_VERSION:
+            return 0, "libvirtd (libvirt) 9.0.0\n"
+        raise AssertionError(f"unexpected command {argv}")
+
+
+def test_a_stopped_docker_daemon_is_started_once_and_up_carries_on() -> None:
+    vm = DockerVm()
+    started = time.monotonic()
+    outs = providers.engine_ready(vm.runner, ENGINE_PROPS)
+    assert time.monotonic() - started < 10  # not readyTimeoutSeconds
+    assert outs["docker_version"] == "20.10.24" and outs["kvm_usable"] is True
+    assert len(vm.runner.ran(*engine.START_DOCKER)) == 1
+
+
+def test_a_daemon_that_cannot_be_started_fails_at_once_with_the_command_and_its_output() -> None:
+    vm = DockerVm(starts=False)
+    started = time.monotonic()
+    with pytest.raises(GuestError) as caught:
+        providers.engine_ready(vm.runner, {**ENGINE_PROPS, "timeout_seconds": 900})
+    assert time.monotonic() - started < 10
+    message = str(caught.value)
+    assert message.startswith(
+        "Docker engine: the Docker daemon was inactive in the VM and could not be started"
+    )
+    assert "command: sudo -n systemctl start docker" in message
+    assert "Job for docker.service failed" in message and "error initializing graphdriver" in message
+    assert "next step: ssh in (sshCommand output), see `systemctl status docker`" in message
+    assert "readyTimeoutSeconds" not in message
+    assert len(vm.runner.ran(*engine.START_DOCKER)) == 1
+
+
+def test_a_daemon_that_stops_again_after_the_start_is_not_started_twice() -> None:
+    vm = DockerVm(stays_up=False)
+    with pytest.raises(GuestError) as caught:
+        providers.engine_ready(vm.runner, {**ENGINE_PROPS, "timeout_seconds": 900})
+    assert "the Docker daemon stopped again after `up` started it" in str(caught.value)
+    assert len(vm.runner.ran(*engine.START_DOCKER)) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "daemon", "hint_starts"),
+    [
+        ("status: running", "inactive", "next step: raise nexus:playground.readyTimeoutSeconds"),
+        (
+            "status: done",
+            "activating",
+            "next step: ssh in (sshCommand output), see `systemctl status docker`",
+        ),
+    ],
+    ids=["cloud-init still running", "daemon never answers"],
+)
+def test_the_timeout_hint_fits_what_was_missing(status: str, daemon: str, hint_starts: str) -> None:
+    def answer(argv: tuple[str, ...]) -> Answer:
+        if argv == engine.CLOUD_INIT_STATUS:
+            return (2 if "running" in status else 0), status
+        if argv == engine.DOCKER_DAEMON_STATE:
+            return 3, daemon
+        return 1, "", DAEMON_DOWN
+
+    runner = ScriptedRunner(answer)
+    with pytest.raises(GuestError) as caught:
+        providers.engine_ready(runner, {**ENGINE_PROPS, "timeout_seconds": 0.1})
+    assert hint_starts in str(caught.value), str(caught.value)
+    assert not runner.ran(*engine.START_DOCKER)  # never while cloud-init runs, nor while activating
