@@ -6,7 +6,8 @@
       ├─ Playground        the `nexus-playground` container (pulumi-docker over ssh://)
       │    ├─ image        registry reference / build context (pulumi-docker), or a tarball
       │    │               copied and imported (pulumi-command)
-      │    └─ presence     sees the container removed or stopped by hand (dynamic provider)
+      │    └─ presence     starts the container again when stopped by hand, has it
+      │                    created anew when removed (dynamic provider)
       ├─ InnerImage        the inner VM's cloud image: host cache, then copied into the VM
       │                    once per digest (dynamic provider)
       └─ InnerVm           QEMU inside the container (dynamic provider)
@@ -180,10 +181,9 @@ class Playground(pulumi.ComponentResource):
             guest_providers.ContainerPresenceProvider(),
             f"{name}-presence",
             {**args.access.props(), "container": settings.name, "docker_host": args.engine.docker_host},
-            ("generation",),
+            (),
             _child(self, depends_on=after_engine),
         )
-        generation: pulumi.Output[int] = self.presence.generation  # type: ignore[attr-defined]
 
         volumes = [
             docker.ContainerVolumeArgs(host_path=v.source, container_path=v.target, read_only=v.read_only)
@@ -223,9 +223,9 @@ class Playground(pulumi.ComponentResource):
             privileged=settings.privileged,
             devices=args.engine.kvm_usable.apply(device_args),
             labels=[
-                docker.ContainerLabelArgs(
-                    label=playground.PRESENCE_LABEL, value=generation.apply(lambda g: str(int(g)))
-                ),
+                # A new presence (the container was removed by hand) means a new container;
+                # a stopped one is started again in place by the presence's update.
+                docker.ContainerLabelArgs(label=playground.PRESENCE_LABEL, value=self.presence.id),
                 docker.ContainerLabelArgs(label=playground.DISK_LABEL, value=disk_id),
             ],
             # tini as PID 1 reaps the inner QEMU, which detaches from `docker exec`.

@@ -43,18 +43,49 @@ def ssh_options(target: SshTarget) -> list[str]:
     ]
 
 
-def container_state(container: str) -> list[str]:
-    """Prints `true` while the container runs; fails when there is no such container."""
-    return ["docker", "inspect", "--format", "{{.State.Running}}", container]
-
-
-# The container carries this label; the presence check bumps its value to have
-# pulumi-docker replace a container that was removed or stopped behind the stack's back
-# (labels force a new container).
+# The container carries this label, whose value is the presence check's id: a container
+# removed behind the stack's back gets a new presence, hence a new label, which has
+# pulumi-docker create it anew (labels force a new container).
 PRESENCE_LABEL = "dev.nexus-nested-vm.generation"
 # The container and its volume carry the VM disk's identity: a disk made anew (a new
 # base image, a disk file deleted by hand) holds neither, so they are made anew on it.
 DISK_LABEL = "dev.nexus-nested-vm.disk"
+
+
+def container_state(container: str) -> list[str]:
+    """Prints `<running> <disk label>` (`true <disk id>` while ours runs); fails when there
+    is no such container. Read by `read_container_state`."""
+    return [
+        "docker",
+        "inspect",
+        "--type",
+        "container",
+        "--format",
+        "{{.State.Running}} {{index .Config.Labels " + f'"{DISK_LABEL}"' + "}}",
+        container,
+    ]
+
+
+# What `read_container_state` makes of the answer.
+RUNNING = "running"  # a container this product made runs
+STOPPED = "stopped"  # it exists but does not run (`docker stop`, or it exited)
+GONE = "gone"  # no container by that name
+FOREIGN = "foreign"  # one by that name that this product did not make
+NO_ANSWER = "no answer"  # the daemon did not answer (stopped, or no access)
+
+
+def read_container_state(returncode: int, output: str) -> str:
+    if returncode != 0:
+        return GONE if "No such container" in output or "No such object" in output else NO_ANSWER
+    first_line = (output.strip().splitlines() or [""])[0]
+    running, _, label = first_line.partition(" ")
+    if not label.strip():
+        return FOREIGN
+    return RUNNING if running == "true" else STOPPED
+
+
+def start_container(container: str) -> list[str]:
+    return ["docker", "start", container]
 
 
 def containers_named(container: str) -> list[str]:

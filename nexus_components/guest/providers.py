@@ -9,6 +9,7 @@ cannot. The container itself is pulumi-docker's; one-shot steps are pulumi-comma
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,12 +67,18 @@ def _changed(olds: Props, news: Props, keys: tuple[str, ...]) -> list[str]:
     return [key for key in keys if olds.get(key) != news.get(key)]
 
 
-def container_status(runner: CommandRunner, container: str) -> str:
-    """ "running", "not running" (stopped or gone), or "unreachable" (the VM does not answer)."""
+def container_presence(runner: CommandRunner, container: str) -> str:
+    """One of playground's container states, or "unreachable" (the VM does not answer)."""
     result = runner.run(playground.container_state(container), timeout=60)
     if unreachable(result):
         return "unreachable"
-    return "running" if result.ok and result.stdout.strip() == "true" else "not running"
+    return playground.read_container_state(result.returncode, result.output)
+
+
+def container_status(runner: CommandRunner, container: str) -> str:
+    """ "running", "not running" (stopped or gone), or "unreachable" (the VM does not answer)."""
+    presence = container_presence(runner, container)
+    return presence if presence in (playground.RUNNING, "unreachable") else "not running"
 
 
 # --------------------------------------------------------------------------- Docker engine
@@ -305,31 +312,58 @@ def remove_leftover_container(runner: CommandRunner, container: str) -> list[str
 
 @_reports_errors
 class ContainerPresenceProvider(ResourceProvider):
-    """Sees the playground container removed or stopped by hand, without a refresh.
+    """Sees the playground container stopped or removed by hand, without a refresh.
 
     pulumi-docker reads a container back only on refresh, and a refresh needs every
     layer's SSH: with the VM down or hung it fails, and `up` could not start the VM
-    again nor `destroy` power it off. This check runs in `diff` instead; when the
-    container is gone its `generation` goes up, which changes the container's label
-    and so replaces it. A VM that does not answer is not taken for a missing container.
+    again nor `destroy` power it off. This check runs in `diff` instead:
+    - stopped (`docker stop`, or its command exited): `update` starts it again in place,
+      the same container with its files;
+    - removed (or the name now holds a container this stack did not make): this resource
+      is replaced, and its new id, which the container carries as a label, has
+      pulumi-docker create the container anew (the leftover hook then stops on a
+      container of the user's own).
+    A VM or daemon that does not answer is not taken for a missing container: the
+    engine's own diff sees it, and `up` looks again once Docker is back.
     """
 
     def create(self, props: Props) -> CreateResult:
-        return CreateResult(id_=props["container"], outs={**props, "generation": 0})
+        # A new id per presence, so a new presence means a new container (its label).
+        return CreateResult(id_=f"{props['container']}-{secrets.token_hex(4)}", outs=props)
 
     def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
-        changed = _changed(olds, news, ("container",))
-        if not changed and container_status(_runner(olds), olds["container"]) == "not running":
-            changed.append("running")
-        return DiffResult(changes=bool(changed))
+        replaces = _changed(olds, news, ("container",))
+        if replaces:
+            return DiffResult(changes=True, replaces=replaces)
+        container = olds["container"]
+        state = container_presence(_runner(olds), container)
+        if state == playground.STOPPED:
+            _say(
+                "playground",
+                f"container {container} is stopped; up starts it again (same container, files kept)",
+            )
+            return DiffResult(changes=True)
+        if state in (playground.GONE, playground.FOREIGN):
+            whose = "is gone" if state == playground.GONE else "in the VM is not the one this stack made"
+            _say("playground", f"container {container} {whose}; up creates it again")
+            return DiffResult(changes=True, replaces=["present"])
+        return DiffResult(changes=False)
 
-    def update(self, _id: str, olds: Props, news: Props) -> UpdateResult:
-        _say("playground", f"container {olds['container']} is not running; replacing it")
-        return UpdateResult(outs={**news, "generation": int(olds.get("generation", 0)) + 1})
+    def update(self, _id: str, _olds: Props, news: Props) -> UpdateResult:
+        container = news["container"]
+        _say("playground", f"container {container} is stopped; starting it again")
+        check(
+            _runner(news).run(playground.start_container(container), timeout=180),
+            layer="playground",
+            what=f"start the stopped container {container} again",
+            hint=f"see `docker logs {container}` in the VM; `docker rm {container}` there has "
+            "`pulumi up` create it anew",
+        )
+        return UpdateResult(outs=news)
 
     def read(self, id_: str, props: Props) -> ReadResult:
         return ReadResult(
-            id_=id_, outs={**props, "status": container_status(_runner(props), props["container"])}
+            id_=id_, outs={**props, "status": container_presence(_runner(props), props["container"])}
         )
 
 

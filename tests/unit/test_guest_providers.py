@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus_components.guest import engine, providers
+from nexus_components.guest import engine, playground, providers
 from nexus_components.guest.providers import INNER_VM_STALLED, INNER_VM_STALLED_HINT, InnerVmMachine
 from nexus_components.guest.runner import GuestError
 from nexus_components.guest.settings import InnerVmConfig
@@ -183,3 +183,69 @@ def test_the_timeout_hint_fits_what_was_missing(status: str, daemon: str, hint_s
         providers.engine_ready(runner, {**ENGINE_PROPS, "timeout_seconds": 0.1})
     assert hint_starts in str(caught.value), str(caught.value)
     assert not runner.ran(*engine.START_DOCKER)  # never while cloud-init runs, nor while activating
+
+
+# --------------------------------------------------------------------------- container presence
+
+PRESENCE_PROPS = {**ENGINE_PROPS, "container": CONTAINER, "docker_host": "ssh://nexus@127.0.0.1:2222"}
+NO_SUCH = f"Error: No such container: {CONTAINER}"
+
+
+@pytest.mark.parametrize(
+    ("returncode", "output", "state"),
+    [
+        (0, "true disk-1234", playground.RUNNING),
+        (0, "false disk-1234", playground.STOPPED),
+        (0, "true ", playground.FOREIGN),
+        (1, NO_SUCH, playground.GONE),
+        (1, "Error: No such object: x", playground.GONE),
+        (1, DAEMON_DOWN, playground.NO_ANSWER),
+    ],
+)
+def test_container_states(returncode: int, output: str, state: str) -> None:
+    assert playground.read_container_state(returncode, output) == state
+
+
+def presence_vm(monkeypatch: pytest.MonkeyPatch, *answers: Answer) -> ScriptedRunner:
+    """The VM the presence check reaches: `docker inspect` answers in turn, the rest succeeds."""
+    inspections = iter(answers)
+
+    def answer(argv: tuple[str, ...]) -> Answer:
+        if argv == tuple(playground.container_state(CONTAINER)):
+            return next(inspections)
+        return 0, ""
+
+    runner = ScriptedRunner(answer)
+    monkeypatch.setattr(providers, "_runner", lambda _props: runner)
+    return runner
+
+
+def test_a_stopped_container_is_started_again_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = presence_vm(monkeypatch, (0, "false disk-1"))
+    presence = providers.ContainerPresenceProvider()
+    diff = presence.diff("id", PRESENCE_PROPS, PRESENCE_PROPS)
+    assert diff.changes and not diff.replaces  # an update: the container keeps its label
+    presence.update("id", PRESENCE_PROPS, PRESENCE_PROPS)
+    assert runner.ran("docker", "start") == [("docker", "start", CONTAINER)]
+    assert not runner.ran("docker", "rm")
+
+
+@pytest.mark.parametrize("inspected", [(1, NO_SUCH), (0, "false ")], ids=["removed", "not ours"])
+def test_a_removed_container_is_created_anew(monkeypatch: pytest.MonkeyPatch, inspected: Answer) -> None:
+    presence_vm(monkeypatch, inspected)
+    presence = providers.ContainerPresenceProvider()
+    diff = presence.diff("id", PRESENCE_PROPS, PRESENCE_PROPS)
+    assert diff.changes and diff.replaces  # a new id, hence a new label, hence a new container
+    first = presence.create(PRESENCE_PROPS).id
+    assert first != presence.create(PRESENCE_PROPS).id and first.startswith(CONTAINER)
+
+
+@pytest.mark.parametrize(
+    "inspected", [(0, "true disk-1"), (1, DAEMON_DOWN), hung_vm(())], ids=["running", "no daemon", "no VM"]
+)
+def test_a_running_or_unseen_container_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch, inspected: Answer
+) -> None:
+    runner = presence_vm(monkeypatch, inspected)
+    assert not providers.ContainerPresenceProvider().diff("id", PRESENCE_PROPS, PRESENCE_PROPS).changes
+    assert not runner.ran("docker", "start")
