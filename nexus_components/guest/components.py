@@ -6,6 +6,8 @@
       ├─ Playground        the `nexus-playground` container (pulumi-docker over ssh://)
       │    ├─ image        registry reference / build context (pulumi-docker), or a tarball
       │    │               copied and imported (pulumi-command)
+      │    ├─ preflight    the VM ports and devices a new container needs, checked
+      │    │               before the old one is deleted (dynamic provider)
       │    └─ presence     starts the container again when stopped by hand, has it
       │                    created anew when removed (dynamic provider)
       ├─ InnerImage        the inner VM's cloud image: host cache, then copied into the VM
@@ -36,7 +38,7 @@ from ..components import NexusVm, _Dynamic
 from ..config import NexusConfig, disk_size_bytes
 from ..paths import VmPaths
 from ..ssh import SshTarget
-from . import engine, inner_image, playground
+from . import engine, inner_image, playground, preflight
 from . import inner_vm as inner
 from . import providers as guest_providers
 from .inner_image_provider import InnerImageProvider
@@ -177,12 +179,31 @@ class Playground(pulumi.ComponentResource):
         disk_id = args.vm_disk.id
         on_docker = _child(self, provider=self.provider, depends_on=after_engine, deleted_with=args.vm_disk)
         image_id, self.digest = self._image(name, args, disk_id, on_docker, on_disk)
+        # Runs before the container is replaced (delete-first): what the new one needs from
+        # the VM is checked while the old one still runs.
+        self.preflight = _Dynamic(
+            guest_providers.ContainerPreflightProvider(),
+            f"{name}-preflight",
+            {
+                **args.access.props(),
+                "container": settings.name,
+                "ports": [dataclasses.asdict(port) for port in preflight.wanted_ports(settings.ports)],
+                "devices": [
+                    {"path": path, "key": f"nexus:playground.devices[{i}]"}
+                    for i, path in enumerate(settings.devices)
+                ],
+                "docker_host": args.engine.docker_host,
+            },
+            (),
+            _child(self, depends_on=after_engine),
+        )
+        # A stopped container is started only once its ports were found free.
         self.presence = _Dynamic(
             guest_providers.ContainerPresenceProvider(),
             f"{name}-presence",
             {**args.access.props(), "container": settings.name, "docker_host": args.engine.docker_host},
             (),
-            _child(self, depends_on=after_engine),
+            _child(self, depends_on=[*after_engine, self.preflight]),
         )
 
         volumes = [
@@ -193,7 +214,7 @@ class Playground(pulumi.ComponentResource):
             )
             for v in playground.all_volumes(settings, inner_vm=inner_vm)
         ]
-        container_deps: list[pulumi.Resource] = [args.engine]
+        container_deps: list[pulumi.Resource] = [args.engine, self.preflight, self.presence]
         if inner_vm:
             # A named volume of its own, so destroy removes it after the container.
             self.inner_volume = docker.Volume(

@@ -20,7 +20,7 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvide
 from ..paths import remove_quietly
 from ..providers import _reports_errors, _say
 from ..ssh import SshTarget
-from . import engine, inner_image, playground
+from . import engine, inner_image, playground, preflight
 from . import inner_vm as inner
 from .runner import (
     SSH_UNREACHABLE,
@@ -365,6 +365,72 @@ class ContainerPresenceProvider(ResourceProvider):
         return ReadResult(
             id_=id_, outs={**props, "status": container_presence(_runner(props), props["container"])}
         )
+
+
+def preflight_problems(runner: CommandRunner, props: Props) -> list[str]:
+    """What keeps a new playground container from starting that the VM shows now; [] when
+    nothing does, or when the VM does not answer (its own diff says so)."""
+    wanted = [preflight.WantedPort(int(p["vm"]), p["protocol"], p["key"]) for p in props.get("ports") or []]
+    problems: list[str] = []
+    if wanted:
+        sockets = runner.run(preflight.LISTENERS, timeout=60)
+        if unreachable(sockets):
+            return []
+        if not sockets.ok:  # no passwordless sudo: the login user's view, without others' names
+            sockets = runner.run(preflight.LISTENERS_AS_USER, timeout=60)
+        containers = runner.run(preflight.RUNNING_CONTAINERS, timeout=60)
+        problems += preflight.port_clashes(
+            wanted,
+            preflight.listeners(sockets.stdout if sockets.ok else ""),
+            # A daemon that does not answer runs no container: nothing of its holds a port.
+            preflight.containers_publishing(containers.stdout if containers.ok else ""),
+        )
+    devices = {d["path"]: d["key"] for d in props.get("devices") or []}
+    if devices:
+        missing = runner.run(preflight.devices_missing(list(devices)), timeout=60)
+        if missing.ok:
+            problems += [
+                f"{devices[path]}: {path} does not exist in the VM"
+                for path in missing.stdout.splitlines()
+                if path in devices
+            ]
+    return problems
+
+
+@_reports_errors
+class ContainerPreflightProvider(ResourceProvider):
+    """Checks what a new playground container needs from the VM before the old one goes.
+
+    The container is replaced delete-first, and depends on this resource, whose `diff`
+    (every preview and up) and `create` run preflight_problems: a VM port it publishes that
+    another program or a container not of this stack holds, or a device that does not
+    exist, stops preview and up here, with the current container still running. See
+    preflight.py for what is checked, and the README for what cannot be.
+    """
+
+    KEYS = ("container", "ports", "devices")
+
+    def create(self, props: Props) -> CreateResult:
+        self._refuse_problems(props)
+        return CreateResult(id_=props["container"], outs=props)
+
+    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
+        self._refuse_problems(news)
+        return DiffResult(changes=bool(_changed(olds, news, self.KEYS)))
+
+    def update(self, _id: str, _olds: Props, news: Props) -> UpdateResult:
+        return UpdateResult(outs=news)  # `diff` has just checked
+
+    @staticmethod
+    def _refuse_problems(props: Props) -> None:
+        problems = preflight_problems(_runner(props), props)
+        if problems:
+            raise GuestError(
+                f"playground: the container {props['container']} could not start in the VM as "
+                "configured; the current one is left as it is:\n  " + "\n  ".join(problems),
+                hint="publish another VM port or drop the device (the keys above), or stop what "
+                "holds the port in the VM, then `pulumi up`",
+            )
 
 
 # --------------------------------------------------------------------------- inner VM

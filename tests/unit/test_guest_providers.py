@@ -3,15 +3,16 @@ which commands they send, in which order, when they stop, and what their errors 
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from nexus_components.guest import engine, playground, providers
+from nexus_components.guest import engine, playground, preflight, providers
 from nexus_components.guest.providers import INNER_VM_STALLED, INNER_VM_STALLED_HINT, InnerVmMachine
-from nexus_components.guest.runner import GuestError
-from nexus_components.guest.settings import InnerVmConfig
+from nexus_components.guest.runner import GuestError, LocalRunner
+from nexus_components.guest.settings import InnerVmConfig, PublishedPort
 from tests.support.fake_runner import Answer, ScriptedRunner, hung_vm
 
 REPO = Path(__file__).resolve().parents[2]
@@ -249,3 +250,124 @@ def test_a_running_or_unseen_container_is_left_alone(
     runner = presence_vm(monkeypatch, inspected)
     assert not providers.ContainerPresenceProvider().diff("id", PRESENCE_PROPS, PRESENCE_PROPS).changes
     assert not runner.ran("docker", "start")
+
+
+# --------------------------------------------------------------------------- preflight
+
+SS_OUTPUT = """\
+udp   UNCONN 0      0              0.0.0.0:68         0.0.0.0:*    users:(("dhclient",pid=420,fd=7))
+tcp   LISTEN 0      4096           0.0.0.0:80         0.0.0.0:*    users:(("docker-proxy",pid=1234,fd=4))
+tcp   LISTEN 0      4096              [::]:80            [::]:*    users:(("docker-proxy",pid=1240,fd=4))
+tcp   LISTEN 0      128            0.0.0.0:22         0.0.0.0:*    users:(("sshd",pid=600,fd=3))
+tcp   LISTEN 0      128               [::]:22            [::]:*    users:(("sshd",pid=600,fd=4))
+tcp   LISTEN 0      4096         127.0.0.1:5001       0.0.0.0:*    users:(("docker-registry",pid=2000,fd=3))
+tcp   LISTEN 0      4096     127.0.0.53%lo:53         0.0.0.0:*    users:(("systemd-resolve",pid=5,fd=14))
+tcp   LISTEN 0      64                   *:2049             *:*
+"""
+OURS = (
+    '{"id":"aaaaaaaaaaaa1111","name":"/nexus-playground","ours":"disk-1",'
+    '"ports":{"80/tcp":[{"HostIp":"","HostPort":"80"}]}}'
+)
+THEIRS = (
+    '{"id":"bbbbbbbbbbbb2222","name":"/web","ours":"",'
+    '"ports":{"8080/tcp":[{"HostIp":"","HostPort":"8080"},{"HostIp":"::","HostPort":"8080"}],"9/udp":null}}'
+)
+
+
+def test_listeners_name_the_program_and_leave_dockers_relays_to_docker() -> None:
+    held = preflight.listeners(SS_OUTPUT)
+    assert held[(22, "tcp")] == ["sshd (pid 600)"]
+    assert held[(5001, "tcp")] == ["docker-registry (pid 2000)"]
+    assert held[(68, "udp")] == ["dhclient (pid 420)"]
+    assert held[(53, "tcp")] == ["systemd-resolve (pid 5)"]
+    assert held[(2049, "tcp")] == ["a socket of no process it can see"]
+    assert (80, "tcp") not in held
+
+
+def test_only_containers_this_product_did_not_make_hold_a_port_against_it() -> None:
+    held = preflight.containers_publishing(f"{OURS}\n{THEIRS}\n")
+    assert held == {(8080, "tcp"): ["container web (bbbbbbbbbbbb)"]}
+
+
+def test_port_clashes_name_the_key_the_port_and_its_holders() -> None:
+    wanted = preflight.wanted_ports(
+        (
+            PublishedPort(80, 80),
+            PublishedPort(5001, 5000),
+            PublishedPort(8080, 80),
+            PublishedPort(68, 68, "udp"),
+        )
+    )
+    clashes = preflight.port_clashes(
+        wanted, preflight.listeners(SS_OUTPUT), preflight.containers_publishing(f"{OURS}\n{THEIRS}")
+    )
+    assert clashes == [
+        "nexus:playground.ports[1].vm: VM port 5001/tcp is in use by docker-registry (pid 2000)",
+        "nexus:playground.ports[2].vm: VM port 8080/tcp is in use by container web (bbbbbbbbbbbb)",
+        "nexus:playground.ports[3].vm: VM port 68/udp is in use by dhclient (pid 420)",
+    ]
+
+
+def test_the_preflight_scripts_are_valid_sh_and_take_values_as_data(tmp_path: Path) -> None:
+    subprocess.run(["sh", "-n", "-c", preflight.RUNNING_CONTAINERS[2]], check=True)
+    odd = str(tmp_path / "it's $HOME")
+    result = LocalRunner().run(preflight.devices_missing(["/dev/null", odd, "/dev/no such device"]))
+    assert result.ok and result.stdout.splitlines() == [odd, "/dev/no such device"]
+
+
+PREFLIGHT_PROPS = {
+    **PRESENCE_PROPS,
+    "ports": [
+        {"vm": 80, "protocol": "tcp", "key": "nexus:playground.ports[0].vm"},
+        {"vm": 5001, "protocol": "tcp", "key": "nexus:playground.ports[1].vm"},
+    ],
+    "devices": [{"path": "/dev/fuse", "key": "nexus:playground.devices[0]"}],
+}
+
+
+def preflight_vm(
+    monkeypatch: pytest.MonkeyPatch, ss_output: str, missing_devices: str = ""
+) -> ScriptedRunner:
+    def answer(argv: tuple[str, ...]) -> Answer:
+        if argv == preflight.LISTENERS:
+            return 0, ss_output
+        if argv == preflight.RUNNING_CONTAINERS:
+            return 0, OURS + "\n"
+        if argv[:2] == ("sh", "-c"):
+            return 0, missing_devices
+        raise AssertionError(f"unexpected command {argv}")
+
+    runner = ScriptedRunner(answer)
+    monkeypatch.setattr(providers, "_runner", lambda _props: runner)
+    return runner
+
+
+def test_preview_and_up_stop_before_the_container_when_a_vm_port_is_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    preflight_vm(monkeypatch, SS_OUTPUT, missing_devices="/dev/fuse\n")
+    with pytest.raises(GuestError) as caught:
+        providers.ContainerPreflightProvider().diff(CONTAINER, PREFLIGHT_PROPS, PREFLIGHT_PROPS)
+    message = str(caught.value)
+    assert message.startswith(
+        f"playground: the container {CONTAINER} could not start in the VM as configured; "
+        "the current one is left as it is"
+    ), message
+    assert "nexus:playground.ports[1].vm: VM port 5001/tcp is in use by docker-registry (pid 2000)" in message
+    assert "nexus:playground.devices[0]: /dev/fuse does not exist in the VM" in message
+    assert "ports[0]" not in message  # port 80 is the current container's
+
+
+def test_ports_held_by_the_current_container_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    preflight_vm(monkeypatch, SS_OUTPUT.replace("127.0.0.1:5001", "127.0.0.1:5002"))
+    provider = providers.ContainerPreflightProvider()
+    assert not provider.diff(CONTAINER, PREFLIGHT_PROPS, PREFLIGHT_PROPS).changes
+    assert provider.create(PREFLIGHT_PROPS).id == CONTAINER
+
+
+def test_a_vm_that_does_not_answer_is_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = ScriptedRunner(hung_vm)
+    monkeypatch.setattr(providers, "_runner", lambda _props: runner)
+    assert (
+        not providers.ContainerPreflightProvider().diff(CONTAINER, PREFLIGHT_PROPS, PREFLIGHT_PROPS).changes
+    )
