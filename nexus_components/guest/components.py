@@ -5,7 +5,7 @@
       ├─ DockerEngine      waits for cloud-init and the daemon; the seed's checks as outputs
       ├─ Playground        the `nexus-playground` container (pulumi-docker over ssh://)
       │    ├─ image        registry reference / build context (pulumi-docker), or a tarball
-      │    │               copied and imported (pulumi-command)
+      │    │               streamed into `docker load`/`import` (dynamic provider)
       │    ├─ preflight    the VM ports and devices a new container needs, checked
       │    │               before the old one is deleted (dynamic provider)
       │    └─ presence     starts the container again when stopped by hand, has it
@@ -15,10 +15,11 @@
       └─ InnerVm           QEMU inside the container (dynamic provider)
 
 Why each part is what it is: the container and its image are pulumi-docker's, the
-ecosystem's provider for exactly this; file copies and one-shot steps are
-pulumi-command's `remote.*`; the engine's readiness, the container's presence and the
-inner VM are dynamic providers because their `diff` must look at the machine (no
-refresh needed, so a VM that is down or hung never blocks `up` or `destroy`).
+ecosystem's provider for exactly this; one-shot steps are pulumi-command's
+`remote.Command`; the engine's readiness, a tarball's image, the container's preflight
+and presence and the inner VM are dynamic providers because their `diff` must look at
+the machine (no refresh needed, so a VM that is down or hung never blocks `up` or
+`destroy`).
 Destroy runs inside out: the inner VM powers off, then the VM, whose shutdown stops the
 container; what is stored on the VM's disk is deleted with it (`deleted_with`).
 """
@@ -44,6 +45,7 @@ from . import providers as guest_providers
 from .inner_image_provider import InnerImageProvider
 from .runner import SshRunner
 from .settings import InnerVmConfig
+from .tarball_image_provider import TarballImageProvider
 
 TYPE_PREFIX = "nexus:guest"
 # pulumi-command's SSH dial retries: enough for a VM that is still booting under TCG.
@@ -310,26 +312,23 @@ class Playground(pulumi.ComponentResource):
             )
             return image.image_id, image.image_id
         tarball = Path(source.value)
-        digest = playground.file_digest(tarball)
-        steps = playground.tarball_import(source.kind, container, digest)
-        connection = args.access.connection()
-        upload = remote.CopyToRemote(
-            f"{name}-upload",
-            connection=connection,
-            source=pulumi.FileAsset(str(tarball)),
-            remote_path=steps.remote_path,
-            triggers=[digest, disk_id],
-            opts=on_disk,
+        # Streamed into the VM's `docker load`/`docker import -`: tarball_image_provider.py says why.
+        self.tarball = _Dynamic(
+            TarballImageProvider(),
+            f"{name}-tarball",
+            {
+                **args.access.props(),
+                "container": container,
+                "kind": source.kind,
+                "key": source.key,
+                "path": str(tarball),
+                "digest": playground.file_digest(tarball),
+                "disk_id": disk_id,
+            },
+            ("tag", "image_id"),
+            on_disk,
         )
-        imported = remote.Command(
-            f"{name}-import",
-            connection=connection,
-            create=steps.create,
-            delete=steps.delete,
-            triggers=[digest, disk_id],
-            opts=pulumi.ResourceOptions.merge(on_disk, pulumi.ResourceOptions(depends_on=[upload])),
-        )
-        image_id = imported.stdout.apply(lambda out: out.strip().splitlines()[-1] if out.strip() else "")
+        image_id: pulumi.Output[str] = self.tarball.image_id  # type: ignore[attr-defined]
         return image_id, image_id
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus_components.guest import engine, playground, preflight, providers
+from nexus_components.guest import engine, playground, preflight, providers, tarball_image_provider
 from nexus_components.guest.providers import INNER_VM_STALLED, INNER_VM_STALLED_HINT, InnerVmMachine
 from nexus_components.guest.runner import GuestError, LocalRunner
 from nexus_components.guest.settings import InnerVmConfig, PublishedPort
@@ -371,3 +371,96 @@ def test_a_vm_that_does_not_answer_is_not_checked(monkeypatch: pytest.MonkeyPatc
     assert (
         not providers.ContainerPreflightProvider().diff(CONTAINER, PREFLIGHT_PROPS, PREFLIGHT_PROPS).changes
     )
+
+
+# --------------------------------------------------------------------------- tarball import
+
+CORRUPT = "open /var/lib/docker/tmp/docker-import-3518/repositories: no such file or directory"
+
+
+def tarball_props(tmp_path: Path, kind: str) -> dict[str, object]:
+    tarball = tmp_path / "playground image.tar"
+    tarball.write_bytes(b"not a tar at all")
+    key = "nexus:playground.imageTarball" if kind == "image-tarball" else "nexus:playground.rootfsTarball"
+    return {
+        **PRESENCE_PROPS,
+        "kind": kind,
+        "key": key,
+        "path": str(tarball),
+        "digest": "ab" * 32,
+        "disk_id": "disk-1",
+    }
+
+
+def docker_vm(load: Answer) -> ScriptedRunner:
+    def answer(argv: tuple[str, ...]) -> Answer:
+        if argv == playground.LOAD_IMAGE or argv[:2] == ("docker", "import"):
+            return load
+        if argv[:3] == ("docker", "image", "inspect"):
+            return 0, "sha256:" + "d" * 64 + "\n"
+        if argv[:2] == ("docker", "tag"):
+            return 0, ""
+        raise AssertionError(f"unexpected command {argv}")
+
+    return ScriptedRunner(answer)
+
+
+def test_a_corrupt_image_tarball_stops_at_docker_load_with_one_error_naming_the_key(tmp_path: Path) -> None:
+    props = tarball_props(tmp_path, "image-tarball")
+    runner = docker_vm((1, "", CORRUPT))
+    with pytest.raises(GuestError) as caught:
+        tarball_image_provider.import_tarball(runner, props)
+    message = str(caught.value)
+    what = f"could not load nexus:playground.imageTarball ({props['path']}) in the VM (exit status 1)"
+    assert message.startswith(f"playground: {what}"), message
+    assert "command: docker load --quiet" in message and CORRUPT in message
+    assert "not a valid repository/tag" not in message
+    assert runner.calls == [playground.LOAD_IMAGE]  # nothing after the failing command
+    assert runner.streamed == [Path(str(props["path"]))]
+
+
+def test_a_loaded_image_is_tagged_per_content_and_nothing_is_written_in_the_vm(tmp_path: Path) -> None:
+    props = tarball_props(tmp_path, "image-tarball")
+    runner = docker_vm((0, "Loaded image: nexus/playground:loaded\n"))
+    outs = tarball_image_provider.import_tarball(runner, props)
+    tag = "nexus/nexus-playground:tarball-abababababababab"
+    assert outs["tag"] == tag and outs["image_id"] == "sha256:" + "d" * 64
+    assert runner.calls == [
+        playground.LOAD_IMAGE,
+        ("docker", "tag", "nexus/playground:loaded", tag),
+        ("docker", "image", "inspect", "--format", "{{.Id}}", tag),
+    ]
+
+
+def test_a_root_file_system_tarball_is_imported_from_stdin(tmp_path: Path) -> None:
+    props = tarball_props(tmp_path, "rootfs-tarball")
+    runner = docker_vm((1, "", "Error response from daemon: archive/tar: invalid tar header"))
+    with pytest.raises(GuestError) as caught:
+        tarball_image_provider.import_tarball(runner, props)
+    message = str(caught.value)
+    assert message.startswith("playground: could not import nexus:playground.rootfsTarball"), message
+    assert "command: docker import - nexus/" in message and "invalid tar header" in message
+    assert runner.calls == [("docker", "import", "-", "nexus/nexus-playground:tarball-abababababababab")]
+
+
+def test_an_import_is_redone_only_for_new_content_or_an_image_gone_from_the_vm(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    olds = {
+        **tarball_props(tmp_path, "rootfs-tarball"),
+        "tag": "nexus/nexus-playground:tarball-ab",
+        "image_id": "x",
+    }
+    inspected: list[Answer] = []
+    runner = ScriptedRunner(lambda _argv: inspected[-1])
+    monkeypatch.setattr(tarball_image_provider, "_runner", lambda _props: runner)
+    provider = tarball_image_provider.TarballImageProvider()
+    moved = {**olds, "path": "/elsewhere/same content.tar"}
+    inspected.append((0, "sha256:" + "d" * 64))
+    assert not provider.diff("t", olds, moved).changes  # switching back to the same content: nothing
+    assert provider.diff("t", olds, {**olds, "digest": "cd" * 32}).replaces == ["digest"]
+    inspected.append((1, "", "Error: No such image: nexus/nexus-playground:tarball-ab"))
+    gone = provider.diff("t", olds, olds)
+    assert gone.changes and not gone.replaces
+    inspected.append(hung_vm(()))
+    assert not provider.diff("t", olds, olds).changes
