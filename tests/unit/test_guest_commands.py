@@ -297,6 +297,13 @@ def test_local_runner_reports_status_output_and_time() -> None:
     assert runner.run(["/nonexistent/tool"]).returncode == 127
 
 
+def test_a_file_is_streamed_to_the_commands_stdin(tmp_path: Path) -> None:
+    tarball = tmp_path / "big image.tar"
+    tarball.write_bytes(b"\0layer" * 100_000)
+    counted = LocalRunner().run(["wc", "-c"], input_file=tarball)
+    assert counted.ok and int(counted.stdout) == 600_000
+
+
 def test_check_names_layer_command_and_output_tail() -> None:
     result = LocalRunner().run(["sh", "-c", "for i in $(seq 1 40); do echo line$i; done; exit 2"])
     with pytest.raises(GuestError) as caught:
