@@ -282,7 +282,10 @@ def find_container(lab: Lab, vm: Layer, vm_shell: VmShell) -> Layer:
         vm_shell.command(playground.container_state(str(name)), as_root=True),
         timeout=60,
     )
-    if inspect.returncode != 0 or inspect.stdout.decode().strip() != "true":
+    state = playground.read_container_state(
+        inspect.returncode, (inspect.stdout + inspect.stderr).decode(errors="replace")
+    )
+    if state != playground.RUNNING:
         raise BenchError(
             f"layer container: {name!r} is not running in the VM",
             command=[str(arg) for arg in inspect.args],

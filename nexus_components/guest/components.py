@@ -5,17 +5,21 @@
       ├─ DockerEngine      waits for cloud-init and the daemon; the seed's checks as outputs
       ├─ Playground        the `nexus-playground` container (pulumi-docker over ssh://)
       │    ├─ image        registry reference / build context (pulumi-docker), or a tarball
-      │    │               copied and imported (pulumi-command)
-      │    └─ presence     sees the container removed or stopped by hand (dynamic provider)
+      │    │               streamed into `docker load`/`import` (dynamic provider)
+      │    ├─ preflight    the VM ports and devices a new container needs, checked
+      │    │               before the old one is deleted (dynamic provider)
+      │    └─ presence     starts the container again when stopped by hand, has it
+      │                    created anew when removed (dynamic provider)
       ├─ InnerImage        the inner VM's cloud image: host cache, then copied into the VM
       │                    once per digest (dynamic provider)
       └─ InnerVm           QEMU inside the container (dynamic provider)
 
 Why each part is what it is: the container and its image are pulumi-docker's, the
-ecosystem's provider for exactly this; file copies and one-shot steps are
-pulumi-command's `remote.*`; the engine's readiness, the container's presence and the
-inner VM are dynamic providers because their `diff` must look at the machine (no
-refresh needed, so a VM that is down or hung never blocks `up` or `destroy`).
+ecosystem's provider for exactly this; one-shot steps are pulumi-command's
+`remote.Command`; the engine's readiness, a tarball's image, the container's preflight
+and presence and the inner VM are dynamic providers because their `diff` must look at
+the machine (no refresh needed, so a VM that is down or hung never blocks `up` or
+`destroy`).
 Destroy runs inside out: the inner VM powers off, then the VM, whose shutdown stops the
 container; what is stored on the VM's disk is deleted with it (`deleted_with`).
 """
@@ -35,12 +39,13 @@ from ..components import NexusVm, _Dynamic
 from ..config import NexusConfig, disk_size_bytes
 from ..paths import VmPaths
 from ..ssh import SshTarget
-from . import engine, inner_image, playground
+from . import engine, inner_image, playground, preflight
 from . import inner_vm as inner
 from . import providers as guest_providers
 from .inner_image_provider import InnerImageProvider
 from .runner import SshRunner
 from .settings import InnerVmConfig
+from .tarball_image_provider import TarballImageProvider
 
 TYPE_PREFIX = "nexus:guest"
 # pulumi-command's SSH dial retries: enough for a VM that is still booting under TCG.
@@ -176,14 +181,32 @@ class Playground(pulumi.ComponentResource):
         disk_id = args.vm_disk.id
         on_docker = _child(self, provider=self.provider, depends_on=after_engine, deleted_with=args.vm_disk)
         image_id, self.digest = self._image(name, args, disk_id, on_docker, on_disk)
+        # Runs before the container is replaced (delete-first): what the new one needs from
+        # the VM is checked while the old one still runs.
+        self.preflight = _Dynamic(
+            guest_providers.ContainerPreflightProvider(),
+            f"{name}-preflight",
+            {
+                **args.access.props(),
+                "container": settings.name,
+                "ports": [dataclasses.asdict(port) for port in preflight.wanted_ports(settings.ports)],
+                "devices": [
+                    {"path": path, "key": f"nexus:playground.devices[{i}]"}
+                    for i, path in enumerate(settings.devices)
+                ],
+                "docker_host": args.engine.docker_host,
+            },
+            (),
+            _child(self, depends_on=after_engine),
+        )
+        # A stopped container is started only once its ports were found free.
         self.presence = _Dynamic(
             guest_providers.ContainerPresenceProvider(),
             f"{name}-presence",
             {**args.access.props(), "container": settings.name, "docker_host": args.engine.docker_host},
-            ("generation",),
-            _child(self, depends_on=after_engine),
+            (),
+            _child(self, depends_on=[*after_engine, self.preflight]),
         )
-        generation: pulumi.Output[int] = self.presence.generation  # type: ignore[attr-defined]
 
         volumes = [
             docker.ContainerVolumeArgs(host_path=v.source, container_path=v.target, read_only=v.read_only)
@@ -193,7 +216,7 @@ class Playground(pulumi.ComponentResource):
             )
             for v in playground.all_volumes(settings, inner_vm=inner_vm)
         ]
-        container_deps: list[pulumi.Resource] = [args.engine]
+        container_deps: list[pulumi.Resource] = [args.engine, self.preflight, self.presence]
         if inner_vm:
             # A named volume of its own, so destroy removes it after the container.
             self.inner_volume = docker.Volume(
@@ -223,9 +246,9 @@ class Playground(pulumi.ComponentResource):
             privileged=settings.privileged,
             devices=args.engine.kvm_usable.apply(device_args),
             labels=[
-                docker.ContainerLabelArgs(
-                    label=playground.PRESENCE_LABEL, value=generation.apply(lambda g: str(int(g)))
-                ),
+                # A new presence (the container was removed by hand) means a new container;
+                # a stopped one is started again in place by the presence's update.
+                docker.ContainerLabelArgs(label=playground.PRESENCE_LABEL, value=self.presence.id),
                 docker.ContainerLabelArgs(label=playground.DISK_LABEL, value=disk_id),
             ],
             # tini as PID 1 reaps the inner QEMU, which detaches from `docker exec`.
@@ -289,26 +312,23 @@ class Playground(pulumi.ComponentResource):
             )
             return image.image_id, image.image_id
         tarball = Path(source.value)
-        digest = playground.file_digest(tarball)
-        steps = playground.tarball_import(source.kind, container, digest)
-        connection = args.access.connection()
-        upload = remote.CopyToRemote(
-            f"{name}-upload",
-            connection=connection,
-            source=pulumi.FileAsset(str(tarball)),
-            remote_path=steps.remote_path,
-            triggers=[digest, disk_id],
-            opts=on_disk,
+        # Streamed into the VM's `docker load`/`docker import -`: tarball_image_provider.py says why.
+        self.tarball = _Dynamic(
+            TarballImageProvider(),
+            f"{name}-tarball",
+            {
+                **args.access.props(),
+                "container": container,
+                "kind": source.kind,
+                "key": source.key,
+                "path": str(tarball),
+                "digest": playground.file_digest(tarball),
+                "disk_id": disk_id,
+            },
+            ("tag", "image_id"),
+            on_disk,
         )
-        imported = remote.Command(
-            f"{name}-import",
-            connection=connection,
-            create=steps.create,
-            delete=steps.delete,
-            triggers=[digest, disk_id],
-            opts=pulumi.ResourceOptions.merge(on_disk, pulumi.ResourceOptions(depends_on=[upload])),
-        )
-        image_id = imported.stdout.apply(lambda out: out.strip().splitlines()[-1] if out.strip() else "")
+        image_id: pulumi.Output[str] = self.tarball.image_id  # type: ignore[attr-defined]
         return image_id, image_id
 
 

@@ -18,6 +18,13 @@ DOCKER_INSTALLED = ("sh", "-c", "command -v docker")
 # As root, so the answer does not depend on the login user's groups yet.
 DOCKER_SERVER_VERSION = ("sudo", "-n", "docker", "version", "--format", "{{.Server.Version}}")
 DOCKER_DAEMON_STATE = ("systemctl", "is-active", "docker")
+# What systemd says of a daemon that was stopped (`systemctl stop docker docker.socket`) or
+# gave up; anything else ("activating", ...) is worth waiting for.
+DAEMON_STOPPED_STATES = ("inactive", "failed")
+# The daemon is the lab's own: `up` starts a stopped one (docker.service requires, and so
+# starts, docker.socket).
+START_DOCKER = ("sudo", "-n", "systemctl", "start", "docker")
+DOCKER_JOURNAL_TAIL = ("sudo", "-n", "journalctl", "--unit", "docker", "--lines", "15", "--no-pager")
 # The login user's own access, which pulumi-docker's ssh:// connection needs.
 DOCKER_AS_USER = ("docker", "version", "--format", "{{.Server.Version}}")
 KVM_OK = ("sudo", "-n", "kvm-ok")

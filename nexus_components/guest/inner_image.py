@@ -198,6 +198,22 @@ def guest_missing(runner: CommandRunner, container: str, config: InnerVmConfig) 
     return None
 
 
+def give_up_when_silent(probe: Callable[[], str | None]) -> Callable[[], str | None]:
+    """A readiness probe that raises VmSilent once `probe` has said VM_SILENT
+    SILENT_PROBES_TO_GIVE_UP times in a row: no wait for the inner VM outlasts its VM."""
+    silent_in_a_row = 0
+
+    def watched() -> str | None:
+        nonlocal silent_in_a_row
+        missing = probe()
+        silent_in_a_row = silent_in_a_row + 1 if missing == VM_SILENT else 0
+        if silent_in_a_row >= SILENT_PROBES_TO_GIVE_UP:
+            raise VmSilent(f"{VM_SILENT} ({silent_in_a_row} probes in a row)")
+        return missing
+
+    return watched
+
+
 def wait_for_guest(
     runner: CommandRunner,
     container: str,
@@ -210,18 +226,8 @@ def wait_for_guest(
 
     Raises VmSilent when the VM stops answering the probes.
     """
-    silent_in_a_row = 0
-
-    def probe() -> str | None:
-        nonlocal silent_in_a_row
-        missing = guest_missing(runner, container, config)
-        silent_in_a_row = silent_in_a_row + 1 if missing == VM_SILENT else 0
-        if silent_in_a_row >= SILENT_PROBES_TO_GIVE_UP:
-            raise VmSilent(f"{VM_SILENT} ({silent_in_a_row} probes in a row)")
-        return missing
-
     return wait_for(
-        probe,
+        give_up_when_silent(lambda: guest_missing(runner, container, config)),
         timeout=timeout,
         poll_seconds=3.0,
         log=log,

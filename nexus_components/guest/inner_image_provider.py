@@ -4,11 +4,11 @@ The same download module and cache as the VM's own image (`nexus:image`): fetche
 copied once, its SHA-256 checked, kept when a stack is destroyed. Then streamed over the
 stack's SSH connection into the VM's IMAGES_DIR, named by its digest, once per digest.
 
-Why a dynamic provider and not pulumi-command's `CopyToRemote` (which the playground's
-tarball uses): the engine hashes a `FileAsset` when the resource is registered, at
-`preview` too, so the file must exist before `up` runs; measured here, a preview fails
-with "failed to compute asset hash ... no such file or directory" while the image is not
-yet downloaded, and downloading a gigabyte in `preview` is not acceptable. A provider
+Why a dynamic provider and not pulumi-command's `CopyToRemote`: the engine hashes a
+`FileAsset` when the resource is registered, at `preview` too, so the file must exist
+before `up` runs; measured here, a preview fails with "failed to compute asset hash ...
+no such file or directory" while the image is not yet downloaded, and downloading a
+gigabyte in `preview` is not acceptable. A provider
 also sees a copy that went missing in the VM (`diff` looks) and copies it again.
 """
 

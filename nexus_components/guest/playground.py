@@ -1,10 +1,9 @@
-"""What the playground layer hands to pulumi-docker and pulumi-command, as plain values.
+"""What the playground layer hands to pulumi-docker and its guest steps, as plain values.
 
 The container itself is a pulumi-docker `Container` (the ecosystem's provider for it);
-this module turns `PlaygroundConfig` into
-its arguments, and writes the shell lines of the one-shot guest steps (`docker import`
-or `docker load` of a copied tarball, growing the root file system), quoting every
-value with `shlex.quote`. No Pulumi import; unit-tested directly.
+this module turns `PlaygroundConfig` into its arguments, and writes the commands of the
+guest steps (`docker import` or `docker load` of a streamed tarball, as argument lists;
+growing the root file system, a fixed script). No Pulumi import; unit-tested directly.
 """
 
 from __future__ import annotations
@@ -14,8 +13,7 @@ import os
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ..ssh import CLIENT_OPTIONS, CONNECT_TIMEOUT_SECONDS, KEEPALIVE_OPTIONS, SshTarget
 from .inner_vm import IMAGES_DIR, VOLUME_MOUNT
@@ -23,8 +21,6 @@ from .runner import sharing_options
 from .settings import PlaygroundConfig, PublishedPort, Volume
 
 KVM_DEVICE = "/dev/kvm"
-# Where a copied tarball waits in the VM for `docker import`/`docker load`.
-UPLOAD_DIR = PurePosixPath("/var/tmp")
 
 
 def ssh_options(target: SshTarget) -> list[str]:
@@ -43,18 +39,49 @@ def ssh_options(target: SshTarget) -> list[str]:
     ]
 
 
-def container_state(container: str) -> list[str]:
-    """Prints `true` while the container runs; fails when there is no such container."""
-    return ["docker", "inspect", "--format", "{{.State.Running}}", container]
-
-
-# The container carries this label; the presence check bumps its value to have
-# pulumi-docker replace a container that was removed or stopped behind the stack's back
-# (labels force a new container).
+# The container carries this label, whose value is the presence check's id: a container
+# removed behind the stack's back gets a new presence, hence a new label, which has
+# pulumi-docker create it anew (labels force a new container).
 PRESENCE_LABEL = "dev.nexus-nested-vm.generation"
 # The container and its volume carry the VM disk's identity: a disk made anew (a new
 # base image, a disk file deleted by hand) holds neither, so they are made anew on it.
 DISK_LABEL = "dev.nexus-nested-vm.disk"
+
+
+def container_state(container: str) -> list[str]:
+    """Prints `<running> <disk label>` (`true <disk id>` while ours runs); fails when there
+    is no such container. Read by `read_container_state`."""
+    return [
+        "docker",
+        "inspect",
+        "--type",
+        "container",
+        "--format",
+        "{{.State.Running}} {{index .Config.Labels " + f'"{DISK_LABEL}"' + "}}",
+        container,
+    ]
+
+
+# What `read_container_state` makes of the answer.
+RUNNING = "running"  # a container this product made runs
+STOPPED = "stopped"  # it exists but does not run (`docker stop`, or it exited)
+GONE = "gone"  # no container by that name
+FOREIGN = "foreign"  # one by that name that this product did not make
+NO_ANSWER = "no answer"  # the daemon did not answer (stopped, or no access)
+
+
+def read_container_state(returncode: int, output: str) -> str:
+    if returncode != 0:
+        return GONE if "No such container" in output or "No such object" in output else NO_ANSWER
+    first_line = (output.strip().splitlines() or [""])[0]
+    running, _, label = first_line.partition(" ")
+    if not label.strip():
+        return FOREIGN
+    return RUNNING if running == "true" else STOPPED
+
+
+def start_container(container: str) -> list[str]:
+    return ["docker", "start", container]
 
 
 def containers_named(container: str) -> list[str]:
@@ -143,35 +170,40 @@ def tree_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class TarballImport:
-    """The one-shot step that turns a copied tarball into an image in the VM."""
-
-    remote_path: str
-    create: str
-    delete: str
+# An image archive (`docker save`) or a root-file-system tar is streamed over SSH into one
+# of these, reading stdin: nothing is copied into the VM's file system, so nothing is left
+# there whether the import succeeds or fails.
+LOAD_IMAGE = ("docker", "load", "--quiet")
+_LOADED = re.compile(r"^Loaded image(?: ID)?: (\S+)\s*$", re.MULTILINE)
 
 
-def tarball_import(kind: str, container: str, digest: str) -> TarballImport:
-    """`docker import` (root file system) or `docker load` (image archive) of the copied file.
+def tarball_tag(container: str, digest: str) -> str:
+    """The tag of an imported tarball's image: one per content, so a superseded import
+    removes only its own."""
+    return f"nexus/{container.lower()}:tarball-{digest[:16]}"
 
-    The last line the create command prints is the image id the container runs from.
-    """
-    remote = str(UPLOAD_DIR / f"nexus-{container}-{digest[:16]}.tar")
-    tag = f"nexus/{container.lower()}:{digest[:16]}"
-    q_remote, q_tag = shlex.quote(remote), shlex.quote(tag)
-    if kind == "rootfs-tarball":
-        make = f"docker import {q_remote} {q_tag} >/dev/null"
-    else:
-        # `docker load` names what it loaded; tag it so delete knows what to remove.
-        make = (
-            f"loaded=$(docker load --quiet --input {q_remote}"
-            " | sed -n 's/^Loaded image[^:]*: //p' | tail -n 1)"
-            f' && docker tag "$loaded" {q_tag}'
-        )
-    create = f"set -e; {make}; rm -f {q_remote}; docker image inspect --format '{{{{.Id}}}}' {q_tag}"
-    delete = f"docker image rm --force {q_tag} >/dev/null 2>&1 || true; rm -f {q_remote}"
-    return TarballImport(remote, create, delete)
+
+def import_rootfs(tag: str) -> list[str]:
+    return ["docker", "import", "-", tag]
+
+
+def loaded_image(load_output: str) -> str | None:
+    """The last image `docker load` names ("Loaded image: web:1", "Loaded image ID: sha256:...")."""
+    names = _LOADED.findall(load_output)
+    return names[-1] if names else None
+
+
+def tag_image(image: str, tag: str) -> list[str]:
+    return ["docker", "tag", image, tag]
+
+
+def image_id(reference: str) -> list[str]:
+    """Prints the image's id; fails (`No such image`) when there is none by that reference."""
+    return ["docker", "image", "inspect", "--format", "{{.Id}}", reference]
+
+
+def remove_image(reference: str) -> list[str]:
+    return ["docker", "image", "rm", "--force", reference]
 
 
 # Grows the partition holding / to the end of its disk, then its file system: the seed's

@@ -9,7 +9,9 @@ cannot. The container itself is pulumi-docker's; one-shot steps are pulumi-comma
 
 from __future__ import annotations
 
+import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,11 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvide
 from ..paths import remove_quietly
 from ..providers import _reports_errors, _say
 from ..ssh import SshTarget
-from . import engine, inner_image, playground
+from . import engine, inner_image, playground, preflight
 from . import inner_vm as inner
 from .runner import (
+    SSH_UNREACHABLE,
+    CommandResult,
     CommandRunner,
     GuestError,
     SshRunner,
@@ -36,6 +40,14 @@ Props = dict[str, Any]
 
 ENGINE_LAYER = "Docker engine"
 INNER_LAYER = "inner VM"
+# What `up` says when the VM hangs during the inner VM's boot; the README's
+# troubleshooting entry quotes both.
+INNER_VM_STALLED = f"{INNER_LAYER}: the VM stopped answering while the inner VM booted"
+INNER_VM_STALLED_HINT = (
+    "run `pulumi up` again: it restarts the VM that hangs and then the inner VM. Nested "
+    "virtualization under an emulated (TCG) VM can stall like this; if it recurs, set "
+    "nexus:innerVm.accelerator to tcg"
+)
 
 
 def _target(props: Props) -> SshTarget:
@@ -55,49 +67,132 @@ def _changed(olds: Props, news: Props, keys: tuple[str, ...]) -> list[str]:
     return [key for key in keys if olds.get(key) != news.get(key)]
 
 
-def container_status(runner: CommandRunner, container: str) -> str:
-    """ "running", "not running" (stopped or gone), or "unreachable" (the VM does not answer)."""
+def container_presence(runner: CommandRunner, container: str) -> str:
+    """One of playground's container states, or "unreachable" (the VM does not answer)."""
     result = runner.run(playground.container_state(container), timeout=60)
     if unreachable(result):
         return "unreachable"
-    return "running" if result.ok and result.stdout.strip() == "true" else "not running"
+    return playground.read_container_state(result.returncode, result.output)
+
+
+def container_status(runner: CommandRunner, container: str) -> str:
+    """ "running", "not running" (stopped or gone), or "unreachable" (the VM does not answer)."""
+    presence = container_presence(runner, container)
+    return presence if presence in (playground.RUNNING, "unreachable") else "not running"
 
 
 # --------------------------------------------------------------------------- Docker engine
 
 
-def _engine_missing(runner: CommandRunner) -> str | None:
-    """What keeps the engine from being ready, or None; raises on what waiting cannot fix."""
-    status = runner.run(engine.CLOUD_INIT_STATUS, timeout=60)
-    if unreachable(status):
-        return "SSH to the VM does not answer"
-    missing = engine.cloud_init_missing(status.returncode, status.output)
-    if missing == "cloud-init finished with an error":
-        log = runner.run(engine.CLOUD_INIT_LOG_TAIL, timeout=60)
-        raise GuestError(
-            f"{ENGINE_LAYER}: cloud-init finished with an error in the VM "
-            "(a package install may have failed)",
-            command=engine.CLOUD_INIT_STATUS,
-            output="last lines of /var/log/cloud-init-output.log:\n" + (output_tail(log.output) or "(none)"),
-            hint="fix the cause above (nexus:guest.packages, nexus:guest.userData), then `pulumi up`; "
-            "the VM keeps running",
-        )
-    if missing:
-        return missing
-    version = runner.run(engine.DOCKER_SERVER_VERSION, timeout=60)
-    missing = engine.docker_missing(version.returncode, version.output)
-    if missing == "docker is not installed in the VM":
-        raise GuestError(
-            f"{ENGINE_LAYER}: docker is not installed in the VM",
-            command=engine.DOCKER_SERVER_VERSION,
-            output=output_tail(version.output),
-            hint="set nexus:guest.installPackages to true (the seed's packages include docker.io), "
-            "or use an image with Docker, or set nexus:playground.enabled to false",
-        )
-    if missing:
-        state = runner.run(engine.DOCKER_DAEMON_STATE, timeout=30).output or "unknown"
+NO_SSH = "SSH to the VM does not answer"
+DAEMON_HINT = (
+    "ssh in (sshCommand output), see `systemctl status docker` and `journalctl --unit docker`, "
+    "fix the cause, then `pulumi up`; the VM keeps running"
+)
+
+
+class EngineWait:
+    """One wait for the engine: what keeps it from being ready, starting a stopped daemon once.
+
+    The daemon is the lab's own, so a daemon systemd reports stopped once cloud-init is done
+    (stopped by hand, or given up) is started rather than waited for; one that cannot be
+    started, or stops again, ends the wait at once with the command and its output.
+    """
+
+    def __init__(self, runner: CommandRunner) -> None:
+        self.runner = runner
+        self.started_daemon = False
+
+    def missing(self) -> str | None:
+        """What keeps the engine from being ready, or None; raises on what waiting cannot fix."""
+        runner = self.runner
+        status = runner.run(engine.CLOUD_INIT_STATUS, timeout=60)
+        if unreachable(status):
+            return NO_SSH
+        missing = engine.cloud_init_missing(status.returncode, status.output)
+        if missing == "cloud-init finished with an error":
+            log = runner.run(engine.CLOUD_INIT_LOG_TAIL, timeout=60)
+            raise GuestError(
+                f"{ENGINE_LAYER}: cloud-init finished with an error in the VM "
+                "(a package install may have failed)",
+                command=engine.CLOUD_INIT_STATUS,
+                output="last lines of /var/log/cloud-init-output.log:\n"
+                + (output_tail(log.output) or "(none)"),
+                hint="fix the cause above (nexus:guest.packages, nexus:guest.userData), then `pulumi up`; "
+                "the VM keeps running",
+            )
+        if missing:
+            return missing
+        version = runner.run(engine.DOCKER_SERVER_VERSION, timeout=60)
+        missing = engine.docker_missing(version.returncode, version.output)
+        if missing == "docker is not installed in the VM":
+            raise GuestError(
+                f"{ENGINE_LAYER}: docker is not installed in the VM",
+                command=engine.DOCKER_SERVER_VERSION,
+                output=output_tail(version.output),
+                hint="set nexus:guest.installPackages to true (the seed's packages include docker.io), "
+                "or use an image with Docker, or set nexus:playground.enabled to false",
+            )
+        if not missing:
+            return None
+        state = runner.run(engine.DOCKER_DAEMON_STATE, timeout=30).stdout.strip() or "unknown"
+        if state in engine.DAEMON_STOPPED_STATES:
+            if self.started_daemon:
+                raise GuestError(
+                    f"{ENGINE_LAYER}: the Docker daemon stopped again after `up` started it "
+                    f"(systemctl says docker is {state})",
+                    command=engine.START_DOCKER,
+                    output=self._journal(),
+                    hint=DAEMON_HINT,
+                )
+            self._start_daemon(state)
+            return f"{missing}; `up` started it (systemctl said docker was {state})"
         return f"{missing}; systemctl says docker is {state}"
-    return None
+
+    def _start_daemon(self, state: str) -> None:
+        _say(
+            "docker", f"the Docker daemon is {state} in the VM; starting it: {' '.join(engine.START_DOCKER)}"
+        )
+        self.started_daemon = True
+        started = self.runner.run(engine.START_DOCKER, timeout=180)
+        if started.ok:
+            return
+        status = f"exit status {started.returncode}"
+        if started.returncode == SSH_UNREACHABLE:
+            status = "SSH could not reach the VM"
+        raise GuestError(
+            f"{ENGINE_LAYER}: the Docker daemon was {state} in the VM and could not be started ({status})",
+            command=engine.START_DOCKER,
+            output="last lines of its output:\n"
+            + (output_tail(started.output) or "(none)")
+            + "\n"
+            + self._journal(),
+            hint=DAEMON_HINT,
+        )
+
+    def _journal(self) -> str:
+        journal = self.runner.run(engine.DOCKER_JOURNAL_TAIL, timeout=60)
+        return "last lines of `journalctl --unit docker`:\n" + (output_tail(journal.output) or "(none)")
+
+    def not_ready(self, timeout: float, missing: str) -> GuestError:
+        """The error when the wait ran out: its output and next step fit what was missing."""
+        if missing == NO_SSH:
+            output, hint = "", "is the VM running? `pulumi preview` shows it; `pulumi up` starts it again"
+        elif missing.startswith("cloud-init"):
+            log = self.runner.run(engine.CLOUD_INIT_LOG_TAIL, timeout=60)
+            output = "last lines of /var/log/cloud-init-output.log:\n" + (output_tail(log.output) or "(none)")
+            hint = (
+                "raise nexus:playground.readyTimeoutSeconds if the VM is just slow (TCG is); "
+                "ssh in (sshCommand output) and check `cloud-init status --long`"
+            )
+        else:
+            output, hint = self._journal(), DAEMON_HINT
+        return GuestError(
+            f"{ENGINE_LAYER}: not ready within {timeout:.0f} s: {missing}",
+            command=engine.DOCKER_SERVER_VERSION,
+            output=output,
+            hint=hint,
+        )
 
 
 @_reports_errors
@@ -107,16 +202,20 @@ class DockerEngineProvider(ResourceProvider):
     KEYS = ("ssh_host", "ssh_port", "username", "private_key", "vm_pid", "instance_id")
 
     def create(self, props: Props) -> CreateResult:
-        return CreateResult(id_=props["docker_host"], outs=self._ready(props))
+        return CreateResult(id_=props["docker_host"], outs=engine_ready(_runner(props), props))
 
     def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
         changed = _changed(olds, news, self.KEYS)
         if not changed and not self._answers(olds):
-            changed.append("daemon")  # stopped, or the VM is down: wait for it again
+            # Stopped, or the VM is down: wait for it again (starting a stopped daemon).
+            _say(
+                "docker", "the Docker daemon does not answer; up waits for it, and starts it if it is stopped"
+            )
+            changed.append("daemon")
         return DiffResult(changes=bool(changed))
 
     def update(self, _id: str, _olds: Props, news: Props) -> UpdateResult:
-        return UpdateResult(outs=self._ready(news))
+        return UpdateResult(outs=engine_ready(_runner(news), news))
 
     def read(self, id_: str, props: Props) -> ReadResult:
         answers = self._answers(props)
@@ -132,57 +231,50 @@ class DockerEngineProvider(ResourceProvider):
         result = _runner(props).run(engine.DOCKER_AS_USER, timeout=60)
         return result.ok and bool(result.stdout.strip())
 
-    @staticmethod
-    def _ready(props: Props) -> Props:
-        runner = _runner(props)
-        timeout = float(props["timeout_seconds"])
-        seconds, missing = wait_for(
-            lambda: _engine_missing(runner),
-            timeout=timeout,
-            log=lambda line: _say("docker", line),
-            waiting_for="the Docker engine",
+
+def engine_ready(runner: CommandRunner, props: Props) -> Props:
+    """Waits for cloud-init and the daemon (starting a stopped one), then reads the seed's checks."""
+    timeout = float(props["timeout_seconds"])
+    wait = EngineWait(runner)
+    seconds, missing = wait_for(
+        wait.missing,
+        timeout=timeout,
+        log=lambda line: _say("docker", line),
+        waiting_for="the Docker engine",
+    )
+    if missing is not None:
+        raise wait.not_ready(timeout, missing)
+    user_access = runner.run(engine.DOCKER_AS_USER, timeout=60)
+    if not user_access.ok:
+        # pulumi-docker connects as the login user: give it the docker group (next session on).
+        check(
+            runner.run(engine.join_docker_group(props["username"]), timeout=60),
+            layer=ENGINE_LAYER,
+            what="add the login user to the docker group",
+            hint="check that the login user has passwordless sudo in the VM",
         )
-        if missing is not None:
-            log = runner.run(engine.CLOUD_INIT_LOG_TAIL, timeout=60)
-            raise GuestError(
-                f"{ENGINE_LAYER}: not ready within {timeout:.0f} s: {missing}",
-                command=engine.DOCKER_SERVER_VERSION,
-                output="last lines of /var/log/cloud-init-output.log:\n"
-                + (output_tail(log.output) or "(none)"),
-                hint="raise nexus:playground.readyTimeoutSeconds if the VM is just slow (TCG is), "
-                "or ssh in (sshCommand output) and check `systemctl status docker`",
-            )
-        user_access = runner.run(engine.DOCKER_AS_USER, timeout=60)
-        if not user_access.ok:
-            # pulumi-docker connects as the login user: give it the docker group (next session on).
-            check(
-                runner.run(engine.join_docker_group(props["username"]), timeout=60),
-                layer=ENGINE_LAYER,
-                what="add the login user to the docker group",
-                hint="check that the login user has passwordless sudo in the VM",
-            )
-            # Groups are read at login: sessions over the shared connection would not see it.
-            close_shared_connection(_target(props))
-            check(
-                runner.run(engine.DOCKER_AS_USER, timeout=60),
-                layer=ENGINE_LAYER,
-                what="reach the Docker daemon as the login user",
-                hint="ssh in and run `docker version`",
-            )
-        version = runner.run(engine.DOCKER_AS_USER, timeout=60).stdout.strip()
-        kvm_ok = runner.run(engine.KVM_OK, timeout=60)
-        verdict = engine.parse_kvm_ok(kvm_ok.returncode, kvm_ok.output)
-        libvirt = runner.run(engine.LIBVIRT_VERSION, timeout=60)
-        _say("docker", f"Docker {version} ready after {seconds:.0f} s; kvm-ok: {verdict.verdict}")
-        return {
-            **props,
-            "docker_version": version,
-            "kvm_usable": verdict.usable,
-            "kvm_verdict": verdict.verdict,
-            "libvirt_version": engine.parse_libvirt_version(libvirt.returncode, libvirt.output),
-            "ready_seconds": round(seconds, 1),
-            "answers": True,
-        }
+        # Groups are read at login: sessions over the shared connection would not see it.
+        close_shared_connection(_target(props))
+        check(
+            runner.run(engine.DOCKER_AS_USER, timeout=60),
+            layer=ENGINE_LAYER,
+            what="reach the Docker daemon as the login user",
+            hint="ssh in and run `docker version`",
+        )
+    version = runner.run(engine.DOCKER_AS_USER, timeout=60).stdout.strip()
+    kvm_ok = runner.run(engine.KVM_OK, timeout=60)
+    verdict = engine.parse_kvm_ok(kvm_ok.returncode, kvm_ok.output)
+    libvirt = runner.run(engine.LIBVIRT_VERSION, timeout=60)
+    _say("docker", f"Docker {version} ready after {seconds:.0f} s; kvm-ok: {verdict.verdict}")
+    return {
+        **props,
+        "docker_version": version,
+        "kvm_usable": verdict.usable,
+        "kvm_verdict": verdict.verdict,
+        "libvirt_version": engine.parse_libvirt_version(libvirt.returncode, libvirt.output),
+        "ready_seconds": round(seconds, 1),
+        "answers": True,
+    }
 
 
 def remove_leftover_container(runner: CommandRunner, container: str) -> list[str]:
@@ -220,32 +312,125 @@ def remove_leftover_container(runner: CommandRunner, container: str) -> list[str
 
 @_reports_errors
 class ContainerPresenceProvider(ResourceProvider):
-    """Sees the playground container removed or stopped by hand, without a refresh.
+    """Sees the playground container stopped or removed by hand, without a refresh.
 
     pulumi-docker reads a container back only on refresh, and a refresh needs every
     layer's SSH: with the VM down or hung it fails, and `up` could not start the VM
-    again nor `destroy` power it off. This check runs in `diff` instead; when the
-    container is gone its `generation` goes up, which changes the container's label
-    and so replaces it. A VM that does not answer is not taken for a missing container.
+    again nor `destroy` power it off. This check runs in `diff` instead:
+    - stopped (`docker stop`, or its command exited): `update` starts it again in place,
+      the same container with its files;
+    - removed (or the name now holds a container this stack did not make): this resource
+      is replaced, and its new id, which the container carries as a label, has
+      pulumi-docker create the container anew (the leftover hook then stops on a
+      container of the user's own).
+    A VM or daemon that does not answer is not taken for a missing container: the
+    engine's own diff sees it, and `up` looks again once Docker is back.
     """
 
     def create(self, props: Props) -> CreateResult:
-        return CreateResult(id_=props["container"], outs={**props, "generation": 0})
+        # A new id per presence, so a new presence means a new container (its label).
+        return CreateResult(id_=f"{props['container']}-{secrets.token_hex(4)}", outs=props)
 
     def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
-        changed = _changed(olds, news, ("container",))
-        if not changed and container_status(_runner(olds), olds["container"]) == "not running":
-            changed.append("running")
-        return DiffResult(changes=bool(changed))
+        replaces = _changed(olds, news, ("container",))
+        if replaces:
+            return DiffResult(changes=True, replaces=replaces)
+        container = olds["container"]
+        state = container_presence(_runner(olds), container)
+        if state == playground.STOPPED:
+            _say(
+                "playground",
+                f"container {container} is stopped; up starts it again (same container, files kept)",
+            )
+            return DiffResult(changes=True)
+        if state in (playground.GONE, playground.FOREIGN):
+            whose = "is gone" if state == playground.GONE else "in the VM is not the one this stack made"
+            _say("playground", f"container {container} {whose}; up creates it again")
+            return DiffResult(changes=True, replaces=["present"])
+        return DiffResult(changes=False)
 
-    def update(self, _id: str, olds: Props, news: Props) -> UpdateResult:
-        _say("playground", f"container {olds['container']} is not running; replacing it")
-        return UpdateResult(outs={**news, "generation": int(olds.get("generation", 0)) + 1})
+    def update(self, _id: str, _olds: Props, news: Props) -> UpdateResult:
+        container = news["container"]
+        _say("playground", f"container {container} is stopped; starting it again")
+        check(
+            _runner(news).run(playground.start_container(container), timeout=180),
+            layer="playground",
+            what=f"start the stopped container {container} again",
+            hint=f"see `docker logs {container}` in the VM; `docker rm {container}` there has "
+            "`pulumi up` create it anew",
+        )
+        return UpdateResult(outs=news)
 
     def read(self, id_: str, props: Props) -> ReadResult:
         return ReadResult(
-            id_=id_, outs={**props, "status": container_status(_runner(props), props["container"])}
+            id_=id_, outs={**props, "status": container_presence(_runner(props), props["container"])}
         )
+
+
+def preflight_problems(runner: CommandRunner, props: Props) -> list[str]:
+    """What keeps a new playground container from starting that the VM shows now; [] when
+    nothing does, or when the VM does not answer (its own diff says so)."""
+    wanted = [preflight.WantedPort(int(p["vm"]), p["protocol"], p["key"]) for p in props.get("ports") or []]
+    problems: list[str] = []
+    if wanted:
+        sockets = runner.run(preflight.LISTENERS, timeout=60)
+        if unreachable(sockets):
+            return []
+        if not sockets.ok:  # no passwordless sudo: the login user's view, without others' names
+            sockets = runner.run(preflight.LISTENERS_AS_USER, timeout=60)
+        containers = runner.run(preflight.RUNNING_CONTAINERS, timeout=60)
+        problems += preflight.port_clashes(
+            wanted,
+            preflight.listeners(sockets.stdout if sockets.ok else ""),
+            # A daemon that does not answer runs no container: nothing of its holds a port.
+            preflight.containers_publishing(containers.stdout if containers.ok else ""),
+        )
+    devices = {d["path"]: d["key"] for d in props.get("devices") or []}
+    if devices:
+        missing = runner.run(preflight.devices_missing(list(devices)), timeout=60)
+        if missing.ok:
+            problems += [
+                f"{devices[path]}: {path} does not exist in the VM"
+                for path in missing.stdout.splitlines()
+                if path in devices
+            ]
+    return problems
+
+
+@_reports_errors
+class ContainerPreflightProvider(ResourceProvider):
+    """Checks what a new playground container needs from the VM before the old one goes.
+
+    The container is replaced delete-first, and depends on this resource, whose `diff`
+    (every preview and up) and `create` run preflight_problems: a VM port it publishes that
+    another program or a container not of this stack holds, or a device that does not
+    exist, stops preview and up here, with the current container still running. See
+    preflight.py for what is checked, and the README for what cannot be.
+    """
+
+    KEYS = ("container", "ports", "devices")
+
+    def create(self, props: Props) -> CreateResult:
+        self._refuse_problems(props)
+        return CreateResult(id_=props["container"], outs=props)
+
+    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
+        self._refuse_problems(news)
+        return DiffResult(changes=bool(_changed(olds, news, self.KEYS)))
+
+    def update(self, _id: str, _olds: Props, news: Props) -> UpdateResult:
+        return UpdateResult(outs=news)  # `diff` has just checked
+
+    @staticmethod
+    def _refuse_problems(props: Props) -> None:
+        problems = preflight_problems(_runner(props), props)
+        if problems:
+            raise GuestError(
+                f"playground: the container {props['container']} could not start in the VM as "
+                "configured; the current one is left as it is:\n  " + "\n  ".join(problems),
+                hint="publish another VM port or drop the device (the keys above), or stop what "
+                "holds the port in the VM, then `pulumi up`",
+            )
 
 
 # --------------------------------------------------------------------------- inner VM
@@ -307,13 +492,27 @@ class InnerVmMachine:
         text = result.stdout.strip()
         return int(text) if result.ok and text.isdigit() else None
 
-    def qmp(self, command: str, **arguments: Any) -> str:
-        result = self.runner.run(
+    def qmp_result(self, command: str, **arguments: Any) -> CommandResult:
+        return self.runner.run(
             inner.qmp_argv(self.container, self.paths.qmp_socket),
             input_bytes=inner.qmp_input(command, **arguments),
             timeout=60,
         )
-        return result.stdout
+
+    def qmp(self, command: str, **arguments: Any) -> str:
+        return self.qmp_result(command, **arguments).stdout
+
+    def qmp_running(self) -> str | None:
+        """None once QMP reports `running`; else what is missing (VM_SILENT: no answer at all)."""
+        result = self.qmp_result("query-status")
+        if unreachable(result):
+            return inner_image.VM_SILENT
+        return None if inner.qmp_status(result.stdout) == "running" else "QMP does not report running yet"
+
+    @staticmethod
+    def stalled(argv: Sequence[str], detail: object) -> GuestError:
+        # Nothing can be stopped or read in a VM that does not answer; it hangs.
+        return GuestError(f"{INNER_VM_STALLED}: {detail}", command=argv, hint=INNER_VM_STALLED_HINT)
 
     def status(self) -> str:
         return inner.qmp_status(self.qmp("query-status"))
@@ -335,6 +534,10 @@ class InnerVmMachine:
         )
         if probe.returncode == inner.PROBE_EXIT_STATUS:
             return "kvm"
+        if probe.returncode == SSH_UNREACHABLE:
+            # SSH itself gave up (the probe's own bound, `timeout`, exits 124): the VM
+            # hangs, which says nothing about KVM.
+            raise self.stalled(probe.argv, inner_image.VM_SILENT)
         if requested == "kvm":
             raise GuestError(
                 f"nexus:innerVm.accelerator is 'kvm' but KVM cannot run a guest in the container "
@@ -374,13 +577,16 @@ class InnerVmMachine:
             "fix the cause named in the output (nexus:innerVm.*); the container keeps running",
             timeout=120,
         )
-        _, missing = wait_for(
-            lambda: None if self.status() == "running" else "QMP does not report running yet",
-            timeout=float(self.config.boot_timeout_seconds),
-            poll_seconds=1.0,
-            log=lambda line: _say(log_prefix, line),
-            waiting_for="the inner VM",
-        )
+        try:
+            _, missing = wait_for(
+                inner_image.give_up_when_silent(self.qmp_running),
+                timeout=float(self.config.boot_timeout_seconds),
+                poll_seconds=1.0,
+                log=lambda line: _say(log_prefix, line),
+                waiting_for="the inner VM",
+            )
+        except inner_image.VmSilent as silent:
+            raise self.stalled(argv, silent) from silent
         if missing is not None:
             tail = self.runner.run(inner.serial_tail(self.container, self.paths.serial_log), timeout=60)
             self.stop(powerdown_timeout=1)
@@ -435,14 +641,7 @@ class InnerVmMachine:
                 log=lambda line: _say(log_prefix, line),
             )
         except inner_image.VmSilent as silent:
-            # Nothing can be stopped or read in a VM that does not answer; it hangs.
-            raise GuestError(
-                f"{INNER_LAYER}: the VM stopped answering while the inner VM booted: {silent}",
-                command=argv,
-                hint="run `pulumi up` again: it power-cycles a VM that hangs and starts the inner VM "
-                "again. If it recurs, nested virtualization may be unreliable on this host: "
-                "set nexus:innerVm.accelerator to tcg",
-            ) from silent
+            raise self.stalled(argv, silent) from silent
         if missing is None:
             return
         tail = self.runner.run(inner.serial_tail(self.container, self.paths.serial_log, 30), timeout=60)

@@ -61,24 +61,37 @@ class CommandRunner(Protocol):
     def where(self) -> str: ...
 
     def run(
-        self, argv: Sequence[str], *, input_bytes: bytes | None = None, timeout: float = 120.0
+        self,
+        argv: Sequence[str],
+        *,
+        input_bytes: bytes | None = None,
+        input_file: Path | None = None,
+        timeout: float = 120.0,
     ) -> CommandResult: ...
 
     def reachable(self) -> bool: ...
 
 
 def _execute(
-    full_argv: Sequence[str], shown_argv: Sequence[str], input_bytes: bytes | None, timeout: float
+    full_argv: Sequence[str],
+    shown_argv: Sequence[str],
+    input_bytes: bytes | None,
+    timeout: float,
+    input_file: Path | None = None,
 ) -> CommandResult:
+    """`input_file` is streamed to the command's stdin (a big tarball is never read into memory)."""
     started = time.monotonic()
     try:
-        completed = subprocess.run(
-            list(full_argv),
-            input=input_bytes if input_bytes is not None else b"",
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
+        with contextlib.ExitStack() as files:
+            stdin = files.enter_context(input_file.open("rb")) if input_file is not None else None
+            completed = subprocess.run(
+                list(full_argv),
+                input=None if stdin is not None else (input_bytes or b""),
+                stdin=stdin,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
     except subprocess.TimeoutExpired as error:
         partial = (error.stdout or b"") + (error.stderr or b"")
         return CommandResult(
@@ -104,9 +117,14 @@ class LocalRunner:
     where: str = "this machine"
 
     def run(
-        self, argv: Sequence[str], *, input_bytes: bytes | None = None, timeout: float = 120.0
+        self,
+        argv: Sequence[str],
+        *,
+        input_bytes: bytes | None = None,
+        input_file: Path | None = None,
+        timeout: float = 120.0,
     ) -> CommandResult:
-        return _execute(argv, argv, input_bytes, timeout)
+        return _execute(argv, argv, input_bytes, timeout, input_file)
 
     def reachable(self) -> bool:
         return True
@@ -165,9 +183,14 @@ class SshRunner:
         return [full[0], *sharing_options(self.target), *full[1:]]
 
     def run(
-        self, argv: Sequence[str], *, input_bytes: bytes | None = None, timeout: float = 120.0
+        self,
+        argv: Sequence[str],
+        *,
+        input_bytes: bytes | None = None,
+        input_file: Path | None = None,
+        timeout: float = 120.0,
     ) -> CommandResult:
-        return _execute(self.ssh_argv(argv), argv, input_bytes, timeout)
+        return _execute(self.ssh_argv(argv), argv, input_bytes, timeout, input_file)
 
     def reachable(self) -> bool:
         return not unreachable(self.run(["true"], timeout=self.connect_timeout + 10))

@@ -8,6 +8,11 @@ lives through:
 
     up -> HTTP through host -> VM -> container -> inner VM checks -> no-op up
        -> container removed by hand: preview shows it, up restores it
+       -> container stopped by hand: up starts the same container again, files kept
+       -> Docker daemon stopped in the VM: up starts it
+       -> a replace onto a VM port something else holds: refused, the container kept
+       -> a corrupt image archive: one error naming the key, nothing left in the VM,
+          and switching back changes nothing
        -> VM killed: up starts it again and the layers above come back
        -> disk grows: df shows it
        -> image from a registry run in the VM -> build context, rebuilt on a change
@@ -56,6 +61,8 @@ pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.guest]
 CONTAINER = "nexus-playground"
 INNER_SERIAL = "/var/lib/nexus/inner-vm/inner/serial.log"
 INNER_QMP = "/var/lib/nexus/inner-vm/inner/qmp.sock"
+# A VM port the lifecycle test has another program hold, to see a replace onto it refused.
+TAKEN_PORT = 8081
 # A value with spaces, quotes and `$`: it must reach the container byte for byte.
 GREETING = 'it\'s "quoted", $HOME and `ticks` stay as typed'
 
@@ -246,11 +253,90 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         drift = cli.preview()
         assert "nexus-guest-playground-presence" in drift.stdout, drift.stdout
         assert "docker:index/container:Container" in drift.stdout and "replace" in drift.stdout, drift.stdout
+        assert f"container {CONTAINER} is gone; up creates it again" in drift.stdout + drift.stderr
         cli.up()
         outputs = cli.outputs()
         assert http_get(http_port, "/env.txt") == GREETING
         assert outputs["innerVmQmpStatus"] == "running"
         assert '"status": "running"' in inner_qmp_status(outputs)
+
+        # A container stopped by hand: preview says it starts again, and up starts the same
+        # container, with what was written in it (not a new one from the image).
+        in_container(outputs, "sh", "-c", "echo kept > /written-by-hand")
+        kept = container_id(outputs)
+        ssh(outputs, shlex.join(["docker", "stop", CONTAINER]))
+        drift = cli.preview()
+        assert f"container {CONTAINER} is stopped; up starts it again" in drift.stdout + drift.stderr
+        assert "docker:index/container:Container" not in drift.stdout, drift.stdout
+        cli.up()
+        outputs = cli.outputs()
+        assert container_id(outputs) == kept
+        assert in_container(outputs, "cat", "/written-by-hand") == "kept"
+        assert http_get(http_port, "/env.txt") == GREETING
+        assert outputs["innerVmQmpStatus"] == "running"
+        assert '"status": "running"' in inner_qmp_status(outputs)
+
+        # The Docker daemon stopped in the VM: it is the lab's own, so up starts it (once)
+        # instead of waiting readyTimeoutSeconds for it; the container comes back as it was.
+        ssh(outputs, "sudo -n systemctl stop docker docker.socket")
+        daemon_started = time.monotonic()
+        revived = cli.up()
+        print(f"up with the Docker daemon stopped: {time.monotonic() - daemon_started:.0f} s")
+        assert "the Docker daemon is inactive in the VM; starting it" in revived.stdout + revived.stderr
+        outputs = cli.outputs()
+        assert container_id(outputs) == kept
+        assert http_get(http_port, "/env.txt") == GREETING
+        assert outputs["innerVmQmpStatus"] == "running"
+
+        # A change that replaces the container, onto a VM port another program holds: preview
+        # and up stop before the old container is deleted, naming the key and the holder.
+        listen = shlex.join(
+            [
+                "sudo", "-n", "systemd-run", "--unit=nexus-test-listener", "--collect",
+                "python3", "-m", "http.server", "--bind", "127.0.0.1", str(TAKEN_PORT),
+            ]
+        )  # fmt: skip
+        listening = f"ss -ltn | grep -q ':{TAKEN_PORT} '"
+        ssh(outputs, f"{listen} && for i in $(seq 1 60); do {listening} && exit 0; sleep 1; done; exit 1")
+        cli.set_config("nexus:playground.ports[1].vm", str(TAKEN_PORT))
+        cli.set_config("nexus:playground.ports[1].container", str(TAKEN_PORT))
+        for refused in (cli.run("preview", *cli.stack_args(), check=False), cli.up(check=False)):
+            message = refused.stdout + refused.stderr
+            assert refused.returncode != 0, message
+            assert (
+                f"nexus:playground.ports[1].vm: VM port {TAKEN_PORT}/tcp is in use by python3 (pid" in message
+            )
+            assert "the current one is left as it is" in message, message
+        assert container_id(outputs) == kept
+        assert http_get(http_port, "/env.txt") == GREETING
+        cli.run("config", "rm", "--path", "nexus:playground.ports[1]", *cli.stack_args())
+        ssh(outputs, "sudo -n systemctl stop nexus-test-listener")
+
+        # A corrupt image archive: up stops at `docker load` with one error naming the key,
+        # the container is kept, nothing is left in the VM, and switching back changes nothing.
+        corrupt = tmp_path / "corrupt-image.tar"
+        corrupt.write_bytes(b"not a docker save archive\n" * 4096)
+        cli.run("config", "rm", "--path", "nexus:playground.rootfsTarball", *cli.stack_args())
+        cli.set_config("nexus:playground.imageTarball", str(corrupt))
+        failed = cli.up(check=False)
+        message = failed.stdout + failed.stderr
+        assert failed.returncode != 0
+        assert "playground: could not load nexus:playground.imageTarball" in message, message
+        assert "command: docker load --quiet" in message and "not a valid repository/tag" not in message, (
+            message
+        )
+        assert container_id(outputs) == kept
+        assert http_get(http_port, "/env.txt") == GREETING
+        assert ssh(outputs, "ls -A /var/tmp | grep -c nexus || true") == "0"
+        cli.run("config", "rm", "--path", "nexus:playground.imageTarball", *cli.stack_args())
+        cli.set_config("nexus:playground.rootfsTarball", str(rootfs_tarball))
+        heals = cli.heals
+        back = cli.up()
+        if cli.heals == heals:
+            for verb in ("created", "updated", "deleted", "replaced"):
+                assert verb not in back.stdout, back.stdout
+            assert container_id(outputs) == kept
+        assert ssh(outputs, "ls -A /var/tmp | grep -c nexus || true") == "0"
 
         # An up killed after docker made the container but before Pulumi saved it: the
         # state lacks the container (and what depends on it) while the VM holds it. The

@@ -237,15 +237,27 @@ def test_one_shared_connection_per_vm_and_key() -> None:
     assert argv[-2:] == ["--", "true"]
 
 
-@pytest.mark.parametrize("kind", ["rootfs-tarball", "image-tarball"])
-def test_tarball_import_is_valid_sh_with_quoted_values(kind: str) -> None:
-    steps = playground.tarball_import(kind, "Nexus-PG", "ab" * 32)
-    assert steps.remote_path == "/var/tmp/nexus-Nexus-PG-abababababababab.tar"
-    assert "nexus/nexus-pg:abababababababab" in steps.create
-    for script in (steps.create, steps.delete):
-        subprocess.run(["sh", "-n", "-c", script], check=True)
-    verb = "docker import" if kind == "rootfs-tarball" else "docker load"
-    assert verb in steps.create
+def test_tarball_images_are_streamed_into_docker_and_tagged_per_content() -> None:
+    tag = playground.tarball_tag("Nexus-PG", "ab" * 32)
+    assert tag == "nexus/nexus-pg:tarball-abababababababab"
+    # Both read the tarball from stdin: no file of it is ever written in the VM.
+    assert playground.import_rootfs(tag) == ["docker", "import", "-", tag]
+    assert playground.LOAD_IMAGE == ("docker", "load", "--quiet")
+    assert remote_words(playground.tag_image("it's $HOME", tag)) == ["tag", "it's $HOME", tag]
+
+
+@pytest.mark.parametrize(
+    ("output", "image"),
+    [
+        ("Loaded image: nexus/playground:loaded\n", "nexus/playground:loaded"),
+        ("Loaded image: a:1\nLoaded image: b:2\n", "b:2"),
+        ("Loaded image ID: sha256:" + "c" * 64 + "\n", "sha256:" + "c" * 64),
+        ("", None),
+        ("open /var/lib/docker/tmp/docker-import-1/repositories: no such file or directory\n", None),
+    ],
+)
+def test_the_image_docker_load_names(output: str, image: str | None) -> None:
+    assert playground.loaded_image(output) == image
 
 
 def test_grow_root_fs_script_is_valid_sh() -> None:
@@ -283,6 +295,13 @@ def test_local_runner_reports_status_output_and_time() -> None:
     slow = runner.run(["sleep", "5"], timeout=0.5)
     assert slow.returncode == 124 and "timed out after" in slow.stderr
     assert runner.run(["/nonexistent/tool"]).returncode == 127
+
+
+def test_a_file_is_streamed_to_the_commands_stdin(tmp_path: Path) -> None:
+    tarball = tmp_path / "big image.tar"
+    tarball.write_bytes(b"\0layer" * 100_000)
+    counted = LocalRunner().run(["wc", "-c"], input_file=tarball)
+    assert counted.ok and int(counted.stdout) == 600_000
 
 
 def test_check_names_layer_command_and_output_tail() -> None:

@@ -1,0 +1,466 @@
+"""The guest providers' decisions against a scripted VM (tests/support/fake_runner.py):
+which commands they send, in which order, when they stop, and what their errors say."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from nexus_components.guest import engine, playground, preflight, providers, tarball_image_provider
+from nexus_components.guest.providers import INNER_VM_STALLED, INNER_VM_STALLED_HINT, InnerVmMachine
+from nexus_components.guest.runner import GuestError, LocalRunner
+from nexus_components.guest.settings import InnerVmConfig, PublishedPort
+from tests.support.fake_runner import Answer, ScriptedRunner, hung_vm
+
+REPO = Path(__file__).resolve().parents[2]
+CONTAINER = "nexus-playground"
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------- inner VM stall
+
+
+def kernel_boot(accelerator: str) -> InnerVmConfig:
+    return InnerVmConfig(
+        enabled=True, kernel="/opt/vmlinuz", accelerator=accelerator, boot_timeout_seconds=120
+    )
+
+
+def hangs_at(marker: str) -> ScriptedRunner:
+    """Answers every command until one with `marker` among its words; from then on, nothing."""
+    hung = False
+
+    def answer(argv: tuple[str, ...]) -> Answer:
+        nonlocal hung
+        hung = hung or any(marker in word for word in argv)
+        return hung_vm(argv) if hung else (0, "")
+
+    return ScriptedRunner(answer)
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "marker"),
+    [("tcg", "UNIX-CONNECT:"), ("auto", "isa-debug-exit,iobase=0xf4,iosize=0x04")],
+    ids=["during the QMP wait", "during the KVM probe"],
+)
+def test_a_vm_that_hangs_while_the_inner_vm_boots_gives_the_readmes_error_at_once(
+    accelerator: str, marker: str
+) -> None:
+    machine = InnerVmMachine(hangs_at(marker), CONTAINER, kernel_boot(accelerator))
+    started = time.monotonic()
+    with pytest.raises(GuestError) as caught:
+        machine.start()
+    # Not after bootTimeoutSeconds (120 s), and not taken for "no KVM here".
+    assert time.monotonic() - started < 30
+    message = str(caught.value)
+    assert message.startswith(INNER_VM_STALLED + ": the VM does not answer over SSH"), message
+    assert "next step: " + INNER_VM_STALLED_HINT in message
+
+
+def test_the_readme_says_what_the_stall_error_says() -> None:
+    readme = one_line((REPO / "README.md").read_text())
+    assert f"**`{INNER_VM_STALLED}`**" in readme
+    assert INNER_VM_STALLED_HINT in readme
+    assert providers.INNER_LAYER == "inner VM"
+
+
+# --------------------------------------------------------------------------- Docker engine
+
+ENGINE_PROPS = {
+    "ssh_host": "127.0.0.1",
+    "ssh_port": 2222,
+    "username": "nexus",
+    "private_key": "/nonexistent/key",
+    "timeout_seconds": 12,
+}
+DAEMON_DOWN = (
+    "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"
+)
+
+
+class DockerVm:
+    """A VM whose cloud-init is done and whose Docker daemon was stopped by hand.
+
+    `starts`: `systemctl start docker` succeeds; `stays_up`: the daemon then keeps running
+    (else it dies at once, as one with a broken configuration does)."""
+
+    def __init__(self, *, starts: bool = True, stays_up: bool = True) -> None:
+        self.running = False
+        self.start_attempts = 0
+        self.starts = starts
+        self.stays_up = stays_up
+        self.runner = ScriptedRunner(self.answer)
+
+    def answer(self, argv: tuple[str, ...]) -> Answer:
+        if argv == engine.CLOUD_INIT_STATUS:
+            return 0, "status: done\n"
+        if argv == engine.START_DOCKER:
+            self.start_attempts += 1
+            if not self.starts:
+                return (
+                    1,
+                    "",
+                    "Job for docker.service failed because the control process exited with error code.",
+                )
+            self.running = self.stays_up
+            return 0, ""
+        if argv == engine.DOCKER_JOURNAL_TAIL:
+            return 0, "dockerd[812]: failed to start daemon: error initializing graphdriver: no space left"
+        if argv == engine.DOCKER_DAEMON_STATE:
+            return (
+                (0, "active\n") if self.running else (3, "failed\n" if self.start_attempts else "inactive\n")
+            )
+        if argv in (engine.DOCKER_SERVER_VERSION, engine.DOCKER_AS_USER):
+            return (0, "20.10.24\n") if self.running else (1, "", DAEMON_DOWN)
+        if argv == engine.KVM_OK:
+            return 0, "INFO: /dev/kvm exists\nKVM acceleration can be used\n"
+        if argv == engine.LIBVIRT_VERSION:
+            return 0, "libvirtd (libvirt) 9.0.0\n"
+        raise AssertionError(f"unexpected command {argv}")
+
+
+def test_a_stopped_docker_daemon_is_started_once_and_up_carries_on() -> None:
+    vm = DockerVm()
+    started = time.monotonic()
+    outs = providers.engine_ready(vm.runner, ENGINE_PROPS)
+    assert time.monotonic() - started < 10  # not readyTimeoutSeconds
+    assert outs["docker_version"] == "20.10.24" and outs["kvm_usable"] is True
+    assert len(vm.runner.ran(*engine.START_DOCKER)) == 1
+
+
+def test_a_daemon_that_cannot_be_started_fails_at_once_with_the_command_and_its_output() -> None:
+    vm = DockerVm(starts=False)
+    started = time.monotonic()
+    with pytest.raises(GuestError) as caught:
+        providers.engine_ready(vm.runner, {**ENGINE_PROPS, "timeout_seconds": 900})
+    assert time.monotonic() - started < 10
+    message = str(caught.value)
+    assert message.startswith(
+        "Docker engine: the Docker daemon was inactive in the VM and could not be started"
+    )
+    assert "command: sudo -n systemctl start docker" in message
+    assert "Job for docker.service failed" in message and "error initializing graphdriver" in message
+    assert "next step: ssh in (sshCommand output), see `systemctl status docker`" in message
+    assert "readyTimeoutSeconds" not in message
+    assert len(vm.runner.ran(*engine.START_DOCKER)) == 1
+
+
+def test_a_daemon_that_stops_again_after_the_start_is_not_started_twice() -> None:
+    vm = DockerVm(stays_up=False)
+    with pytest.raises(GuestError) as caught:
+        providers.engine_ready(vm.runner, {**ENGINE_PROPS, "timeout_seconds": 900})
+    assert "the Docker daemon stopped again after `up` started it" in str(caught.value)
+    assert len(vm.runner.ran(*engine.START_DOCKER)) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "daemon", "hint_starts"),
+    [
+        ("status: running", "inactive", "next step: raise nexus:playground.readyTimeoutSeconds"),
+        (
+            "status: done",
+            "activating",
+            "next step: ssh in (sshCommand output), see `systemctl status docker`",
+        ),
+    ],
+    ids=["cloud-init still running", "daemon never answers"],
+)
+def test_the_timeout_hint_fits_what_was_missing(status: str, daemon: str, hint_starts: str) -> None:
+    def answer(argv: tuple[str, ...]) -> Answer:
+        if argv == engine.CLOUD_INIT_STATUS:
+            return (2 if "running" in status else 0), status
+        if argv == engine.DOCKER_DAEMON_STATE:
+            return 3, daemon
+        return 1, "", DAEMON_DOWN
+
+    runner = ScriptedRunner(answer)
+    with pytest.raises(GuestError) as caught:
+        providers.engine_ready(runner, {**ENGINE_PROPS, "timeout_seconds": 0.1})
+    assert hint_starts in str(caught.value), str(caught.value)
+    assert not runner.ran(*engine.START_DOCKER)  # never while cloud-init runs, nor while activating
+
+
+# --------------------------------------------------------------------------- container presence
+
+PRESENCE_PROPS = {**ENGINE_PROPS, "container": CONTAINER, "docker_host": "ssh://nexus@127.0.0.1:2222"}
+NO_SUCH = f"Error: No such container: {CONTAINER}"
+
+
+@pytest.mark.parametrize(
+    ("returncode", "output", "state"),
+    [
+        (0, "true disk-1234", playground.RUNNING),
+        (0, "false disk-1234", playground.STOPPED),
+        (0, "true ", playground.FOREIGN),
+        (1, NO_SUCH, playground.GONE),
+        (1, "Error: No such object: x", playground.GONE),
+        (1, DAEMON_DOWN, playground.NO_ANSWER),
+    ],
+)
+def test_container_states(returncode: int, output: str, state: str) -> None:
+    assert playground.read_container_state(returncode, output) == state
+
+
+def presence_vm(monkeypatch: pytest.MonkeyPatch, *answers: Answer) -> ScriptedRunner:
+    """The VM the presence check reaches: `docker inspect` answers in turn, the rest succeeds."""
+    inspections = iter(answers)
+
+    def answer(argv: tuple[str, ...]) -> Answer:
+        if argv == tuple(playground.container_state(CONTAINER)):
+            return next(inspections)
+        return 0, ""
+
+    runner = ScriptedRunner(answer)
+    monkeypatch.setattr(providers, "_runner", lambda _props: runner)
+    return runner
+
+
+def test_a_stopped_container_is_started_again_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = presence_vm(monkeypatch, (0, "false disk-1"))
+    presence = providers.ContainerPresenceProvider()
+    diff = presence.diff("id", PRESENCE_PROPS, PRESENCE_PROPS)
+    assert diff.changes and not diff.replaces  # an update: the container keeps its label
+    presence.update("id", PRESENCE_PROPS, PRESENCE_PROPS)
+    assert runner.ran("docker", "start") == [("docker", "start", CONTAINER)]
+    assert not runner.ran("docker", "rm")
+
+
+@pytest.mark.parametrize("inspected", [(1, NO_SUCH), (0, "false ")], ids=["removed", "not ours"])
+def test_a_removed_container_is_created_anew(monkeypatch: pytest.MonkeyPatch, inspected: Answer) -> None:
+    presence_vm(monkeypatch, inspected)
+    presence = providers.ContainerPresenceProvider()
+    diff = presence.diff("id", PRESENCE_PROPS, PRESENCE_PROPS)
+    assert diff.changes and diff.replaces  # a new id, hence a new label, hence a new container
+    first = presence.create(PRESENCE_PROPS).id
+    assert first != presence.create(PRESENCE_PROPS).id and first.startswith(CONTAINER)
+
+
+@pytest.mark.parametrize(
+    "inspected", [(0, "true disk-1"), (1, DAEMON_DOWN), hung_vm(())], ids=["running", "no daemon", "no VM"]
+)
+def test_a_running_or_unseen_container_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch, inspected: Answer
+) -> None:
+    runner = presence_vm(monkeypatch, inspected)
+    assert not providers.ContainerPresenceProvider().diff("id", PRESENCE_PROPS, PRESENCE_PROPS).changes
+    assert not runner.ran("docker", "start")
+
+
+# --------------------------------------------------------------------------- preflight
+
+SS_OUTPUT = """\
+udp   UNCONN 0      0              0.0.0.0:68         0.0.0.0:*    users:(("dhclient",pid=420,fd=7))
+tcp   LISTEN 0      4096           0.0.0.0:80         0.0.0.0:*    users:(("docker-proxy",pid=1234,fd=4))
+tcp   LISTEN 0      4096              [::]:80            [::]:*    users:(("docker-proxy",pid=1240,fd=4))
+tcp   LISTEN 0      128            0.0.0.0:22         0.0.0.0:*    users:(("sshd",pid=600,fd=3))
+tcp   LISTEN 0      128               [::]:22            [::]:*    users:(("sshd",pid=600,fd=4))
+tcp   LISTEN 0      4096         127.0.0.1:5001       0.0.0.0:*    users:(("docker-registry",pid=2000,fd=3))
+tcp   LISTEN 0      4096     127.0.0.53%lo:53         0.0.0.0:*    users:(("systemd-resolve",pid=5,fd=14))
+tcp   LISTEN 0      64                   *:2049             *:*
+"""
+OURS = (
+    '{"id":"aaaaaaaaaaaa1111","name":"/nexus-playground","ours":"disk-1",'
+    '"ports":{"80/tcp":[{"HostIp":"","HostPort":"80"}]}}'
+)
+THEIRS = (
+    '{"id":"bbbbbbbbbbbb2222","name":"/web","ours":"",'
+    '"ports":{"8080/tcp":[{"HostIp":"","HostPort":"8080"},{"HostIp":"::","HostPort":"8080"}],"9/udp":null}}'
+)
+
+
+def test_listeners_name_the_program_and_leave_dockers_relays_to_docker() -> None:
+    held = preflight.listeners(SS_OUTPUT)
+    assert held[(22, "tcp")] == ["sshd (pid 600)"]
+    assert held[(5001, "tcp")] == ["docker-registry (pid 2000)"]
+    assert held[(68, "udp")] == ["dhclient (pid 420)"]
+    assert held[(53, "tcp")] == ["systemd-resolve (pid 5)"]
+    assert held[(2049, "tcp")] == ["a socket of no process it can see"]
+    assert (80, "tcp") not in held
+
+
+def test_only_containers_this_product_did_not_make_hold_a_port_against_it() -> None:
+    held = preflight.containers_publishing(f"{OURS}\n{THEIRS}\n")
+    assert held == {(8080, "tcp"): ["container web (bbbbbbbbbbbb)"]}
+
+
+def test_port_clashes_name_the_key_the_port_and_its_holders() -> None:
+    wanted = preflight.wanted_ports(
+        (
+            PublishedPort(80, 80),
+            PublishedPort(5001, 5000),
+            PublishedPort(8080, 80),
+            PublishedPort(68, 68, "udp"),
+        )
+    )
+    clashes = preflight.port_clashes(
+        wanted, preflight.listeners(SS_OUTPUT), preflight.containers_publishing(f"{OURS}\n{THEIRS}")
+    )
+    assert clashes == [
+        "nexus:playground.ports[1].vm: VM port 5001/tcp is in use by docker-registry (pid 2000)",
+        "nexus:playground.ports[2].vm: VM port 8080/tcp is in use by container web (bbbbbbbbbbbb)",
+        "nexus:playground.ports[3].vm: VM port 68/udp is in use by dhclient (pid 420)",
+    ]
+
+
+def test_the_preflight_scripts_are_valid_sh_and_take_values_as_data(tmp_path: Path) -> None:
+    subprocess.run(["sh", "-n", "-c", preflight.RUNNING_CONTAINERS[2]], check=True)
+    odd = str(tmp_path / "it's $HOME")
+    result = LocalRunner().run(preflight.devices_missing(["/dev/null", odd, "/dev/no such device"]))
+    assert result.ok and result.stdout.splitlines() == [odd, "/dev/no such device"]
+
+
+PREFLIGHT_PROPS = {
+    **PRESENCE_PROPS,
+    "ports": [
+        {"vm": 80, "protocol": "tcp", "key": "nexus:playground.ports[0].vm"},
+        {"vm": 5001, "protocol": "tcp", "key": "nexus:playground.ports[1].vm"},
+    ],
+    "devices": [{"path": "/dev/fuse", "key": "nexus:playground.devices[0]"}],
+}
+
+
+def preflight_vm(
+    monkeypatch: pytest.MonkeyPatch, ss_output: str, missing_devices: str = ""
+) -> ScriptedRunner:
+    def answer(argv: tuple[str, ...]) -> Answer:
+        if argv == preflight.LISTENERS:
+            return 0, ss_output
+        if argv == preflight.RUNNING_CONTAINERS:
+            return 0, OURS + "\n"
+        if argv[:2] == ("sh", "-c"):
+            return 0, missing_devices
+        raise AssertionError(f"unexpected command {argv}")
+
+    runner = ScriptedRunner(answer)
+    monkeypatch.setattr(providers, "_runner", lambda _props: runner)
+    return runner
+
+
+def test_preview_and_up_stop_before_the_container_when_a_vm_port_is_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    preflight_vm(monkeypatch, SS_OUTPUT, missing_devices="/dev/fuse\n")
+    with pytest.raises(GuestError) as caught:
+        providers.ContainerPreflightProvider().diff(CONTAINER, PREFLIGHT_PROPS, PREFLIGHT_PROPS)
+    message = str(caught.value)
+    assert message.startswith(
+        f"playground: the container {CONTAINER} could not start in the VM as configured; "
+        "the current one is left as it is"
+    ), message
+    assert "nexus:playground.ports[1].vm: VM port 5001/tcp is in use by docker-registry (pid 2000)" in message
+    assert "nexus:playground.devices[0]: /dev/fuse does not exist in the VM" in message
+    assert "ports[0]" not in message  # port 80 is the current container's
+
+
+def test_ports_held_by_the_current_container_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    preflight_vm(monkeypatch, SS_OUTPUT.replace("127.0.0.1:5001", "127.0.0.1:5002"))
+    provider = providers.ContainerPreflightProvider()
+    assert not provider.diff(CONTAINER, PREFLIGHT_PROPS, PREFLIGHT_PROPS).changes
+    assert provider.create(PREFLIGHT_PROPS).id == CONTAINER
+
+
+def test_a_vm_that_does_not_answer_is_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = ScriptedRunner(hung_vm)
+    monkeypatch.setattr(providers, "_runner", lambda _props: runner)
+    assert (
+        not providers.ContainerPreflightProvider().diff(CONTAINER, PREFLIGHT_PROPS, PREFLIGHT_PROPS).changes
+    )
+
+
+# --------------------------------------------------------------------------- tarball import
+
+CORRUPT = "open /var/lib/docker/tmp/docker-import-3518/repositories: no such file or directory"
+
+
+def tarball_props(tmp_path: Path, kind: str) -> dict[str, object]:
+    tarball = tmp_path / "playground image.tar"
+    tarball.write_bytes(b"not a tar at all")
+    key = "nexus:playground.imageTarball" if kind == "image-tarball" else "nexus:playground.rootfsTarball"
+    return {
+        **PRESENCE_PROPS,
+        "kind": kind,
+        "key": key,
+        "path": str(tarball),
+        "digest": "ab" * 32,
+        "disk_id": "disk-1",
+    }
+
+
+def docker_vm(load: Answer) -> ScriptedRunner:
+    def answer(argv: tuple[str, ...]) -> Answer:
+        if argv == playground.LOAD_IMAGE or argv[:2] == ("docker", "import"):
+            return load
+        if argv[:3] == ("docker", "image", "inspect"):
+            return 0, "sha256:" + "d" * 64 + "\n"
+        if argv[:2] == ("docker", "tag"):
+            return 0, ""
+        raise AssertionError(f"unexpected command {argv}")
+
+    return ScriptedRunner(answer)
+
+
+def test_a_corrupt_image_tarball_stops_at_docker_load_with_one_error_naming_the_key(tmp_path: Path) -> None:
+    props = tarball_props(tmp_path, "image-tarball")
+    runner = docker_vm((1, "", CORRUPT))
+    with pytest.raises(GuestError) as caught:
+        tarball_image_provider.import_tarball(runner, props)
+    message = str(caught.value)
+    what = f"could not load nexus:playground.imageTarball ({props['path']}) in the VM (exit status 1)"
+    assert message.startswith(f"playground: {what}"), message
+    assert "command: docker load --quiet" in message and CORRUPT in message
+    assert "not a valid repository/tag" not in message
+    assert runner.calls == [playground.LOAD_IMAGE]  # nothing after the failing command
+    assert runner.streamed == [Path(str(props["path"]))]
+
+
+def test_a_loaded_image_is_tagged_per_content_and_nothing_is_written_in_the_vm(tmp_path: Path) -> None:
+    props = tarball_props(tmp_path, "image-tarball")
+    runner = docker_vm((0, "Loaded image: nexus/playground:loaded\n"))
+    outs = tarball_image_provider.import_tarball(runner, props)
+    tag = "nexus/nexus-playground:tarball-abababababababab"
+    assert outs["tag"] == tag and outs["image_id"] == "sha256:" + "d" * 64
+    assert runner.calls == [
+        playground.LOAD_IMAGE,
+        ("docker", "tag", "nexus/playground:loaded", tag),
+        ("docker", "image", "inspect", "--format", "{{.Id}}", tag),
+    ]
+
+
+def test_a_root_file_system_tarball_is_imported_from_stdin(tmp_path: Path) -> None:
+    props = tarball_props(tmp_path, "rootfs-tarball")
+    runner = docker_vm((1, "", "Error response from daemon: archive/tar: invalid tar header"))
+    with pytest.raises(GuestError) as caught:
+        tarball_image_provider.import_tarball(runner, props)
+    message = str(caught.value)
+    assert message.startswith("playground: could not import nexus:playground.rootfsTarball"), message
+    assert "command: docker import - nexus/" in message and "invalid tar header" in message
+    assert runner.calls == [("docker", "import", "-", "nexus/nexus-playground:tarball-abababababababab")]
+
+
+def test_an_import_is_redone_only_for_new_content_or_an_image_gone_from_the_vm(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    olds = {
+        **tarball_props(tmp_path, "rootfs-tarball"),
+        "tag": "nexus/nexus-playground:tarball-ab",
+        "image_id": "x",
+    }
+    inspected: list[Answer] = []
+    runner = ScriptedRunner(lambda _argv: inspected[-1])
+    monkeypatch.setattr(tarball_image_provider, "_runner", lambda _props: runner)
+    provider = tarball_image_provider.TarballImageProvider()
+    moved = {**olds, "path": "/elsewhere/same content.tar"}
+    inspected.append((0, "sha256:" + "d" * 64))
+    assert not provider.diff("t", olds, moved).changes  # switching back to the same content: nothing
+    assert provider.diff("t", olds, {**olds, "digest": "cd" * 32}).replaces == ["digest"]
+    inspected.append((1, "", "Error: No such image: nexus/nexus-playground:tarball-ab"))
+    gone = provider.diff("t", olds, olds)
+    assert gone.changes and not gone.replaces
+    inspected.append(hung_vm(()))
+    assert not provider.diff("t", olds, olds).changes
