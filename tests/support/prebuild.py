@@ -12,6 +12,7 @@ Run by hand: `python -m tests.support.prebuild` (as root, like the builders).
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +37,9 @@ ARTEFACTS: tuple[tuple[str, Callable[[], Path]], ...] = (
 
 
 def main() -> int:
+    # scripts/test stops this with SIGTERM when the tests end first: leave through Python's
+    # unwinding, so the build cache removes the half-made build (its mounts, loop devices).
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
     failed = 0
     for what, ensure in ARTEFACTS:
         started = time.monotonic()
