@@ -457,6 +457,19 @@ def interrupt_twice_while_booting(cli: PulumiCli, state_dir: Path) -> None:
             up.wait()
 
 
+def scripts_up(cli: PulumiCli, *args: str) -> subprocess.CompletedProcess[str]:
+    """The README's `scripts/up`, run in the stack's project view (scripts/ linked in)."""
+    return subprocess.run(
+        [str(cli.project_dir / "scripts" / "up"), *args],
+        cwd=cli.project_dir,
+        env={**cli.env(), "NEXUS_SETUP_DONE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+
+
 @pytest.mark.vm
 def test_hard_cancelled_up_then_scripts_up_then_lost_state_dir_then_destroy(
     tmp_path: Path, image_url: str
@@ -471,21 +484,7 @@ def test_hard_cancelled_up_then_scripts_up_then_lost_state_dir_then_destroy(
         assert [op["type"] for op in pending_operations(cli)] == ["creating"]
 
         # scripts/up clears what the killed run left and converges to one VM.
-        up = subprocess.run(
-            [
-                str(cli.project_dir / "scripts" / "up"),
-                cli.stack,
-                "--yes",
-                "--skip-preview",
-                "--non-interactive",
-            ],
-            cwd=cli.project_dir,
-            env={**cli.env(), "NEXUS_SETUP_DONE": "1"},
-            capture_output=True,
-            text=True,
-            timeout=1200,
-            check=False,
-        )
+        up = scripts_up(cli, cli.stack, "--yes", "--skip-preview", "--non-interactive")
         assert up.returncode == 0, up.stdout + up.stderr
         assert "pending operations" not in up.stdout + up.stderr
         assert "clearing its 1 unfinished create(s)" in up.stderr, up.stderr
@@ -552,15 +551,7 @@ def test_scripts_up_with_a_leading_flag_ups_the_default_stack(tmp_path: Path) ->
     cli = lab_stack(tmp_path, "linux")  # this host's default stack
     (cli.project_dir / "scripts").symlink_to(REPO / "scripts")
     cli.init(lab_config(tmp_path, closed_port_url(), free_port(), free_port()))
-    up = subprocess.run(
-        [str(cli.project_dir / "scripts" / "up"), "--yes", "--skip-preview", "--non-interactive"],
-        cwd=cli.project_dir,
-        env={**cli.env(), "NEXUS_SETUP_DONE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    up = scripts_up(cli, "--yes", "--skip-preview", "--non-interactive")
     output = engine_output(up)
     assert "unknown flag" not in output, output
     # It got as far as the linux stack's image download.
