@@ -22,6 +22,7 @@ from pulumi.dynamic import Resource
 
 from . import providers
 from .config import NexusConfig, disk_size_bytes
+from .host_inputs import base_image_inputs, cloud_init_seed_inputs, ssh_key_inputs
 from .paths import VmPaths
 from .qemu_argv import HostFacts, VmFiles, build_qemu_argv, qmp_tcp_port
 from .ssh import SshTarget
@@ -63,18 +64,10 @@ class BaseImage(pulumi.ComponentResource):
         self, name: str, config: NexusConfig, qemu_img: str, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__(f"{TYPE_PREFIX}:BaseImage", name, None, opts)
-        inputs = {
-            "url": config.image.url,
-            "sha256": config.image.sha256,
-            "cache_dir": str(config.cache_dir),
-            # Not part of the image's identity: the image checks that the disk can hold it.
-            "disk_size": config.vm.disk_size,
-            "qemu_img": qemu_img,
-        }
         self.image = _Dynamic(
             providers.BaseImageProvider(),
             f"{name}-download",
-            inputs,
+            base_image_inputs(config, qemu_img),
             ("path", "digest", "size"),
             _child(self),
         )
@@ -111,32 +104,20 @@ class OverlayDisk(pulumi.ComponentResource):
 class CloudInitSeed(pulumi.ComponentResource):
     def __init__(self, name: str, config: NexusConfig, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{TYPE_PREFIX}:CloudInitSeed", name, None, opts)
-        guest = config.guest
-        key_inputs = {
-            "state_dir": str(config.state_dir),
-            "comment": f"nexus-{config.stack}",
-            "private_key_file": guest.ssh_private_key_file,
-            "public_key_file": guest.ssh_public_key_file,
-        }
         self.key = _Dynamic(
             providers.SshKeyProvider(),
             f"{name}-ssh-key",
-            key_inputs,
+            ssh_key_inputs(config),
             ("private_key_path", "public_key", "generated"),
             _child(self),
         )
-        seed_inputs = {
-            "state_dir": str(config.state_dir),
-            "username": guest.username,
-            "hostname": guest.hostname,
-            "arch": config.vm.arch,
-            "install_packages": guest.install_packages,
-            "packages": list(guest.packages),
-            "user_data": dict(guest.user_data),
-            "public_key": self.key.public_key,  # type: ignore[attr-defined]
-        }
+        public_key = self.key.public_key  # type: ignore[attr-defined]
         self.seed = _Dynamic(
-            providers.CloudInitSeedProvider(), f"{name}-iso", seed_inputs, ("instance_id",), _child(self)
+            providers.CloudInitSeedProvider(),
+            f"{name}-iso",
+            cloud_init_seed_inputs(config, public_key),
+            ("instance_id",),
+            _child(self),
         )
         self.private_key_path: pulumi.Output[str] = self.key.private_key_path  # type: ignore[attr-defined]
         self.instance_id: pulumi.Output[str] = self.seed.instance_id  # type: ignore[attr-defined]

@@ -18,6 +18,7 @@ from typing import Any
 
 import pulumi
 
+from nexus_components import host_inputs
 from nexus_components.config import load_config
 from nexus_components.hostfacts import (
     accelerator_note,
@@ -66,12 +67,14 @@ class Lab(pulumi.ComponentResource):
             return pulumi.ResourceOptions(parent=self, depends_on=[after] if after else None)
 
         image = HostResource(
-            base_image.RESOURCE, f"{name}-image", lab_args.base_image_inputs(config, qemu_img), child()
+            base_image.RESOURCE, f"{name}-image", host_inputs.base_image_inputs(config, qemu_img), child()
         )
         state = HostResource(
             state_dir.RESOURCE, f"{name}-state", lab_args.state_dir_inputs(config, host), child(image)
         )
-        key = HostResource(ssh_key.RESOURCE, f"{name}-ssh-key", lab_args.ssh_key_inputs(config), child(state))
+        key = HostResource(
+            ssh_key.RESOURCE, f"{name}-ssh-key", host_inputs.ssh_key_inputs(config), child(state)
+        )
         disk = HostResource(
             overlay_disk.RESOURCE,
             f"{name}-disk",
@@ -83,7 +86,7 @@ class Lab(pulumi.ComponentResource):
         seed = HostResource(
             cloud_init_seed.RESOURCE,
             f"{name}-seed",
-            lab_args.cloud_init_seed_inputs(config, key.output("public_key")),
+            host_inputs.cloud_init_seed_inputs(config, key.output("public_key")),
             child(state),
         )
         vm = HostResource(

@@ -204,26 +204,6 @@ def state_dir_inputs(config: NexusConfig, host: HostFacts) -> Props:
     }
 
 
-def base_image_inputs(config: NexusConfig, qemu_img: str) -> Props:
-    return {
-        "url": config.image.url,
-        "sha256": config.image.sha256,
-        "cache_dir": str(config.cache_dir),
-        # Not part of the image's identity: the image checks that the disk can hold it.
-        "disk_size": config.vm.disk_size,
-        "qemu_img": qemu_img,
-    }
-
-
-def ssh_key_inputs(config: NexusConfig) -> Props:
-    return {
-        "state_dir": str(config.state_dir),
-        "comment": f"nexus-{config.stack}",
-        "private_key_file": config.guest.ssh_private_key_file,
-        "public_key_file": config.guest.ssh_public_key_file,
-    }
-
-
 def overlay_disk_inputs(
     config: NexusConfig, host: HostFacts, qemu_img: str, base_path: Any, base_digest: Any
 ) -> Props:
@@ -234,20 +214,6 @@ def overlay_disk_inputs(
         "disk_size": config.vm.disk_size,
         "qemu_img": qemu_img,
         "qmp_tcp_port": qmp_tcp_port(config, host),
-    }
-
-
-def cloud_init_seed_inputs(config: NexusConfig, public_key: Any) -> Props:
-    guest = config.guest
-    return {
-        "state_dir": str(config.state_dir),
-        "username": guest.username,
-        "hostname": guest.hostname,
-        "arch": config.vm.arch,
-        "install_packages": guest.install_packages,
-        "packages": list(guest.packages),
-        "user_data": dict(guest.user_data),
-        "public_key": public_key,
     }
 
 
