@@ -9,8 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from nexus_components.guest import engine, playground, preflight, providers, tarball_image_provider
-from nexus_components.guest.providers import INNER_VM_STALLED, INNER_VM_STALLED_HINT, InnerVmMachine
+from nexus_components.guest import (
+    engine,
+    inner_vm_machine,
+    playground,
+    preflight,
+    providers,
+    tarball_image_provider,
+)
+from nexus_components.guest.inner_vm_machine import INNER_VM_STALLED, INNER_VM_STALLED_HINT, InnerVmMachine
 from nexus_components.guest.runner import GuestError, LocalRunner
 from nexus_components.guest.settings import InnerVmConfig, PublishedPort
 from tests.support.fake_runner import Answer, ScriptedRunner, hung_vm
@@ -67,7 +74,7 @@ def test_the_readme_says_what_the_stall_error_says() -> None:
     readme = one_line((REPO / "README.md").read_text())
     assert f"**`{INNER_VM_STALLED}`**" in readme
     assert INNER_VM_STALLED_HINT in readme
-    assert providers.INNER_LAYER == "inner VM"
+    assert inner_vm_machine.INNER_LAYER == "inner VM"
 
 
 # --------------------------------------------------------------------------- Docker engine
