@@ -35,15 +35,17 @@ import pulumi
 import pulumi_docker as docker
 from pulumi_command import remote
 
+from nexus_components.core.runner import SshRunner
+from nexus_components.core.ssh import SshTarget
+from nexus_components.host.paths import VmPaths
+
 from ..components import NexusVm, _Dynamic
-from ..config import NexusConfig, disk_size_bytes
-from ..paths import VmPaths
-from ..ssh import SshTarget
+from ..config import NexusConfig
+from ..host.settings import disk_size_bytes
 from . import engine, inner_image, playground, preflight
 from . import inner_vm as inner
 from . import providers as guest_providers
 from .inner_image_provider import InnerImageProvider
-from .runner import SshRunner
 from .settings import InnerVmConfig
 from .tarball_image_provider import TarballImageProvider
 

@@ -21,12 +21,20 @@ from typing import Any
 
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
-from .. import download
+from nexus_components.core import download
+from nexus_components.core.runner import (
+    SSH_UNREACHABLE,
+    CommandResult,
+    GuestError,
+    SshRunner,
+    check,
+    output_tail,
+)
+from nexus_components.core.ssh import SshTarget
+
 from ..providers import _reports_errors, _say
-from ..ssh import SshTarget
 from . import inner_image
 from .inner_vm import IMAGES_DIR
-from .runner import SSH_UNREACHABLE, CommandResult, GuestError, SshRunner, check, output_tail
 
 Props = dict[str, Any]
 LAYER = "inner VM image"

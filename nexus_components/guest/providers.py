@@ -15,18 +15,8 @@ from typing import Any
 
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from ..paths import remove_quietly
-from ..providers import _reports_errors, _say
-from ..ssh import SshTarget
-from . import engine, inner_image, playground, preflight
-from . import inner_vm as inner
-from .inner_vm_machine import (
-    InnerVmMachine,
-    container_presence,
-    container_status,
-    inner_config,
-)
-from .runner import (
+from nexus_components.core.files import remove_quietly
+from nexus_components.core.runner import (
     SSH_UNREACHABLE,
     CommandRunner,
     GuestError,
@@ -36,6 +26,17 @@ from .runner import (
     output_tail,
     unreachable,
     wait_for,
+)
+from nexus_components.core.ssh import SshTarget
+
+from ..providers import _reports_errors, _say
+from . import engine, inner_image, playground, preflight
+from . import inner_vm as inner
+from .inner_vm_machine import (
+    InnerVmMachine,
+    container_presence,
+    container_status,
+    inner_config,
 )
 
 Props = dict[str, Any]

@@ -17,10 +17,11 @@ from typing import Any
 
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
+from nexus_components.core.runner import CommandRunner, GuestError, SshRunner, check, output_tail, unreachable
+from nexus_components.core.ssh import SshTarget
+
 from ..providers import _reports_errors, _say
-from ..ssh import SshTarget
 from . import playground
-from .runner import CommandRunner, GuestError, SshRunner, check, output_tail, unreachable
 
 Props = dict[str, Any]
 LAYER = "playground"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from nexus_components.core.runner import GuestError, LocalRunner
 from nexus_components.guest import (
     engine,
     inner_vm_machine,
@@ -18,7 +19,6 @@ from nexus_components.guest import (
     tarball_image_provider,
 )
 from nexus_components.guest.inner_vm_machine import INNER_VM_STALLED, INNER_VM_STALLED_HINT, InnerVmMachine
-from nexus_components.guest.runner import GuestError, LocalRunner
 from nexus_components.guest.settings import InnerVmConfig, PublishedPort
 from tests.support.fake_runner import Answer, ScriptedRunner, hung_vm
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from nexus_components.config import load_config
-from nexus_components.errors import ConfigError
+from nexus_components.core.errors import ConfigError
 from nexus_components.guest.settings import (
     DEFAULT_CONTAINER_NAME,
     INNER_VM_SCHEMA,
