@@ -203,6 +203,18 @@ def running_pid(container: str, pid_file: PurePosixPath) -> list[str]:
     return in_container(container, ["sh", "-c", script, "sh", str(pid_file)])
 
 
+def process_alive(container: str, pid_file: PurePosixPath, pid: int) -> list[str]:
+    """Exits 0 while the process `pid` (a QEMU of this VM) has not ended: QEMU removes its
+    pid file as it exits, before its threads let go of the disk, so the file cannot tell.
+    A zombie has ended unless threads of it still run (as vm_process.process_alive)."""
+    script = (
+        'stat=$(cat "/proc/$2/stat" 2>/dev/null) || exit 1; state=${stat##*) }; '
+        'if [ "${state%% *}" = Z ]; then set -- "/proc/$2/task/"*; [ "$#" -gt 1 ]; exit; fi; '
+        'grep -qF -- "$1" "/proc/$2/cmdline"'
+    )
+    return in_container(container, ["sh", "-c", script, "sh", str(pid_file), str(pid)])
+
+
 def kill_pid(container: str, pid: int, signum: int = 9) -> list[str]:
     """`kill -<signum>` (SIGKILL unless told; 15 is SIGTERM) in the container."""
     return in_container(container, ["kill", f"-{signum}", str(pid)])

@@ -305,7 +305,11 @@ class ContainerQemu:
         return qmp_accepted(self.machine.qmp(command))
 
     def alive(self, pid: int) -> bool:
-        return self.machine.pid() == pid
+        # Unreachable (the VM hangs) counts as gone: nothing more can be done from here.
+        machine = self.machine
+        return machine.runner.run(
+            inner.process_alive(machine.container, machine.paths.pid_file, pid), timeout=60
+        ).ok
 
     def terminate(self, pid: int) -> None:
         self.machine.runner.run(inner.kill_pid(self.machine.container, pid, 15), timeout=60)
