@@ -59,12 +59,6 @@ def qmp_reply(output: str) -> dict[str, Any] | None:
     return replies[1] if len(replies) >= 2 else None
 
 
-def qmp_accepted(output: str) -> bool:
-    """QEMU ran the command of a `qmp_conversation` (it answered, and not with an error)."""
-    reply = qmp_reply(output)
-    return reply is not None and "return" in reply
-
-
 def qmp_status(output: str) -> str:
     """`query-status` reply -> "running", "paused", ...; "unknown" if QEMU did not answer."""
     reply = qmp_reply(output)
@@ -100,7 +94,8 @@ class QemuControl(Protocol):
         """The VM's QMP socket reaches this process."""
 
     def qmp(self, command: str) -> bool:
-        """Send one QMP command, bounded in time; True if QEMU accepted it."""
+        """Send one QMP command, bounded in time; False if QEMU refused it or surely did
+        not get it (no socket, or silent within the bound), which skips the waits."""
 
     def alive(self, pid: int) -> bool: ...
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..lifecycles import say as _say
-from ..qemu_process import qmp_accepted, shut_down
+from ..qemu_process import qmp_reply, shut_down
 from . import inner_image, playground
 from . import inner_vm as inner
 from .runner import (
@@ -302,7 +302,13 @@ class ContainerQemu:
         return True  # the pid comes from the pid file of the QEMU that listens on the socket
 
     def qmp(self, command: str) -> bool:
-        return qmp_accepted(self.machine.qmp(command))
+        result = self.machine.qmp_result(command)
+        reply = qmp_reply(result.stdout)
+        if reply is not None:
+            return "return" in reply
+        # No reply within socat's second after the request: a QEMU slowed down by nested
+        # TCG may still act on it, so only a relay that failed (no socket, no VM) is silent.
+        return result.ok
 
     def alive(self, pid: int) -> bool:
         # Unreachable (the VM hangs) counts as gone: nothing more can be done from here.

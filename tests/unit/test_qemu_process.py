@@ -30,7 +30,6 @@ from nexus_components.guest.settings import InnerVmConfig
 from nexus_components.paths import VmPaths
 from nexus_components.qemu_process import (
     QemuControl,
-    qmp_accepted,
     qmp_conversation,
     qmp_reply,
     qmp_status,
@@ -190,10 +189,10 @@ def test_qmp_messages_and_replies() -> None:
     ]
     greeting = '{"QMP": {"version": {}, "capabilities": ["oob"]}}\n{"return": {}}\n'
     event = '{"timestamp": {"seconds": 1}, "event": "POWERDOWN"}\n'
-    assert qmp_accepted(greeting + event + '{"return": {}}\n')
     assert qmp_reply(greeting + event + '{"return": {}}\n') == {"return": {}}
-    assert not qmp_accepted(greeting + '{"error": {"class": "GenericError", "desc": "x"}}\n')
-    assert not qmp_accepted(greeting) and not qmp_accepted("")
+    refused = {"error": {"class": "GenericError", "desc": "x"}}
+    assert qmp_reply(greeting + '{"error": {"class": "GenericError", "desc": "x"}}\n') == refused
+    assert qmp_reply(greeting) is None and qmp_reply("") is None
     assert qmp_status(greeting + '{"return": {"status": "paused", "running": false}}\n') == "paused"
     assert qmp_status("") == "unknown"
 
@@ -343,6 +342,16 @@ def real(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[QemuControl, P
     return CONTROLS[request.param](directory), directory
 
 
+def silent_after(control: QemuControl, pid: int, powerdown_timeout: float) -> str:
+    """What the ladder says of a QEMU that takes QMP commands but never answers them.
+    The VM's client waits its bound and calls it silent; the inner VM's relay gives
+    QEMU one second, too little to tell a silent QEMU from one slowed down by nested TCG,
+    so there the powerdown is waited for."""
+    if isinstance(control, LocalQemu):
+        return f"QEMU ({control.where(pid)}) does not answer on its control socket (QMP); stopping it"
+    return f"did not power off within {powerdown_timeout:.0f} s; stopping QEMU"
+
+
 def assert_nothing_left(pid: int, directory: Path) -> None:
     assert not running(pid)
     assert [path for path in runtime_files(directory) if path.exists()] == []
@@ -385,6 +394,6 @@ def test_a_real_frozen_qemu_is_ended_by_sigkill(
     pid = start_guest(directory, paused=True)
     os.kill(pid, signal.SIGSTOP)
     lines: list[str] = []
-    shut_down(control, powerdown_timeout=60, log=lines.append, grace_seconds=1)
-    assert lines == [f"QEMU ({control.where(pid)}) does not answer on its control socket (QMP); stopping it"]
+    shut_down(control, powerdown_timeout=2, log=lines.append, grace_seconds=1)
+    assert lines == [silent_after(control, pid, 2)]
     assert_nothing_left(pid, directory)
