@@ -10,12 +10,15 @@ No Pulumi import; unit-tested directly.
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from nexus_components.core.qemu_process import qmp_conversation, runtime_files
+from nexus_components.core.qemu_process import qmp_reply as qmp_reply
+from nexus_components.core.qemu_process import qmp_status as qmp_status
 
 from .settings import InnerVmConfig
 
@@ -67,7 +70,7 @@ class InnerVmPaths:
 
     @property
     def qmp_socket(self) -> PurePosixPath:
-        return self.dir / "qmp.sock"
+        return runtime_files(self.dir)[0]
 
     @property
     def serial_log(self) -> PurePosixPath:
@@ -75,14 +78,15 @@ class InnerVmPaths:
 
     @property
     def pid_file(self) -> PurePosixPath:
-        return self.dir / "qemu.pid"
+        return runtime_files(self.dir)[1]
 
     @property
     def probe_image(self) -> PurePosixPath:
         return self.dir / "kvm-probe.img"
 
     def runtime_files(self) -> tuple[PurePosixPath, ...]:
-        return (self.qmp_socket, self.pid_file)
+        """Files that only exist while QEMU runs, named as the VM's own (qemu_process)."""
+        return runtime_files(self.dir)
 
 
 def _opt(value: object) -> str:
@@ -200,8 +204,21 @@ def running_pid(container: str, pid_file: PurePosixPath) -> list[str]:
     return in_container(container, ["sh", "-c", script, "sh", str(pid_file)])
 
 
-def kill_pid(container: str, pid: int) -> list[str]:
-    return in_container(container, ["kill", "-9", str(pid)])
+def process_alive(container: str, pid_file: PurePosixPath, pid: int) -> list[str]:
+    """Exits 0 while the process `pid` (a QEMU of this VM) has not ended: QEMU removes its
+    pid file as it exits, before its threads let go of the disk, so the file cannot tell.
+    A zombie has ended unless threads of it still run (as vm_process.process_alive)."""
+    script = (
+        'stat=$(cat "/proc/$2/stat" 2>/dev/null) || exit 1; state=${stat##*) }; '
+        'if [ "${state%% *}" = Z ]; then set -- "/proc/$2/task/"*; [ "$#" -gt 1 ]; exit; fi; '
+        'grep -qF -- "$1" "/proc/$2/cmdline"'
+    )
+    return in_container(container, ["sh", "-c", script, "sh", str(pid_file), str(pid)])
+
+
+def kill_pid(container: str, pid: int, signum: int = 9) -> list[str]:
+    """`kill -<signum>` (SIGKILL unless told; 15 is SIGTERM) in the container."""
+    return in_container(container, ["kill", f"-{signum}", str(pid)])
 
 
 def remove_files(container: str, paths: Sequence[PurePosixPath]) -> list[str]:
@@ -213,32 +230,9 @@ def qmp_argv(container: str, socket: PurePosixPath) -> list[str]:
     return in_container(container, ["socat", "-t1", "-", f"UNIX-CONNECT:{socket}"], stdin=True)
 
 
-def qmp_input(command: str, **arguments: Any) -> bytes:
-    request: dict[str, Any] = {"execute": command}
-    if arguments:
-        request["arguments"] = arguments
-    return (json.dumps({"execute": "qmp_capabilities"}) + "\n" + json.dumps(request) + "\n").encode()
-
-
-def qmp_reply(output: str) -> dict[str, Any] | None:
-    """The reply to the second command (after qmp_capabilities); events and greeting skipped."""
-    replies = []
-    for line in output.splitlines():
-        try:
-            message = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(message, dict) and ("return" in message or "error" in message):
-            replies.append(message)
-    return replies[1] if len(replies) >= 2 else None
-
-
-def qmp_status(output: str) -> str:
-    """`query-status` reply -> "running", "paused", ...; "unknown" if QEMU did not answer."""
-    reply = qmp_reply(output)
-    if reply and isinstance(reply.get("return"), dict):
-        return str(reply["return"].get("status", "unknown"))
-    return "unknown"
+# What is sent to the QMP socket, and read back, is written once in qemu_process; these
+# are the names the inner VM's callers and tests use.
+qmp_input = qmp_conversation
 
 
 def serial_tail(container: str, serial_log: PurePosixPath, lines: int = 20) -> list[str]:

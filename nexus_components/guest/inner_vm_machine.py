@@ -1,7 +1,8 @@
 """One inner VM in one container, driven through a command runner (the VM's SSH).
 
 Starts QEMU in the playground container (KVM when a probe boots there, else TCG), waits
-for QMP and, for a cloud image, for its cloud-init; stops it with the powerdown ladder.
+for QMP and, for a cloud image, for its cloud-init; stops it with the powerdown ladder
+of `qemu_process`, the one the VM's own QEMU goes through, via `ContainerQemu`.
 No Pulumi import: the provider's lifecycle wraps it.
 """
 
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from nexus_components.core.progress import say as _say
+from nexus_components.core.qemu_process import qmp_reply, shut_down
 from nexus_components.core.runner import (
     SSH_UNREACHABLE,
     CommandResult,
@@ -274,33 +277,60 @@ class InnerVmMachine:
         )
 
     def stop(self, *, powerdown_timeout: float | None = None) -> None:
-        """ACPI powerdown, bounded wait, QMP quit, then SIGKILL; runtime files go in any case."""
+        """ACPI powerdown, bounded wait, QMP quit, SIGTERM, then SIGKILL
+        (qemu_process.shut_down); runtime files go in any case."""
         timeout = self.config.powerdown_timeout_seconds if powerdown_timeout is None else powerdown_timeout
-        try:
-            pid = self.pid()
-            if pid is None:
-                return
-            self.qmp("system_powerdown")
-            if self._gone_within(timeout):
-                _say("inner-vm", f"powered off (pid {pid} in {self.container})")
-                return
-            _say("inner-vm", f"did not power off within {timeout:.0f} s; stopping QEMU")
-            self.qmp("quit")
-            if self._gone_within(10):
-                return
-            self.runner.run(inner.kill_pid(self.container, pid), timeout=60)
-            if not self._gone_within(10):
-                raise GuestError(
-                    f"{INNER_LAYER}: QEMU (pid {pid} in {self.container}) survived SIGKILL",
-                    hint=f"remove the container by hand: docker rm -f {self.container}",
-                )
-        finally:
-            self.runner.run(inner.remove_files(self.container, list(self.paths.runtime_files())), timeout=60)
+        shut_down(ContainerQemu(self), powerdown_timeout=timeout, log=lambda line: _say("inner-vm", line))
 
-    def _gone_within(self, seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while self.pid() is not None:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(1.0)
-        return True
+
+@dataclass(frozen=True)
+class ContainerQemu:
+    """The inner VM's QEMU in its container, for the shutdown ladder (qemu_process.QemuControl):
+    every step is one command through the machine's runner (`docker exec` over SSH)."""
+
+    machine: InnerVmMachine
+    subject: str = ""  # log lines carry the "inner-vm" prefix
+    poll_seconds: float = 1.0
+
+    def pids(self) -> list[int]:
+        pid = self.machine.pid()
+        return [] if pid is None else [pid]
+
+    def where(self, pid: int) -> str:
+        return f"pid {pid} in {self.machine.container}"
+
+    def monitored(self, pid: int) -> bool:
+        return True  # the pid comes from the pid file of the QEMU that listens on the socket
+
+    def qmp(self, command: str) -> bool:
+        result = self.machine.qmp_result(command)
+        reply = qmp_reply(result.stdout)
+        if reply is not None:
+            return "return" in reply
+        # No reply within socat's second after the request: a QEMU slowed down by nested
+        # TCG may still act on it, so only a relay that failed (no socket, no VM) is silent.
+        return result.ok
+
+    def alive(self, pid: int) -> bool:
+        # Unreachable (the VM hangs) counts as gone: nothing more can be done from here.
+        machine = self.machine
+        return machine.runner.run(
+            inner.process_alive(machine.container, machine.paths.pid_file, pid), timeout=60
+        ).ok
+
+    def terminate(self, pid: int) -> None:
+        self.machine.runner.run(inner.kill_pid(self.machine.container, pid, 15), timeout=60)
+
+    def kill(self, pid: int) -> None:
+        self.machine.runner.run(inner.kill_pid(self.machine.container, pid), timeout=60)
+
+    def remove_runtime_files(self) -> None:
+        paths = list(self.machine.paths.runtime_files())
+        self.machine.runner.run(inner.remove_files(self.machine.container, paths), timeout=60)
+
+    def survived(self, pid: int) -> Exception:
+        container = self.machine.container
+        return GuestError(
+            f"{INNER_LAYER}: QEMU (pid {pid} in {container}) survived SIGKILL",
+            hint=f"remove the container by hand: docker rm -f {container}",
+        )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from nexus_components.core.errors import ConfigError
 from nexus_components.core.files import remove_quietly
+from nexus_components.core.qemu_process import runtime_files
 
 MARKER_NAME = ".nexus-nested-vm"
 STATE_DIR_KEY = "nexus:paths.stateDir"
@@ -71,11 +72,11 @@ class VmPaths:
 
     @property
     def qmp_socket(self) -> Path:
-        return self.state_dir / "qmp.sock"
+        return runtime_files(self.state_dir)[0]
 
     @property
     def pid_file(self) -> Path:
-        return self.state_dir / "qemu.pid"
+        return runtime_files(self.state_dir)[1]
 
     @property
     def serial_log(self) -> Path:
@@ -108,8 +109,8 @@ class VmPaths:
         return self.state_dir / "bench-layers.svg"
 
     def runtime_files(self) -> tuple[Path, ...]:
-        """Files that only exist while QEMU runs."""
-        return (self.qmp_socket, self.pid_file)
+        """Files that only exist while QEMU runs (named as for the inner VM: qemu_process)."""
+        return runtime_files(self.state_dir)
 
     def all_files(self) -> tuple[Path, ...]:
         """Every file the stack may create, deepest first, for a complete teardown."""

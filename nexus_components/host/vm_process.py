@@ -1,8 +1,9 @@
-"""The QEMU process: launch, readiness, liveness and a graceful shutdown ladder.
+"""The VM's QEMU on this machine: launch, readiness, liveness, QMP and its shutdown.
 
 Modelled on QEMU's own `QEMUMachine`: a failed launch cleans up and raises one error
-carrying the command and its output; shutdown is soft (ACPI powerdown over QMP), then
-a bounded wait, then hard, with the runtime files removed in `finally`.
+carrying the command and its output. Shutdown is the ladder of `qemu_process` (shared
+with the inner VM): soft (ACPI powerdown over QMP), then a bounded wait, then hard, with
+the runtime files removed in `finally`; `LocalQemu` is what it drives here.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from nexus_components.core.errors import VmError
 from nexus_components.core.files import remove_quietly
+from nexus_components.core.qemu_process import GRACE_SECONDS, Log, gone_within, shut_down
 from nexus_components.core.ssh import SshTarget
 from nexus_components.host.paths import VmPaths
 from nexus_components.host.settings import NetworkConfig, PortForward
-
-Log = Callable[[str], None]
 
 # `cloud-init status --wait` exit codes: 0 done, 2 done with recoverable errors (newer
 # cloud-init), 1 a critical failure.
@@ -402,37 +403,50 @@ def stop(
     log: Log = lambda _: None,
 ) -> None:
     """Stop every QEMU of this stack: ACPI powerdown, bounded wait, QMP quit, SIGTERM,
-    then SIGKILL. Runtime files go in any case; a QEMU that survives is an error."""
-    try:
-        for pid in vm_pids(paths, recorded_pid):
-            _stop_one(paths, pid, powerdown_timeout, log)
-    finally:
-        for path in paths.runtime_files():
+    then SIGKILL (qemu_process.shut_down). Runtime files go in any case; a QEMU that
+    survives is an error."""
+    shut_down(LocalQemu(paths, recorded_pid), powerdown_timeout=powerdown_timeout, log=log)
+
+
+@dataclass(frozen=True)
+class LocalQemu:
+    """The VM's QEMU on this machine, for the shutdown ladder (qemu_process.QemuControl):
+    found by its pid file, the pid the state recorded and its command line; QMP over its
+    socket (TCP on Windows); signals through the OS."""
+
+    paths: VmPaths
+    recorded_pid: int | None = None
+    subject: str = "VM"
+    poll_seconds: float = 0.2
+
+    def pids(self) -> list[int]:
+        return vm_pids(self.paths, self.recorded_pid)
+
+    def where(self, pid: int) -> str:
+        return f"pid {pid}"
+
+    def monitored(self, pid: int) -> bool:
+        # QMP reaches only the QEMU that wrote the pid file; any other gets signals.
+        return _pid_file_pid(self.paths) == pid
+
+    def qmp(self, command: str) -> bool:
+        return _qmp(self.paths, command)
+
+    def alive(self, pid: int) -> bool:
+        return process_alive(pid)
+
+    def terminate(self, pid: int) -> None:
+        _signal(pid, signal.SIGTERM)
+
+    def kill(self, pid: int) -> None:
+        _signal(pid, signal.SIGKILL if sys.platform != "win32" else signal.SIGTERM)
+
+    def remove_runtime_files(self) -> None:
+        for path in self.paths.runtime_files():
             remove_quietly(path)
 
-
-def _stop_one(paths: VmPaths, pid: int, powerdown_timeout: float, log: Log) -> None:
-    # QMP reaches only the QEMU that wrote the pid file; any other gets signals.
-    has_monitor = _pid_file_pid(paths) == pid
-    if not has_monitor:
-        log(f"stopping QEMU (pid {pid}), whose control socket is gone")
-    elif not _qmp(paths, "system_powerdown"):
-        # Stopped or wedged: a second QMP command would only wait out its bound again.
-        log(f"QEMU (pid {pid}) does not answer on its control socket (QMP); stopping it")
-    elif _wait_gone(pid, powerdown_timeout):
-        log(f"VM powered off (pid {pid})")
-        return
-    else:
-        log(f"VM did not power off within {powerdown_timeout:.0f} s; stopping QEMU")
-        if _qmp(paths, "quit") and _wait_gone(pid, 10):
-            return
-    # QEMU flushes its disks and exits on SIGTERM.
-    _signal(pid, signal.SIGTERM)
-    if _wait_gone(pid, 10):
-        return
-    _signal(pid, signal.SIGKILL if sys.platform != "win32" else signal.SIGTERM)
-    if not _wait_gone(pid, 10):
-        raise VmError(f"QEMU (pid {pid}) survived SIGKILL", hint=f"stop it by hand: kill -9 {pid}")
+    def survived(self, pid: int) -> Exception:
+        return VmError(f"QEMU (pid {pid}) survived SIGKILL", hint=f"stop it by hand: kill -9 {pid}")
 
 
 # CSI (colours, cursor), OSC (titles), charset selection, and the two-byte escapes (ESC c).
@@ -514,8 +528,9 @@ def _qmp(paths: VmPaths, command: str) -> bool:
 def _stop_pid_file_process(paths: VmPaths) -> None:
     pid = running_pid(paths)
     if pid is not None:
-        _signal(pid, signal.SIGKILL if sys.platform != "win32" else signal.SIGTERM)
-        _wait_gone(pid, 10)
+        qemu = LocalQemu(paths)
+        qemu.kill(pid)
+        gone_within(qemu, pid, GRACE_SECONDS)
 
 
 def process_alive(pid: int) -> bool:
@@ -554,15 +569,6 @@ def _alive_windows(pid: int) -> bool:
         return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == still_active
     finally:
         kernel32.CloseHandle(handle)
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not process_alive(pid):
-            return True
-        time.sleep(0.2)
-    return not process_alive(pid)
 
 
 def _signal(pid: int, signum: int) -> None:

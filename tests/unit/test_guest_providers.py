@@ -18,7 +18,12 @@ from nexus_components.guest import (
     providers,
     tarball_image_provider,
 )
-from nexus_components.guest.inner_vm_machine import INNER_VM_STALLED, INNER_VM_STALLED_HINT, InnerVmMachine
+from nexus_components.guest.inner_vm_machine import (
+    INNER_VM_STALLED,
+    INNER_VM_STALLED_HINT,
+    ContainerQemu,
+    InnerVmMachine,
+)
 from nexus_components.guest.settings import InnerVmConfig, PublishedPort
 from tests.support.fake_runner import Answer, ScriptedRunner, hung_vm
 
@@ -75,6 +80,98 @@ def test_the_readme_says_what_the_stall_error_says() -> None:
     assert f"**`{INNER_VM_STALLED}`**" in readme
     assert INNER_VM_STALLED_HINT in readme
     assert inner_vm_machine.INNER_LAYER == "inner VM"
+
+
+# --------------------------------------------------------------------------- inner VM stop
+
+QMP_ACCEPTED = '{"QMP": {"version": {}, "capabilities": []}}\n{"return": {}}\n{"return": {}}\n'
+
+
+NO_QMP_SOCKET: Answer = (1, "", 'socat[7] E connect(5, AF=1 "qmp.sock", 11): No such file or directory')
+
+
+def inner_qemu(*, qmp_answer: Answer, ends_on: str) -> ScriptedRunner:
+    """An inner QEMU (pid 123) in the container that exits on the first command whose
+    words include `ends_on` ("socat" for the powerdown, "-15" for SIGTERM)."""
+    ended = False
+
+    def answer(argv: tuple[str, ...]) -> Answer:
+        nonlocal ended
+        words = argv[3:] if argv[2] != "-i" else argv[4:]
+        if ends_on in words:
+            ended = True
+        if words[0] == "socat":
+            return qmp_answer
+        if words[:2] == ("sh", "-c") and "echo" in words[2]:  # running_pid
+            return (0, "") if ended else (0, "123\n")
+        if words[:2] == ("sh", "-c"):  # process_alive
+            return (1, "") if ended else (0, "")
+        return 0, ""
+
+    return ScriptedRunner(answer)
+
+
+def called(runner: ScriptedRunner) -> list[str]:
+    """Each call as what it does: the script's or program's name after `docker exec`."""
+    names = []
+    for argv in runner.calls:
+        words = argv[3:] if argv[2] != "-i" else argv[4:]
+        if words[:2] == ("sh", "-c"):
+            names.append("running_pid" if "echo" in words[2] else "process_alive")
+        else:
+            names.append(" ".join(words[:2]))
+    return names
+
+
+def test_the_inner_vm_powers_off_through_the_shared_ladder(capsys: pytest.CaptureFixture[str]) -> None:
+    runner = inner_qemu(qmp_answer=(0, QMP_ACCEPTED), ends_on="socat")
+    InnerVmMachine(runner, CONTAINER, kernel_boot("tcg")).stop()
+    assert called(runner) == ["running_pid", "socat -t1", "process_alive", "rm -rf"]
+    assert runner.calls[-1][-2:] == (
+        "/var/lib/nexus/inner-vm/inner/qmp.sock",
+        "/var/lib/nexus/inner-vm/inner/qemu.pid",
+    )
+    assert "[inner-vm] powered off (pid 123 in nexus-playground)" in capsys.readouterr().err
+
+
+def test_an_inner_vm_whose_monitor_is_gone_gets_sigterm_without_waiting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    runner = inner_qemu(qmp_answer=NO_QMP_SOCKET, ends_on="-15")
+    started = time.monotonic()
+    InnerVmMachine(runner, CONTAINER, kernel_boot("tcg")).stop(powerdown_timeout=120)
+    assert time.monotonic() - started < 10, "the powerdown timeout was waited out"
+    assert called(runner) == ["running_pid", "socat -t1", "kill -15", "process_alive", "rm -rf"]
+    assert (
+        "[inner-vm] QEMU (pid 123 in nexus-playground) does not answer on its control socket (QMP); "
+        "stopping it" in capsys.readouterr().err
+    )
+
+
+def test_a_powerdown_the_relay_saw_no_reply_to_is_still_waited_for(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """socat gives QEMU one second after the request; nested TCG can be slower than that."""
+    runner = inner_qemu(qmp_answer=(0, '{"QMP": {"version": {}, "capabilities": []}}\n'), ends_on="socat")
+    InnerVmMachine(runner, CONTAINER, kernel_boot("tcg")).stop()
+    assert called(runner) == ["running_pid", "socat -t1", "process_alive", "rm -rf"]
+    assert "[inner-vm] powered off (pid 123 in nexus-playground)" in capsys.readouterr().err
+
+
+def test_an_inner_vm_that_is_not_running_only_loses_its_runtime_files() -> None:
+    runner = ScriptedRunner(lambda argv: (1, "") if "sh" in argv else (0, ""))  # no live pid
+    InnerVmMachine(runner, CONTAINER, kernel_boot("tcg")).stop()
+    assert called(runner) == ["running_pid", "rm -rf"]
+
+
+def test_an_inner_qemu_that_survives_sigkill_names_the_way_out() -> None:
+    machine = InnerVmMachine(inner_qemu(qmp_answer=(0, ""), ends_on="never"), CONTAINER, kernel_boot("tcg"))
+    error = ContainerQemu(machine).survived(123)
+    assert isinstance(error, GuestError)
+    assert str(error) == (
+        "inner VM: QEMU (pid 123 in nexus-playground) survived SIGKILL\n"
+        "next step: remove the container by hand: docker rm -f nexus-playground"
+    )
 
 
 # --------------------------------------------------------------------------- Docker engine
