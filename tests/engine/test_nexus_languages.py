@@ -40,13 +40,17 @@ def pins() -> dict[str, str]:
     )
 
 
-def test_the_typescript_example_uses_the_pinned_sdk_and_host_modules() -> None:
+def test_the_examples_and_language_hosts_use_the_pinned_versions() -> None:
     pinned = pins()
     package = json.loads((EXAMPLES / "typescript" / "package.json").read_text())
     assert package["dependencies"]["@pulumi/pulumi"] == pinned["NODEJS_SDK_VERSION"]
-    host_mod = (REPO / "toolchain" / "nodejs-host" / "go.mod").read_text()
-    for module in ("pkg", "sdk"):
-        assert f"github.com/pulumi/pulumi/{module}/v3 v{pinned['NODEJS_HOST_VERSION']}\n" in host_mod
+    # Both hosts are built against the same pkg/v3 and sdk/v3 (the second build reuses the first's).
+    for host in ("nodejs-host", "yaml-host"):
+        host_mod = (REPO / "toolchain" / host / "go.mod").read_text()
+        for module in ("pkg", "sdk"):
+            assert f"github.com/pulumi/pulumi/{module}/v3 v{pinned['NODEJS_HOST_VERSION']}" in host_mod, host
+    yaml_mod = (REPO / "toolchain" / "yaml-host" / "go.mod").read_text()
+    assert f"github.com/pulumi/pulumi-yaml v{pinned['YAML_HOST_VERSION']}\n" in yaml_mod
 
 
 @pytest.mark.parametrize("language", ["typescript", "yaml"])
