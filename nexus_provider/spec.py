@@ -216,10 +216,23 @@ def _named_type_schema(python_type: type, refs: _TypeRefs) -> dict[str, Any]:
         return {
             "type": "string",
             "description": description,
-            "enum": [{"name": member.name, "value": member.value} for member in python_type],
+            "enum": [{"name": enum_name(member.name), "value": member.value} for member in python_type],
         }
     properties, required = _properties_schema(python_type, refs)
     return {"type": "object", "description": description, "properties": properties, "required": required}
+
+
+def enum_name(python_name: str) -> str:
+    """An enum member's schema name, in Pascal case as Pulumi's code generators expect: each
+    language spells it its own way (TypeScript and C# `Auto`, `AllInterfaces`; Go
+    `AcceleratorChoiceAuto`; Python `AUTO`, `ALL_INTERFACES`). An underscore between two
+    digits stays (`X86_64`)."""
+    name = ""
+    for word in python_name.split("_"):
+        if name and name[-1].isdigit() and word[:1].isdigit():
+            name += "_"
+        name += word[:1].upper() + word[1:].lower()
+    return name
 
 
 def _resource_schema(spec: ResourceSpec, refs: _TypeRefs) -> dict[str, Any]:

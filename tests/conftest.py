@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import pytest
 from _pytest.terminal import TerminalReporter
 
 from tests.support.blank_image import make_blank_image
+from tests.support.language_examples import Example, ensure_language_hosts, prepare_example, short_home
 from tests.support.nexus_consumer import make_pulumi_home
 from tests.support.pulumi_cli import HEALS
 
@@ -18,7 +17,12 @@ from tests.support.pulumi_cli import HEALS
 # those images in the background on a full run: the x86_64 image's tests first, then the
 # guest-layers image's, the arm64 image's last (built through qemu-user, it takes longest).
 # Each image gets the run time of the modules before it to finish building.
+# The modules that need the Node.js and YAML language hosts (scripts/setup --langs, which
+# scripts/test also runs in the background) come after the x86_64 image's, for the same reason.
 LATER_MODULES = {
+    "test_setup.py": 0.5,
+    "test_nexus_languages.py": 0.5,
+    "test_nexus_lab_typescript.py": 0.5,
     "test_guest_layers.py": 1,
     "test_inner_vm_image.py": 1,
     "test_arm64.py": 2,
@@ -51,10 +55,30 @@ def blank_image(tmp_path: Path) -> dict[str, str]:
     return make_blank_image(tmp_path / "images")
 
 
+@pytest.fixture(scope="session")
+def language_hosts() -> None:
+    """The Node.js and YAML language hosts beside the CLI (waits for a background build)."""
+    ensure_language_hosts()
+
+
+@pytest.fixture(scope="session")
+def typescript_example(
+    language_hosts: None, pulumi_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Example:
+    """examples/typescript outside the repository, `npm install`ed and with the package added:
+    once per run, each test makes its own stacks on it."""
+    return prepare_example("typescript", tmp_path_factory.mktemp("examples"), pulumi_home)
+
+
+@pytest.fixture(scope="session")
+def yaml_example(
+    language_hosts: None, pulumi_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Example:
+    return prepare_example("yaml", tmp_path_factory.mktemp("examples"), pulumi_home)
+
+
 @pytest.fixture
-def short_home() -> Iterator[Path]:
-    """A home directory with a short path, whatever pytest's numbered temp folders reach:
-    the default state directory under it must leave room for QEMU's socket path limit."""
-    home = Path(tempfile.mkdtemp(prefix="h", dir="/tmp"))
-    yield home
-    shutil.rmtree(home, ignore_errors=True)
+def home() -> Iterator[Path]:
+    """A throwaway HOME for an example's stack (a short path: the lab's sockets live under it)."""
+    with short_home() as path:
+        yield path

@@ -76,12 +76,12 @@ def test_full_playground_settings(tmp_path: Path) -> None:
     assert playground.devices == ("/dev/fuse",)
 
 
-def test_home_relative_tarball(short_home: Path) -> None:
-    (short_home / "images").mkdir()
-    (short_home / "images" / "app.tar").write_bytes(b"a docker save archive")
-    config = load({"playground": {"imageTarball": "~/images/app.tar"}}, home=short_home)
+def test_home_relative_tarball(home: Path) -> None:
+    (home / "images").mkdir()
+    (home / "images" / "app.tar").write_bytes(b"a docker save archive")
+    config = load({"playground": {"imageTarball": "~/images/app.tar"}}, home=home)
     assert config.playground.source == ImageSource(
-        "image-tarball", str(short_home / "images" / "app.tar"), "nexus:playground.imageTarball"
+        "image-tarball", str(home / "images" / "app.tar"), "nexus:playground.imageTarball"
     )
 
 

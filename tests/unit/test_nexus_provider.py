@@ -102,6 +102,20 @@ def test_enum_like_inputs_are_enums_and_optional_inputs_are_not_required() -> No
     assert seed["inputProperties"]["userData"]["additionalProperties"] == {"$ref": "pulumi.json#/Any"}
 
 
+def test_enum_members_are_named_in_pascal_case_for_the_code_generators() -> None:
+    """Each SDK spells a member from its schema name: TypeScript `AcceleratorChoice.Auto`,
+    Python `AcceleratorChoice.AUTO` (the generated SDKs themselves: tests/engine)."""
+    names = {
+        token: [value["name"] for value in SCHEMA["types"][token]["enum"]]
+        for token in SCHEMA["types"]
+        if "enum" in SCHEMA["types"][token]
+    }
+    assert names["nexus:index:AcceleratorChoice"] == ["Auto", "Kvm", "Hvf", "Whpx", "Tcg"]
+    assert names["nexus:host:Arch"] == ["X86_64", "Aarch64"]
+    assert names["nexus:host:BindAddress"] == ["Loopback", "AllInterfaces"]
+    assert names["nexus:host:Protocol"] == ["Tcp", "Udp"]
+
+
 def enum_values(token: str) -> list[str]:
     return [value["value"] for value in SCHEMA["types"][token]["enum"]]
 
