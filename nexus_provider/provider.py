@@ -171,7 +171,8 @@ class NexusProvider(Provider):
         )
         component = spec.component(request.name, from_schema_names(spec, raw), options)
         state = {
-            name: await output_property(component.outputs[python_name])
+            # A layer the arguments leave out has no outputs: null.
+            name: await output_property(component.outputs.get(python_name))
             for name, python_name in spec.output_names().items()
         }
         return ConstructResponse(urn=await component.urn.future(), state=state, state_dependencies={})
