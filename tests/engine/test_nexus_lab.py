@@ -64,8 +64,9 @@ def test_a_consumer_with_nexus_stack_keys_previews_the_lab_and_its_children_and_
 ) -> None:
     preview = lab.preview()
     output = output_of(preview)
-    # The stack, the Lab and its six host resources; the nexus: keys are not provider settings.
-    assert "+ 8 to create" in preview.stdout, output
+    # The stack, the Lab, its six host resources and the guest layers' file-system growth
+    # (a component, its component and the remote command); the nexus: keys are not provider settings.
+    assert "+ 11 to create" in preview.stdout, output
     assert "nexus:index:Lab" in preview.stdout, output
     for name in LAB_CHILDREN:
         assert f"nexus:host:{name}" in preview.stdout, output

@@ -134,12 +134,15 @@ lab = nexus.Lab(
     network=nexus.LabNetworkArgs(ssh_port=config.require_int("sshPort"), forwards=[]),
     guest=nexus.LabGuestArgs(username="nexus", install_packages=False),
     paths=nexus.LabPathsArgs(state_dir=config.require("stateDir"), cache_dir=config.require("cacheDir")),
+    # A host-only lab: no Docker in the test image (the guest layers have their own program).
+    playground=nexus.LabPlaygroundArgs(enabled=False),
 )
 pulumi.export("sshCommand", lab.ssh_command)
 pulumi.export("sshPort", lab.ssh_port)
 pulumi.export("privateKeyPath", lab.private_key_path)
 pulumi.export("vmPid", lab.vm_pid)
 pulumi.export("stateDir", lab.state_dir)
+pulumi.export("rootFsBytes", lab.root_fs_bytes)
 """
 
 

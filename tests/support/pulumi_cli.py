@@ -30,7 +30,7 @@ def project_view(dest: Path) -> Path:
     for checkout_only in ("stackConfigDir", "backend"):
         project.pop(checkout_only, None)
     (dest / "Pulumi.yaml").write_text(yaml.safe_dump(project, sort_keys=False))
-    for name in ("__main__.py", "nexus_components", ".venv"):
+    for name in ("__main__.py", "nexus_components", "nexus_provider", ".venv"):
         (dest / name).symlink_to(REPO / name)
     return dest
 
