@@ -214,7 +214,7 @@ daemon = nexus.guest.DockerDaemon(
 nexus.guest.ContainerPreflight(
     "preflight",
     container="nexus-playground",
-    docker_host=daemon.id,
+    docker_host=docker_host,
     ports=[nexus.guest.WantedVmPortArgs(vm=80, protocol=nexus.host.Protocol.TCP, key="ports[0].vm")],
     devices=[nexus.guest.WantedDeviceArgs(path=config.get("device") or "/dev/fuse", key="devices[0]")],
     **access,
@@ -234,14 +234,25 @@ def test_a_bad_guest_input_is_refused_at_preview_by_property_without_a_traceback
         assert f"nexus:guest:{name}" in preview.stdout, preview.stdout
     assert not script.exists(), "preview writes nothing"
 
-    cli.set_config("consumer:readyTimeoutSeconds", "5")
-    cli.set_config("consumer:device", "fuse")
-    refused = cli.run("preview", *cli.stack_args(), check=False)
-    output = output_of(refused)
-    assert refused.returncode != 0
-    assert "property timeoutSeconds value {5} has a problem: got 5; allowed: at least 30" in output, output
-    assert (
-        "property devices[0].path value {fuse} has a problem: got 'fuse'; "
-        "allowed: a device path under /dev/, without ':', ',' or control characters" in output
-    ), output
-    assert_no_traceback(output)
+    # The engine stops at the first refusal: one bad input at a time.
+    for key, value, message in (
+        (
+            "consumer:readyTimeoutSeconds",
+            "5",
+            "property timeoutSeconds value {5} has a problem: got 5; allowed: at least 30",
+        ),
+        (
+            "consumer:device",
+            "fuse",
+            # The engine prints no value for a nested property ({<nil>}); the reason names it.
+            "property devices[0].path value {<nil>} has a problem: got 'fuse'; "
+            "allowed: a device path under /dev/, without ':', ',' or control characters",
+        ),
+    ):
+        cli.set_config(key, value)
+        refused = cli.run("preview", *cli.stack_args(), check=False)
+        output = output_of(refused)
+        assert refused.returncode != 0
+        assert message in output, output
+        assert_no_traceback(output)
+        cli.run("config", "rm", key, *cli.stack_args())
