@@ -15,6 +15,7 @@ import pytest
 
 from nexus_components.paths import VmPaths
 from tests.support.nexus_consumer import (
+    LAB_PLAYGROUND_PROGRAM,
     LAB_PROGRAM,
     consumer_project,
     free_port,
@@ -115,3 +116,29 @@ def test_up_makes_the_labs_host_files_then_a_smaller_disk_is_refused_with_the_pr
     lab.destroy()
     assert not (tmp_path / "state").exists()
     assert lab.resources() == []
+
+
+def test_a_lab_with_the_playground_previews_the_guest_layers_with_pulumi_docker(
+    tmp_path: Path, pulumi_home: Path, blank_image: dict[str, str]
+) -> None:
+    """The Lab's `playground` argument: its guest resources and pulumi-docker's children,
+    declared by the provider's construct; a preview touches no VM and makes nothing."""
+    rootfs = tmp_path / "rootfs.tar"
+    rootfs.write_bytes(b"a root file system, as far as a preview can tell\n")
+    config = {
+        "consumer:imageUrl": blank_image["url"],
+        "consumer:sshPort": str(free_port()),
+        "consumer:httpPort": str(free_port()),
+        "consumer:stateDir": str(tmp_path / "state"),
+        "consumer:cacheDir": str(tmp_path / "cache"),
+        "consumer:rootfsTarball": str(rootfs),
+    }
+    cli = consumer_project(tmp_path, pulumi_home, LAB_PLAYGROUND_PROGRAM, config)
+    preview = cli.preview()
+    output = output_of(preview)
+    for kind in ("DockerDaemon", "ContainerPreflight", "ContainerPresence", "TarballImage", "ScriptFile"):
+        assert f"nexus:guest:{kind}" in preview.stdout, output
+    for kind in ("docker:index/container:Container", "pulumi:providers:docker", "command:remote:Command"):
+        assert kind in preview.stdout, output
+    assert "nexus:guest:InnerQemu" not in preview.stdout, "the inner VM is off by default"
+    assert not (tmp_path / "state").exists() and not (tmp_path / "cache").exists(), "preview makes nothing"
