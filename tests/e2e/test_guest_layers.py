@@ -192,6 +192,9 @@ def forget_container(cli: PulumiCli, tmp_path: Path) -> None:
     cli.run("stack", "import", "--stack", cli.stack, "--file", str(exported))
 
 
+CONTAINER_STEP = re.compile(r"docker:index(?:/container)?:Container")
+
+
 def up_interrupted_at_the_container(cli: PulumiCli) -> tuple[int, str]:
     """`pulumi up` sent SIGINT (one Ctrl-C) as soon as it starts creating the container:
     its exit status and output."""
@@ -204,7 +207,8 @@ def up_interrupted_at_the_container(cli: PulumiCli) -> tuple[int, str]:
     interrupted = False
     for line in up.stdout:
         lines.append(line)
-        if not interrupted and "docker:index/container:Container" in line and "creating" in line:
+        # The progress display names the type docker:index:Container.
+        if not interrupted and CONTAINER_STEP.search(line) and "creating" in line:
             os.kill(up.pid, signal.SIGINT)
             interrupted = True
     returncode = up.wait(timeout=1800)
@@ -295,7 +299,7 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         assert "before hook" not in interrupted and "error reading from server" not in interrupted, (
             interrupted
         )
-        assert re.search(r"docker:index/container:Container\s+\S+\s+created", interrupted), interrupted
+        assert re.search(CONTAINER_STEP.pattern + r"\s+\S+\s+created", interrupted), interrupted
         assert container_id(outputs), "the container's create ran to its end"
         cli.up()
         outputs = cli.outputs()
