@@ -11,9 +11,9 @@ from pulumi.runtime.config import get_config_env
 
 from nexus_components.components import NexusVm, NexusVmArgs
 from nexus_components.config import NAMESPACE, load_config
-from nexus_components.errors import NexusError
+from nexus_components.core.errors import NexusError
 from nexus_components.guest.components import GuestLayers, GuestLayersArgs
-from nexus_components.hostfacts import (
+from nexus_components.host.hostfacts import (
     accelerator_note,
     check_before_changes,
     detect_host,

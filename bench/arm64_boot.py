@@ -20,11 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from nexus_components import cloudinit, disk, seed_iso, ssh, vm_process
-from nexus_components.config import disk_size_bytes, load_config
-from nexus_components.hostfacts import find_firmware, find_qemu, find_qemu_img
-from nexus_components.paths import VmPaths
-from nexus_components.qemu_argv import HostFacts, VmFiles, build_qemu_argv
+from nexus_components.config import load_config
+from nexus_components.core import cloudinit, seed_iso, ssh
+from nexus_components.host import disk, vm_process
+from nexus_components.host.hostfacts import find_firmware, find_qemu, find_qemu_img
+from nexus_components.host.paths import VmPaths
+from nexus_components.host.qemu_argv import HostFacts, VmFiles, build_qemu_argv
+from nexus_components.host.settings import disk_size_bytes
 from tests.support import arm64_image, debian_image
 
 

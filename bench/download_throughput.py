@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from nexus_components.download import ImageSource, fetch_image
+from nexus_components.core.download import ImageSource, fetch_image
 from tests.support.debian_image import IMAGE_NAME, ensure_test_image
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nexus_components import cloudinit, seed_iso, ssh
+from nexus_components.core import cloudinit, seed_iso, ssh
 from nexus_components.guest import inner_vm
 from nexus_components.guest.settings import InnerVmConfig
 from tests.e2e.test_guest_layers import CONTAINER, guest_config

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nexus_components.download import ImageSource, fetch_image
-from nexus_components.paths import VmPaths
-from nexus_components.vm_process import stop
+from nexus_components.core.download import ImageSource, fetch_image
+from nexus_components.host.paths import VmPaths
+from nexus_components.host.vm_process import stop
 from tests.e2e.test_lab import lab_config, lab_stack
 from tests.support.debian_image import IMAGE_NAME, ensure_test_image
 from tests.support.pulumi_cli import PulumiCli

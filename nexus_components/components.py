@@ -20,12 +20,14 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import Resource
 
+from nexus_components.core.ssh import SshTarget
+from nexus_components.host.paths import VmPaths
+from nexus_components.host.qemu_argv import HostFacts, VmFiles, build_qemu_argv, qmp_tcp_port
+
 from . import providers
-from .config import NexusConfig, disk_size_bytes
+from .config import NexusConfig
+from .host.settings import disk_size_bytes
 from .host_inputs import base_image_inputs, cloud_init_seed_inputs, ssh_key_inputs
-from .paths import VmPaths
-from .qemu_argv import HostFacts, VmFiles, build_qemu_argv, qmp_tcp_port
-from .ssh import SshTarget
 
 TYPE_PREFIX = "nexus:lab"
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import jsonschema
 
-from . import cloudinit
-from .errors import ConfigError
-from .guest.settings import (
+from nexus_components.core import cloudinit
+from nexus_components.core.errors import ConfigError
+from nexus_components.guest.settings import (
     INNER_VM_MIN_MEMORY_MIB,
     INNER_VM_SCHEMA,
     PLAYGROUND_SCHEMA,
@@ -30,16 +30,19 @@ from .guest.settings import (
     load_inner_vm,
     load_playground,
 )
-from .paths import VmPaths
+from nexus_components.host.paths import VmPaths
+from nexus_components.host.settings import (
+    GUEST_SSH_PORT,
+    GuestConfig,
+    HostConfig,
+    ImageConfig,
+    NetworkConfig,
+    PortForward,
+    VmConfig,
+    default_image_url,
+)
 
 NAMESPACE = "nexus"
-
-UBUNTU_2404_AMD64 = (
-    "https://cloud-images.ubuntu.com/releases/24.04/release/ubuntu-24.04-server-cloudimg-amd64.img"
-)
-UBUNTU_2404_ARM64 = (
-    "https://cloud-images.ubuntu.com/releases/24.04/release/ubuntu-24.04-server-cloudimg-arm64.img"
-)
 
 ARCHES = ("x86_64", "aarch64")
 ACCELERATORS = ("auto", "kvm", "hvf", "whpx", "tcg")
@@ -59,9 +62,6 @@ _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 # hence the floor of nexus:vm.memoryMiB. An inner VM's QEMU takes its guest's RAM, plus its
 # own overhead, on top of that: so the inner VM must leave the VM at least this much too.
 VM_MIN_MEMORY_MIB = 512
-# The guest's sshd: nexus:network.sshPort forwards to it, and the guest layers reach the VM through it.
-GUEST_SSH_PORT = 22
-
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -223,92 +223,11 @@ _ALLOWED_BY_KEYWORD: dict[str, Callable[[Any], str]] = {
 
 
 @dataclass(frozen=True)
-class PortForward:
-    host: int
-    guest: int
-    protocol: str = "tcp"
+class NexusConfig(HostConfig):
+    """The whole lab: the host layer's settings and the guest layers' above them."""
 
-
-@dataclass(frozen=True)
-class ImageConfig:
-    url: str
-    sha256: str | None
-
-
-@dataclass(frozen=True)
-class VmConfig:
-    name: str
-    arch: str
-    cpus: int
-    memory_mib: int
-    disk_size: str
-    accelerator: str
-    machine: str | None
-    cpu_model: str | None
-    qemu_binary: str | None
-    qemu_img_binary: str
-    firmware_code: str | None
-    firmware_vars: str | None
-    boot_timeout_seconds: int
-
-
-@dataclass(frozen=True)
-class NetworkConfig:
-    bind_address: str
-    ssh_port: int
-    forwards: tuple[PortForward, ...]
-    # Only used on Windows, whose QEMU cannot put QMP on a UNIX socket.
-    qmp_port: int = 4444
-
-    @property
-    def ssh_host(self) -> str:
-        """Where the host reaches the forwarded SSH port."""
-        return "127.0.0.1" if self.bind_address == "0.0.0.0" else self.bind_address
-
-    def all_forwards(self) -> tuple[PortForward, ...]:
-        """SSH first, then the extra forwards: the order QEMU gets them in."""
-        return (PortForward(self.ssh_port, GUEST_SSH_PORT), *self.forwards)
-
-    def keyed_forwards(self) -> list[tuple[str, PortForward]]:
-        """Each forward with the config key that sets its host port, for error messages."""
-        keys = ["nexus:network.sshPort"] + [
-            f"nexus:network.forwards[{i}].host" for i in range(len(self.forwards))
-        ]
-        return list(zip(keys, self.all_forwards(), strict=True))
-
-
-@dataclass(frozen=True)
-class GuestConfig:
-    username: str
-    hostname: str
-    ssh_public_key_file: str | None
-    ssh_private_key_file: str | None
-    install_packages: bool
-    packages: tuple[str, ...]
-    user_data: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class NexusConfig:
-    stack: str
-    image: ImageConfig
-    vm: VmConfig
-    network: NetworkConfig
-    guest: GuestConfig
-    state_dir: Path
-    cache_dir: Path
     playground: PlaygroundConfig = field(default_factory=PlaygroundConfig)
     inner_vm: InnerVmConfig = field(default_factory=InnerVmConfig)
-
-
-def default_image_url(arch: str) -> str:
-    return UBUNTU_2404_ARM64 if arch == "aarch64" else UBUNTU_2404_AMD64
-
-
-def disk_size_bytes(size: str) -> int:
-    """'20G' -> bytes, with QEMU's binary units."""
-    units = {"M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    return int(size[:-1]) * units[size[-1]]
 
 
 def load_config(
@@ -397,17 +316,6 @@ def load_config(
     _check_user_data(config)
     _check_inner_vm_memory(config.vm, config.inner_vm)
     return config
-
-
-def check_disk_fits_base(disk_size: str, base_virtual_size: int) -> None:
-    """The overlay cannot be smaller than the image under it; known once the image is cached."""
-    if disk_size_bytes(disk_size) < base_virtual_size:
-        at_least = -(-base_virtual_size // (1 << 30))
-        raise ConfigError(
-            f"nexus:vm.diskSize: got {disk_size!r}, smaller than the base image's own disk size "
-            f"({base_virtual_size} bytes); allowed: at least {at_least}G",
-            hint=f"set nexus:vm.diskSize to {at_least}G or more",
-        )
 
 
 def _validate(document: Mapping[str, Any]) -> None:

@@ -20,12 +20,13 @@ from typing import Any, ClassVar, TypeVar, cast
 
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from . import lifecycles
-from .errors import NexusError
+from nexus_components.core.errors import NexusError
+from nexus_components.core.progress import say
+from nexus_components.host import lifecycles
 
 Props = dict[str, Any]
 # Kept under their old names: the guest providers and the tests import them from here.
-_say = lifecycles.say
+_say = say
 _ensure_firmware_vars = lifecycles.ensure_firmware_vars
 Method = TypeVar("Method", bound=Callable[..., Any])
 

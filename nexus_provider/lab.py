@@ -21,7 +21,7 @@ import pulumi
 
 from nexus_components import host_inputs
 from nexus_components.config import load_config
-from nexus_components.hostfacts import (
+from nexus_components.host.hostfacts import (
     accelerator_note,
     check_before_changes,
     detect_host,

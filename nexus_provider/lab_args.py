@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from nexus_components.config import NexusConfig
-from nexus_components.paths import VmPaths
-from nexus_components.qemu_argv import HostFacts, qmp_tcp_port
-from nexus_components.ssh import SshTarget
+from nexus_components.core.ssh import SshTarget
+from nexus_components.host.paths import VmPaths
+from nexus_components.host.qemu_argv import HostFacts, qmp_tcp_port
 
 from .guest.inner_qemu import ContainerPortToGuest, InnerAccelerator
 from .host.cloud_init_seed import Arch

@@ -23,7 +23,7 @@ from pulumi.provider.experimental.provider import Provider
 from pulumi.provider.experimental.server import ProviderServicer
 from pulumi.runtime.proto import provider_pb2_grpc
 
-from nexus_components.errors import NexusError
+from nexus_components.core.errors import NexusError
 
 from . import progress
 

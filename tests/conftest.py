@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,12 @@ def pulumi_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def blank_image(tmp_path: Path) -> dict[str, str]:
     """A blank 1 GiB base image: every host resource up to QEMU (the VM never becomes ready)."""
     return make_blank_image(tmp_path / "images")
+
+
+@pytest.fixture
+def short_home() -> Iterator[Path]:
+    """A home directory with a short path, whatever pytest's numbered temp folders reach:
+    the default state directory under it must leave room for QEMU's socket path limit."""
+    home = Path(tempfile.mkdtemp(prefix="h", dir="/tmp"))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)

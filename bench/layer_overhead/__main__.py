@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nexus_components.errors import NexusError
-from nexus_components.paths import VmPaths
+from nexus_components.core.errors import NexusError
+from nexus_components.host.paths import VmPaths
 
 from .lab import read_lab
 from .layers import find_layers, shared_connection

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nexus_components.errors import NexusError
+from nexus_components.core.errors import NexusError
 
 
 class BenchError(NexusError):

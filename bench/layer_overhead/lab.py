@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nexus_components.ssh import SshTarget
+from nexus_components.core.ssh import SshTarget
 
 from .errors import BenchError
 

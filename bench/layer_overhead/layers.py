@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from nexus_components.core.ssh import SshTarget
 from nexus_components.guest import playground
-from nexus_components.ssh import SshTarget
-from nexus_components.vm_process import process_alive
+from nexus_components.host.vm_process import process_alive
 
 from .errors import BenchError
 from .lab import CONTAINER_OUTPUT, Forward, Lab

@@ -40,6 +40,8 @@ import pulumi
 import pulumi_docker as docker
 from pulumi_command import remote
 
+from nexus_components.core.ssh import SshTarget
+from nexus_components.host.paths import VmPaths
 from nexus_provider.declared import PackageResource
 from nexus_provider.guest import (
     container_preflight,
@@ -52,9 +54,8 @@ from nexus_provider.guest import (
 )
 
 from ..components import NexusVm
-from ..config import NexusConfig, disk_size_bytes
-from ..paths import VmPaths
-from ..ssh import SshTarget
+from ..config import NexusConfig
+from ..host.settings import disk_size_bytes
 from . import engine, inner_image, playground, preflight
 from . import inner_vm as inner
 from .settings import InnerVmConfig

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .. import cloudinit, seed_iso
-from ..ssh import CLIENT_OPTIONS, SshTarget
+from nexus_components.core import cloudinit, seed_iso
+from nexus_components.core.runner import CommandRunner, output_tail, unreachable, wait_for
+from nexus_components.core.ssh import CLIENT_OPTIONS, SshTarget
+
 from .inner_vm import IMAGES_DIR, InnerVmPaths, in_container
-from .runner import CommandRunner, output_tail, unreachable, wait_for
 from .settings import InnerVmConfig, PortToGuest
 
 QCOW2_MAGIC = b"QFI\xfb"

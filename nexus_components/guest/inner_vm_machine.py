@@ -11,10 +11,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..lifecycles import say as _say
-from . import inner_image, playground
-from . import inner_vm as inner
-from .runner import (
+from nexus_components.core.progress import say as _say
+from nexus_components.core.runner import (
     SSH_UNREACHABLE,
     CommandResult,
     CommandRunner,
@@ -24,6 +22,9 @@ from .runner import (
     unreachable,
     wait_for,
 )
+
+from . import inner_image, playground
+from . import inner_vm as inner
 from .settings import InnerImage, InnerVmConfig, PortToGuest
 
 Props = dict[str, Any]

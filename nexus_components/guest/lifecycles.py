@@ -1,7 +1,7 @@
 """The guest layers' create/diff/update/read/delete, on plain property dicts.
 
 The `nexus` provider plugin runs these for its `nexus:guest:*` resources
-(nexus_provider/guest/), as it runs `nexus_components/lifecycles.py` for the host's. No
+(nexus_provider/guest/), as it runs `nexus_components/host/lifecycles.py` for the host's. No
 Pulumi import, so tests drive them directly against a scripted VM
 (tests/support/fake_runner.py): each lifecycle takes `runner_for`, which gives the
 command runner for a resource's properties (the VM over SSH, unless a test says otherwise).
@@ -28,15 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import download
-from ..lifecycles import Created, Diff, Lifecycle, changed, say
-from ..paths import remove_quietly
-from ..ssh import SshTarget
-from . import engine, inner_image, playground, preflight
-from . import inner_vm as inner
-from .inner_vm import IMAGES_DIR
-from .inner_vm_machine import InnerVmMachine, container_presence, container_status
-from .runner import (
+from nexus_components.core import download
+from nexus_components.core.files import remove_quietly
+from nexus_components.core.progress import say
+from nexus_components.core.runner import (
     SSH_UNREACHABLE,
     CommandResult,
     CommandRunner,
@@ -48,6 +43,14 @@ from .runner import (
     unreachable,
     wait_for,
 )
+from nexus_components.core.ssh import SshTarget
+
+# The shapes every lifecycle shares (the host's module defines them; the guest's follow them).
+from ..host.lifecycles import Created, Diff, Lifecycle, changed
+from . import engine, inner_image, playground, preflight
+from . import inner_vm as inner
+from .inner_vm import IMAGES_DIR
+from .inner_vm_machine import InnerVmMachine, container_presence, container_status
 from .settings import InnerImage, InnerVmConfig, PortToGuest
 
 Props = dict[str, Any]

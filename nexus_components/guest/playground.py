@@ -15,9 +15,10 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..ssh import CLIENT_OPTIONS, CONNECT_TIMEOUT_SECONDS, KEEPALIVE_OPTIONS, SshTarget
+from nexus_components.core.runner import sharing_options
+from nexus_components.core.ssh import CLIENT_OPTIONS, CONNECT_TIMEOUT_SECONDS, KEEPALIVE_OPTIONS, SshTarget
+
 from .inner_vm import IMAGES_DIR, VOLUME_MOUNT
-from .runner import sharing_options
 from .settings import PlaygroundConfig, PublishedPort, Volume
 
 KVM_DEVICE = "/dev/kvm"

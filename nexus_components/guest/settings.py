@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from nexus_components.core.errors import ConfigError
 
 DEFAULT_CONTAINER_NAME = "nexus-playground"
 DEFAULT_IMAGE = "ubuntu:24.04"

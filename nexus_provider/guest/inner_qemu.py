@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from nexus_components.guest import lifecycles
-from nexus_components.lifecycles import Props
+from nexus_components.host.lifecycles import Props
 
 from ..settings import setting
 from ..spec import Failure, ResourceSpec, port, prop

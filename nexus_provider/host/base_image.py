@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nexus_components import lifecycles
+from nexus_components.host import lifecycles
 
 from ..spec import ResourceSpec, absolute_path, prop
 

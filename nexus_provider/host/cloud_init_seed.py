@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from nexus_components import lifecycles
+from nexus_components.host import lifecycles
 
 from ..spec import ResourceSpec, absolute_path, prop
 

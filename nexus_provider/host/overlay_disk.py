@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nexus_components import lifecycles
-from nexus_components.config import disk_size_bytes
-from nexus_components.lifecycles import Props
+from nexus_components.host import lifecycles
+from nexus_components.host.lifecycles import Props
+from nexus_components.host.settings import disk_size_bytes
 
 from ..spec import ResourceSpec, absolute_path, port, prop
 from .base_image import DISK_SIZE, DISK_SIZE_RULE

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from nexus_components import lifecycles
-from nexus_components.hostfacts import host_os
-from nexus_components.lifecycles import Props
-from nexus_components.qemu_argv import GuestMachine, HostFacts, VmFiles, default_qemu_binary, qemu_argv
+from nexus_components.host import lifecycles
+from nexus_components.host.hostfacts import host_os
+from nexus_components.host.lifecycles import Props
+from nexus_components.host.qemu_argv import GuestMachine, HostFacts, VmFiles, default_qemu_binary, qemu_argv
 
 from ..settings import setting
 from ..spec import UNKNOWN, Failure, ResourceSpec, absolute_path, contains_unknown, port, prop

@@ -40,9 +40,9 @@ from typing import Any
 import pytest
 
 from bench.layer_overhead.results import WORKLOADS
-from nexus_components.paths import VmPaths
+from nexus_components.core.ssh import SshTarget
+from nexus_components.host.paths import VmPaths
 from nexus_components.pending_creates import drop_pending_creates
-from nexus_components.ssh import SshTarget
 from tests.e2e.test_bench_layers import bench_layers
 from tests.e2e.test_lab import free_port, gone_within, lab_config, lab_stack, qemu_processes_of, ssh
 from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from bench.layer_overhead.results import WORKLOADS
-from nexus_components.paths import VmPaths
-from nexus_components.ssh import SshTarget
+from nexus_components.core.ssh import SshTarget
+from nexus_components.host.paths import VmPaths
 from tests.e2e.test_bench_layers import bench_layers
 from tests.e2e.test_guest_layers import (  # noqa: F401  (module-scoped fixtures)
     guest_image_url,

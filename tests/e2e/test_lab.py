@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from nexus_components.ssh import SshTarget
+from nexus_components.core.ssh import SshTarget
 from tests.support.debian_image import IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving
 from tests.support.processes import processes_where, pulumi_programs_in, running
@@ -321,7 +321,7 @@ def engine_output(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def assert_no_traceback(output: str) -> None:
-    for trace in ("Traceback", 'File "', "nexus_components.errors", "vm_process.py"):
+    for trace in ("Traceback", 'File "', "nexus_components.core.errors", "vm_process.py"):
         assert trace not in output, output
 
 
@@ -343,7 +343,7 @@ def test_a_provider_error_reads_like_a_config_error(tmp_path: Path, blank_image:
 
 def test_auto_falling_back_to_tcg_says_so(tmp_path: Path, blank_image: dict[str, str]) -> None:
     from nexus_components.config import load_config
-    from nexus_components.hostfacts import detect_host
+    from nexus_components.host.hostfacts import detect_host
 
     cli = blank_stack(tmp_path, blank_image, "auto", vm={"accelerator": "auto"})
     output = engine_output(cli.run("preview", *cli.stack_args()))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus_components.paths import VmPaths
+from nexus_components.host.paths import VmPaths
 from tests.support.nexus_consumer import (
     LAB_PLAYGROUND_PROGRAM,
     LAB_PROGRAM,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus_components.paths import VmPaths
+from nexus_components.host.paths import VmPaths
 from nexus_provider import VERSION
 from tests.support.nexus_consumer import (
     LAUNCHER,

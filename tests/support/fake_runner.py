@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nexus_components.guest.runner import SSH_UNREACHABLE, CommandResult
+from nexus_components.core.runner import SSH_UNREACHABLE, CommandResult
 
 # What a command answers: (exit status, stdout) or (exit status, stdout, stderr).
 Answer = tuple[int, str] | tuple[int, str, str]

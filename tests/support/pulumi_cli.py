@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from nexus_components.ssh import SshTarget
-from nexus_components.vm_process import guest_hangs
+from nexus_components.core.ssh import SshTarget
+from nexus_components.host.vm_process import guest_hangs
 
 REPO = Path(__file__).resolve().parents[2]
 # Every up of this test run that healed a hung VM (see PulumiCli.up): tests/conftest.py

@@ -46,8 +46,8 @@ from bench.layer_overhead.results import (
     percent_of_host,
 )
 from bench.layer_overhead.run import run_batch, run_benchmark
-from nexus_components.paths import VmPaths, remove_stack_files
-from nexus_components.ssh import SshTarget
+from nexus_components.core.ssh import SshTarget
+from nexus_components.host.paths import VmPaths, remove_stack_files
 
 SVG = "{http://www.w3.org/2000/svg}"
 TARGET = SshTarget("127.0.0.1", 2222, "nexus", Path("/state/ssh/id_ed25519"))

@@ -1,4 +1,4 @@
-"""Unit tests for nexus_components.cloudinit: render, parse back, assert the structure."""
+"""Unit tests for nexus_components.core.cloudinit: render, parse back, assert the structure."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nexus_components.cloudinit import (
+from nexus_components.core.cloudinit import (
     CloudInitSpec,
     instance_id_for,
     merge_user_data,
@@ -15,7 +15,7 @@ from nexus_components.cloudinit import (
     render_user_data,
     seed_packages,
 )
-from nexus_components.errors import ConfigError, NexusError
+from nexus_components.core.errors import ConfigError, NexusError
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBk5x4Qm2M3hN8b0cR2rL1s9gG0Zt9j8pXh2m3v4w5x6 lab@host"
 

@@ -11,16 +11,15 @@ from typing import Any
 import pytest
 import yaml
 
-from nexus_components.config import (
+from nexus_components.config import NexusConfig, load_config
+from nexus_components.core.errors import ConfigError, NexusError
+from nexus_components.host.settings import (
     UBUNTU_2404_AMD64,
     UBUNTU_2404_ARM64,
-    NexusConfig,
     PortForward,
     check_disk_fits_base,
     disk_size_bytes,
-    load_config,
 )
-from nexus_components.errors import ConfigError, NexusError
 from tests.support.stacks import STACKS, stack_settings
 
 HOME = Path("/home/lab")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus_components.download import (
+from nexus_components.core.download import (
     CHUNK_SIZE,
     CachedImage,
     ImageSource,
@@ -23,7 +23,7 @@ from nexus_components.download import (
     fetch_image,
     log_progress,
 )
-from nexus_components.errors import DownloadError
+from nexus_components.core.errors import DownloadError
 
 MIB = 1 << 20
 IMAGE_NAME = "base.qcow2"

@@ -15,9 +15,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from nexus_components.errors import NexusError
-from nexus_components.guest import engine, inner_vm, playground
-from nexus_components.guest.runner import (
+from nexus_components.core.errors import NexusError
+from nexus_components.core.runner import (
     GuestError,
     LocalRunner,
     SshRunner,
@@ -27,8 +26,9 @@ from nexus_components.guest.runner import (
     sharing_options,
     wait_for,
 )
+from nexus_components.core.ssh import SshTarget
+from nexus_components.guest import engine, inner_vm, playground
 from nexus_components.guest.settings import InnerVmConfig, PlaygroundConfig, PortToGuest, PublishedPort
-from nexus_components.ssh import SshTarget
 
 TARGET = SshTarget("127.0.0.1", 2222, "nexus", Path("/keys/id ed25519"))
 NASTY = ["it's", 'say "hi"', "$HOME", "`date`", "a b\tc", "semi;colon", "back\\slash", "*"]

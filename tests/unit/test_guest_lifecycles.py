@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from nexus_components.core.runner import GuestError, LocalRunner
 from nexus_components.guest import engine, inner_vm_machine, lifecycles, playground, preflight
 from nexus_components.guest.inner_vm_machine import INNER_VM_STALLED, INNER_VM_STALLED_HINT, InnerVmMachine
-from nexus_components.guest.runner import GuestError, LocalRunner
 from nexus_components.guest.settings import InnerVmConfig, PublishedPort
 from tests.support.fake_runner import Answer, ScriptedRunner, hung_vm
 
@@ -555,3 +555,41 @@ def test_a_script_is_written_again_when_deleted_and_removed_on_destroy(tmp_path:
     assert path.is_file()
     script.delete(props)
     assert not path.exists()
+
+
+# --------------------------------------------------------------------------- stacks of earlier releases
+
+
+def test_the_dynamic_providers_earlier_stacks_name_still_exist_and_hand_their_hooks_on(
+    tmp_path: Path,
+) -> None:
+    """An earlier release's stack holds these classes by module path: its first up on this
+    release deletes them (they are replaced by nexus:guest:* resources) through them."""
+    from nexus_components.guest import inner_image_provider, providers, tarball_image_provider
+
+    for provider in (
+        providers.DockerEngineProvider,
+        providers.ContainerPresenceProvider,
+        providers.ContainerPreflightProvider,
+        providers.InnerVmProvider,
+        providers.ScriptFileProvider,
+        tarball_image_provider.TarballImageProvider,
+        inner_image_provider.InnerImageProvider,
+    ):
+        assert callable(provider().delete), provider
+    script = tmp_path / "connect-playground.sh"
+    props = {"path": str(script), "content": "#!/bin/sh\n"}
+    made = providers.ScriptFileProvider().create(props)
+    assert made.id == str(script) and script.is_file()
+    providers.ScriptFileProvider().delete(made.id, props)
+    assert not script.exists()
+    earlier = {
+        **PRESENCE_PROPS,
+        "container_id": "c" * 64,
+        "accelerator": "kvm",  # what it chose
+        "spec": {k.removeprefix("spec_"): v for k, v in INNER_PROPS.items() if k not in PRESENCE_PROPS}
+        | {"accelerator": "auto"},
+    }
+    flat = providers._flat(earlier)
+    assert flat["accelerator"] == "auto" and flat["chosen_accelerator"] == "kvm"
+    assert lifecycles.inner_vm_config(flat).memory_mib == 256

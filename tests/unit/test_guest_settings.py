@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from nexus_components.config import load_config
-from nexus_components.errors import ConfigError
+from nexus_components.core.errors import ConfigError
 from nexus_components.guest.settings import (
     DEFAULT_CONTAINER_NAME,
     INNER_VM_SCHEMA,
@@ -76,18 +76,18 @@ def test_full_playground_settings(tmp_path: Path) -> None:
     assert playground.devices == ("/dev/fuse",)
 
 
-def test_home_relative_tarball(tmp_path: Path) -> None:
-    (tmp_path / "images").mkdir()
-    (tmp_path / "images" / "app.tar").write_bytes(b"a docker save archive")
-    config = load({"playground": {"imageTarball": "~/images/app.tar"}}, home=tmp_path)
+def test_home_relative_tarball(short_home: Path) -> None:
+    (short_home / "images").mkdir()
+    (short_home / "images" / "app.tar").write_bytes(b"a docker save archive")
+    config = load({"playground": {"imageTarball": "~/images/app.tar"}}, home=short_home)
     assert config.playground.source == ImageSource(
-        "image-tarball", str(tmp_path / "images" / "app.tar"), "nexus:playground.imageTarball"
+        "image-tarball", str(short_home / "images" / "app.tar"), "nexus:playground.imageTarball"
     )
 
 
 def source_error(raw_playground: dict[str, Any], project_dir: Path) -> str:
     with pytest.raises(ConfigError) as caught:
-        load({"playground": raw_playground}, project_dir=project_dir, home=project_dir / "home")
+        load({"playground": raw_playground}, project_dir=project_dir)
     return str(caught.value)
 
 
@@ -135,7 +135,7 @@ def test_a_build_context_without_a_dockerfile_is_refused_naming_the_key(tmp_path
 def test_a_missing_tarball_is_refused_naming_the_key(tmp_path: Path, key: str) -> None:
     message = source_error({key: "~/images/gone.tar", "command": ["sleep", "infinity"]}, tmp_path)
     assert (
-        f"nexus:playground.{key}: got '~/images/gone.tar' ({tmp_path / 'home' / 'images' / 'gone.tar'}), "
+        f"nexus:playground.{key}: got '~/images/gone.tar' ({HOME / 'images' / 'gone.tar'}), "
         "which does not exist; allowed: a tarball file on this machine"
     ) in message
     assert "Traceback" not in message and "FileNotFoundError" not in message

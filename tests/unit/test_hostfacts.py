@@ -1,4 +1,4 @@
-"""Unit tests for nexus_components.hostfacts: KVM detection, accelerator choice, the probe, finding QEMU.
+"""Unit tests for nexus_components.host.hostfacts: KVM detection, accelerator choice, the probe, finding QEMU.
 
 The accelerator tests use a fake prober; "darwin" and "windows" there are mocks of hosts that
 cannot run here. One test checks this machine for real: a PVM-backed /dev/kvm must give tcg.
@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from nexus_components import hostfacts
-from nexus_components.config import VmConfig, load_config
-from nexus_components.download import ImageSource, cached_image_path
-from nexus_components.errors import ConfigError, HostToolError, NexusError
-from nexus_components.hostfacts import (
+from nexus_components.config import load_config
+from nexus_components.core.download import ImageSource, cached_image_path
+from nexus_components.core.errors import ConfigError, HostToolError, NexusError
+from nexus_components.host import hostfacts
+from nexus_components.host.hostfacts import (
     VIRT_FLASH_BYTES,
     Firmware,
     accelerator_note,
@@ -31,6 +31,7 @@ from nexus_components.hostfacts import (
     qemu_can_start,
     resolve_accelerator,
 )
+from nexus_components.host.settings import VmConfig
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 INTEL_FLAGS = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov vmx ssse3 sse4_1 x2apic"

@@ -16,12 +16,12 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from nexus_components import seed_iso
+from nexus_components.core import seed_iso
+from nexus_components.core.runner import LocalRunner, SshRunner
+from nexus_components.core.ssh import SshTarget
 from nexus_components.guest import inner_image, inner_vm, playground
 from nexus_components.guest.inner_image import BootImage
-from nexus_components.guest.runner import LocalRunner, SshRunner
 from nexus_components.guest.settings import InnerImage, InnerVmConfig, PlaygroundConfig, PortToGuest
-from nexus_components.ssh import SshTarget
 
 DIGEST = "ab" * 32
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE9rDRAP5nPGcTupF3fvJm+FFqYqolTK8kUrRcHv3wDZ nexus-dev"

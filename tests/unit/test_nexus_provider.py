@@ -25,10 +25,10 @@ from pulumi.provider.experimental.provider import (
 
 from nexus_components.config import SCHEMA as CONFIG_SCHEMA
 from nexus_components.config import load_config
-from nexus_components.errors import ConfigError, VmError
-from nexus_components.hostfacts import host_os
-from nexus_components.paths import VmPaths
-from nexus_components.qemu_argv import HostFacts, VmFiles, build_qemu_argv
+from nexus_components.core.errors import ConfigError, VmError
+from nexus_components.host.hostfacts import host_os
+from nexus_components.host.paths import VmPaths
+from nexus_components.host.qemu_argv import HostFacts, VmFiles, build_qemu_argv
 from nexus_provider import NAME, VERSION
 from nexus_provider.lab_args import config_document
 from nexus_provider.provider import UNKNOWN_VALUE, NexusProvider, to_property_value
@@ -210,7 +210,7 @@ def test_check_refuses_bad_inputs_naming_the_property_and_what_is_allowed() -> N
 
 
 def test_the_vm_command_line_is_built_from_typed_inputs_by_the_reference_programs_function() -> None:
-    """Same inputs, same argv as nexus_components.qemu_argv gives the reference program."""
+    """Same inputs, same argv as nexus_components.host.qemu_argv gives the reference program."""
     vm = spec_of("nexus:host:QemuVm")
     props = vm.derive(from_schema_names(vm, vm_inputs(bindAddress="0.0.0.0", cpuModel="max")))
     config = load_config(

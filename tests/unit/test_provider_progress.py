@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import empty_pb2  # type: ignore[import-untyped]
 from pulumi.runtime.proto import engine_pb2_grpc
 
-from nexus_components.lifecycles import say
+from nexus_components.core.progress import say
 from nexus_provider import progress
 
 

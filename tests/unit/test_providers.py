@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from pulumi.dynamic import CreateResult, UpdateResult
 
-from nexus_components.errors import ConfigError, NexusError, VmError
-from nexus_components.paths import VmPaths
+from nexus_components.core.errors import ConfigError, NexusError, VmError
+from nexus_components.core.seed_iso import read_seed_iso
+from nexus_components.host.paths import VmPaths
 from nexus_components.providers import (
     BaseImageProvider,
     CloudInitSeedProvider,
@@ -27,7 +28,6 @@ from nexus_components.providers import (
     StateDirProvider,
     _ensure_firmware_vars,
 )
-from nexus_components.seed_iso import read_seed_iso
 
 
 @pytest.fixture

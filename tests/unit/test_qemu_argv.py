@@ -1,4 +1,4 @@
-"""Unit tests for nexus_components.qemu_argv: golden command lines per stack, plus checks against real QEMU.
+"""Unit tests for nexus_components.host.qemu_argv: golden command lines per stack, checked against real QEMU.
 
 macOS and Windows cannot run here: their HostFacts below are mocks, and their command lines are
 compared with golden lists written out in full. The Linux command line is also handed to the
@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from nexus_components.config import NexusConfig, PortForward, load_config
-from nexus_components.errors import ConfigError
-from nexus_components.paths import VmPaths
-from nexus_components.qemu_argv import (
+from nexus_components.config import NexusConfig, load_config
+from nexus_components.core.errors import ConfigError
+from nexus_components.host.paths import VmPaths
+from nexus_components.host.qemu_argv import (
     HostFacts,
     VmFiles,
     build_qemu_argv,
@@ -27,6 +27,7 @@ from nexus_components.qemu_argv import (
     hostfwd_rules,
     qemu_opt_value,
 )
+from nexus_components.host.settings import PortForward
 from tests.support.stacks import stack_settings
 
 LINUX_HOME = Path("/home/lab")

@@ -1,4 +1,4 @@
-"""Unit tests for nexus_components.seed_iso: write, read back with pycdlib and blkid."""
+"""Unit tests for nexus_components.core.seed_iso: write, read back with pycdlib and blkid."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pycdlib
 import pytest
 
-from nexus_components.errors import NexusError
-from nexus_components.seed_iso import SEED_FILES, read_seed_iso, write_seed_iso
+from nexus_components.core.errors import NexusError
+from nexus_components.core.seed_iso import SEED_FILES, read_seed_iso, write_seed_iso
 
 FILES = {
     "user-data": b"#cloud-config\nhostname: nexus-lab\n",
@@ -84,7 +84,7 @@ def test_failed_write_leaves_no_temp_file_and_keeps_old(
     def broken_replace(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("nexus_components.seed_iso.os.replace", broken_replace)
+    monkeypatch.setattr("nexus_components.core.seed_iso.os.replace", broken_replace)
     with pytest.raises(NexusError, match="No space left") as info:
         write_seed_iso(iso, FILES)
     assert info.value.hint

@@ -1,4 +1,4 @@
-"""Unit tests for nexus_components.ssh and nexus_components.paths.
+"""Unit tests for nexus_components.core.ssh and nexus_components.host.paths.
 
 Quoting is checked by splitting the generated strings the way the remote shell (or the user's
 terminal) would; the key pair, the connect script and the ssh_config block are exercised with
@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from nexus_components.errors import ConfigError
-from nexus_components.paths import (
+from nexus_components.core.errors import ConfigError
+from nexus_components.core.ssh import SshTarget, connect_script, generate_key_pair, ssh_config_entry
+from nexus_components.host.paths import (
     StateDirMarker,
     VmPaths,
     check_state_dir,
     make_state_dir,
     remove_stack_files,
 )
-from nexus_components.ssh import SshTarget, connect_script, generate_key_pair, ssh_config_entry
 
 KEY = Path("/home/lab/.nexus-nested-vm/stacks/lab/ssh/id_ed25519")
 TARGET = SshTarget(host="127.0.0.1", port=2222, user="ubuntu", private_key=KEY)

@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
-from nexus_components.config import NetworkConfig, PortForward, load_config
-from nexus_components.errors import VmError
-from nexus_components.paths import VmPaths
-from nexus_components.providers import QemuVmProvider
-from nexus_components.qemu_argv import HostFacts, VmFiles, build_qemu_argv
-from nexus_components.seed_iso import write_seed_iso
-from nexus_components.ssh import SshTarget
-from nexus_components.vm_process import (
+from nexus_components.config import load_config
+from nexus_components.core.errors import VmError
+from nexus_components.core.seed_iso import write_seed_iso
+from nexus_components.core.ssh import SshTarget
+from nexus_components.host.paths import VmPaths
+from nexus_components.host.qemu_argv import HostFacts, VmFiles, build_qemu_argv
+from nexus_components.host.settings import NetworkConfig, PortForward
+from nexus_components.host.vm_process import (
     SerialWatcher,
     check_ports_free,
     clean_console_text,
@@ -41,6 +41,7 @@ from nexus_components.vm_process import (
     stop,
     wait_until_ready,
 )
+from nexus_components.providers import QemuVmProvider
 from tests.support.processes import process_state, running
 from tests.support.sshd import running_sshd
 

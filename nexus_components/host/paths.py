@@ -10,14 +10,14 @@ created for it: a directory without one that already holds files is the user's, 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from nexus_components.core.errors import ConfigError
+from nexus_components.core.files import remove_quietly
 
 MARKER_NAME = ".nexus-nested-vm"
 STATE_DIR_KEY = "nexus:paths.stateDir"
@@ -229,12 +229,6 @@ def make_state_dir(paths: VmPaths, *, stack: str) -> tuple[Path, ...]:
         created = previous.created_dirs + tuple(d for d in created if d not in previous.created_dirs)
     StateDirMarker(stack, created).write(paths)
     return created
-
-
-def remove_quietly(path: Path) -> None:
-    """Delete a file; one that is already gone is what we wanted anyway."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
 
 
 def remove_stack_files(paths: VmPaths, created_dirs: Sequence[Path] | None = None) -> list[Path]:

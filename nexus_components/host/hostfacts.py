@@ -15,11 +15,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import disk, download
-from .config import NexusConfig, VmConfig, check_disk_fits_base
-from .errors import HostToolError
-from .paths import VmPaths, check_state_dir
-from .qemu_argv import HostFacts, default_cpu_model, default_machine, default_qemu_binary, machine_option
+from nexus_components.core import download
+from nexus_components.core.errors import HostToolError
+from nexus_components.host import disk
+from nexus_components.host.paths import VmPaths, check_state_dir
+from nexus_components.host.qemu_argv import (
+    HostFacts,
+    default_cpu_model,
+    default_machine,
+    default_qemu_binary,
+    machine_option,
+)
+from nexus_components.host.settings import HostConfig, VmConfig, check_disk_fits_base
 
 HARDWARE_ACCELERATOR = {"linux": "kvm", "darwin": "hvf", "windows": "whpx"}
 
@@ -216,7 +223,7 @@ def accelerator_note(requested: str, chosen: str) -> str | None:
     )
 
 
-def check_before_changes(config: NexusConfig, qemu_img: str) -> None:
+def check_before_changes(config: HostConfig, qemu_img: str) -> None:
     """What the machine can already tell at preview: a state directory that is not the
     stack's to use, and a disk smaller than a base image that is already in the cache."""
     check_state_dir(VmPaths(config.state_dir), stack=config.stack)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HostToolError
+from nexus_components.core.errors import HostToolError
 
 # The guest's host key changes whenever the VM is recreated; pinning it would make
 # every re-create fail, so (like Lima and Vagrant) we do not record it.

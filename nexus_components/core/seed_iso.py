@@ -17,7 +17,7 @@ from pathlib import Path
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
-from nexus_components.errors import NexusError
+from nexus_components.core.errors import NexusError
 
 SEED_FILES = ("user-data", "meta-data", "network-config")  # network-config is optional
 _REQUIRED = ("user-data", "meta-data")

@@ -24,7 +24,7 @@ from urllib.request import url2pathname
 
 import requests
 
-from nexus_components.errors import DownloadError
+from nexus_components.core.errors import DownloadError
 
 CHUNK_SIZE = 1 << 20
 PROGRESS_STEP = 1 << 20

@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import HostToolError, VmError
+from nexus_components.core.errors import HostToolError, VmError
 
 
 def virtual_size(qemu_img: str, image: Path) -> int:

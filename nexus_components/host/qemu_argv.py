@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from .config import NetworkConfig, NexusConfig, PortForward, VmConfig
-from .errors import ConfigError
-from .paths import VmPaths
+from nexus_components.core.errors import ConfigError
+from nexus_components.host.paths import VmPaths
+from nexus_components.host.settings import HostConfig, NetworkConfig, PortForward, VmConfig
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class GuestMachine:
         )
 
 
-def qmp_tcp_port(config: NexusConfig, host: HostFacts) -> int | None:
+def qmp_tcp_port(config: HostConfig, host: HostFacts) -> int | None:
     """Where QMP listens: a TCP port on Windows, whose QEMU has no UNIX sockets; else None (a socket)."""
     return config.network.qmp_port if host.os == "windows" else None
 
@@ -124,7 +124,7 @@ def hostfwd_rules(bind_address: str, forwards: tuple[PortForward, ...]) -> list[
     return [f"hostfwd={f.protocol}:{bind_address}:{f.host}-:{f.guest}" for f in forwards]
 
 
-def build_qemu_argv(config: NexusConfig, host: HostFacts, files: VmFiles) -> list[str]:
+def build_qemu_argv(config: HostConfig, host: HostFacts, files: VmFiles) -> list[str]:
     return qemu_argv(GuestMachine.of(config.vm), config.network, host, files)
 
 

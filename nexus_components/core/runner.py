@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import NexusError
-from ..ssh import CONNECT_TIMEOUT_SECONDS, SshTarget
+from nexus_components.core.errors import NexusError
+from nexus_components.core.ssh import CONNECT_TIMEOUT_SECONDS, SshTarget
 
 # OpenSSH's exit status when it could not connect or authenticate.
 SSH_UNREACHABLE = 255

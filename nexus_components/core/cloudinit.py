@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from nexus_components.errors import ConfigError, NexusError
+from nexus_components.core.errors import ConfigError, NexusError
 
 # Guest architecture -> Ubuntu package that ships that qemu-system-* binary, so the
 # guest can run its own (nested) VMs. qemu-system-aarch64 lives in qemu-system-arm.

@@ -19,10 +19,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .config import NetworkConfig, PortForward
-from .errors import VmError
-from .paths import VmPaths, remove_quietly
-from .ssh import SshTarget
+from nexus_components.core.errors import VmError
+from nexus_components.core.files import remove_quietly
+from nexus_components.core.ssh import SshTarget
+from nexus_components.host.paths import VmPaths
+from nexus_components.host.settings import NetworkConfig, PortForward
 
 Log = Callable[[str], None]
 

@@ -14,17 +14,24 @@ Progress goes to stderr, which the engine shows under the stack while a step run
 from __future__ import annotations
 
 import shutil
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import cloudinit, disk, download, seed_iso, ssh, vm_process
-from .config import NetworkConfig, PortForward, check_disk_fits_base
-from .errors import NexusError, VmError
-from .paths import StateDirMarker, VmPaths, make_state_dir, remove_quietly, remove_stack_files
-from .qemu_argv import DISK_ID
+from nexus_components.core import cloudinit, download, seed_iso, ssh
+from nexus_components.core.errors import NexusError, VmError
+from nexus_components.core.files import remove_quietly
+from nexus_components.core.progress import say
+from nexus_components.host import disk, vm_process
+from nexus_components.host.paths import (
+    StateDirMarker,
+    VmPaths,
+    make_state_dir,
+    remove_stack_files,
+)
+from nexus_components.host.qemu_argv import DISK_ID
+from nexus_components.host.settings import NetworkConfig, PortForward, check_disk_fits_base
 
 Props = dict[str, Any]
 
@@ -40,10 +47,6 @@ class Diff:
     changes: bool
     replaces: list[str] = field(default_factory=list)
     delete_before_replace: bool = False
-
-
-def say(name: str, message: str) -> None:
-    print(f"[{name}] {message}", file=sys.stderr, flush=True)
 
 
 def changed(olds: Props, news: Props, keys: tuple[str, ...]) -> list[str]:
