@@ -4,7 +4,9 @@
       ├─ BaseImage       first: it can refuse the disk size before the VM's own files exist
       ├─ StateDir        after the image; deleted last
       ├─ SshKey, OverlayDisk, CloudInitSeed
-      └─ QemuVm          ready when SSH answers and cloud-init is done
+      ├─ QemuVm          ready when SSH answers and cloud-init is done
+      └─ GuestLayers     the file system grown; Docker, the playground container and the inner
+                         VM when enabled (nexus_components/guest/components.py, nexus:guest:*)
 
 The same order and values as the reference program's NexusVm (nexus_components/components.py),
 with this package's typed resources. The provider constructs it (`construct`), so its checks
@@ -14,7 +16,6 @@ and host detection run on the machine that runs QEMU.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pulumi
 
@@ -28,27 +29,14 @@ from nexus_components.host.hostfacts import (
     host_os,
 )
 
-from . import VERSION, lab_args
+from . import lab_args
+from .declared import PackageResource
 from .host import base_image, cloud_init_seed, overlay_disk, qemu_vm, ssh_key, state_dir
 from .lab_args import LabArgs, LabOutputs, Props
-from .spec import ComponentSpec, ResourceSpec, camel_case, to_schema_names
+from .spec import ComponentSpec, snake_case, to_schema_names
 
-
-class HostResource(pulumi.CustomResource):
-    """A resource of this package declared by a component, served by the same provider."""
-
-    def __init__(self, spec: ResourceSpec, name: str, inputs: Props, opts: pulumi.ResourceOptions) -> None:
-        outputs = dict.fromkeys(spec.output_names())
-        super().__init__(
-            spec.pulumi_type,
-            name,
-            {**to_schema_names(inputs), **outputs},
-            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(version=VERSION)),
-        )
-
-    def output(self, python_name: str) -> pulumi.Output[Any]:
-        value: pulumi.Output[Any] = getattr(self, camel_case(python_name))
-        return value
+# The host resources the Lab declares (the guest layers' components declare theirs the same way).
+HostResource = PackageResource
 
 
 class Lab(pulumi.ComponentResource):
@@ -98,12 +86,30 @@ class Lab(pulumi.ComponentResource):
             child(state),
         )
         private_key = key.output("private_key_path")
+        # Imported here: pulumi-docker's SDK is slow to import, and only a Lab needs it.
+        from nexus_components.guest.components import GuestLayers, GuestLayersArgs, VmBelow
+
+        # The file system's growth always; Docker, the container and the inner VM as the
+        # playground and innerVm arguments say (the same layers as the reference program's).
+        below = VmBelow(
+            private_key_path=private_key,
+            public_key=key.output("public_key"),
+            vm_pid=vm.output("pid"),
+            instance_id=seed.output("instance_id"),
+            disk=disk,
+            vm=vm,
+            after_vm=[vm, disk],
+            state=state,
+        )
+        guest = GuestLayers(f"{name}-guest", GuestLayersArgs(config=config, lab=below), child())
         self.outputs: Props = {
             **lab_args.file_outputs(config, host),
             "ssh_command": private_key.apply(lambda path: lab_args.ssh_command(config, path)),
             "private_key_path": private_key,
             "vm_pid": vm.output("pid"),
             "vm_ready_seconds": vm.output("ready_seconds"),
+            # Under the names the reference program exports them.
+            **{snake_case(output): value for output, value in guest.outputs.items()},
         }
         self.register_outputs(to_schema_names(self.outputs))
 
@@ -112,8 +118,10 @@ COMPONENT = ComponentSpec(
     pulumi_type="nexus:index:Lab",
     description="A nested-virtualization lab on this machine, declared with the settings the reference "
     "program reads from its `nexus:` stack configuration: the cloud image, the VM (QEMU), its forwarded "
-    "ports, the guest's login and the lab's directories. `up` returns once the VM answers on SSH and "
-    "cloud-init is done. Every argument is optional (the defaults are the stack configuration's), and "
+    "ports, the guest's login, the lab's directories, the playground container in the VM (pulumi-docker) "
+    "and the inner VM in it. `up` returns once every layer asked for runs: the VM answers on SSH with "
+    "cloud-init done, Docker answers, the container runs, the inner VM reports running. Every argument "
+    "is optional (the defaults are the stack configuration's: the playground on, the inner VM off), and "
     "must be known when the program runs (a plain value, not another resource's output).",
     inputs=LabArgs,
     outputs=LabOutputs,

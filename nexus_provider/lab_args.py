@@ -20,10 +20,11 @@ from nexus_components.core.ssh import SshTarget
 from nexus_components.host.paths import VmPaths
 from nexus_components.host.qemu_argv import HostFacts, qmp_tcp_port
 
+from .guest.inner_qemu import ContainerPortToGuest, InnerAccelerator
 from .host.cloud_init_seed import Arch
-from .host.qemu_vm import BindAddress, PortForward
-from .settings import setting, setting_rule
-from .spec import prop
+from .host.qemu_vm import BindAddress, PortForward, Protocol
+from .settings import item_rule, ruled, setting, setting_rule
+from .spec import camel_case, port, prop
 
 Props = dict[str, Any]
 
@@ -152,6 +153,120 @@ class LabPaths:
     )
 
 
+class RestartPolicy(Enum):
+    """Docker's restart policy for the playground container."""
+
+    NO = "no"
+    ALWAYS = "always"
+    UNLESS_STOPPED = "unless-stopped"
+    ON_FAILURE = "on-failure"
+
+
+@dataclass(frozen=True)
+class LabPublishedPort:
+    """A container port published on a VM port."""
+
+    vm: int = port("The VM port (free: not the VM's sshd, tcp 22, nor another entry's).")
+    container: int = port("The container port.")
+    protocol: Protocol | None = prop("tcp or udp; unset: tcp.")
+
+
+@dataclass(frozen=True)
+class LabVolume:
+    """A VM path or a named volume, mounted in the container."""
+
+    source: str = ruled(
+        "An absolute VM path (a bind mount) or a named volume.", item_rule("playground", "volumes", "source")
+    )
+    target: str = ruled("Where it is mounted in the container.", item_rule("playground", "volumes", "target"))
+    read_only: bool | None = prop("Mounted read-only; unset: false.")
+
+
+@dataclass(frozen=True)
+class LabPlayground:
+    """The playground container in the VM (the stack setting nexus:playground): Docker runs it from one
+    image source (image, buildContext, imageTarball or rootfsTarball; unset: ubuntu:24.04)."""
+
+    enabled: bool | None = prop("Run the container; unset: true. false stops at the VM (and Docker in it).")
+    name: str | None = setting("The container's name; unset: nexus-playground.", "playground", "name")
+    image: str | None = setting("An image reference, pulled in the VM.", "playground", "image")
+    build_context: str | None = setting(
+        "A folder with a Dockerfile on this machine, sent to the VM's Docker and built there.",
+        "playground",
+        "buildContext",
+    )
+    image_tarball: str | None = setting(
+        "A `docker save` archive on this machine, streamed into the VM's `docker load`.",
+        "playground",
+        "imageTarball",
+    )
+    rootfs_tarball: str | None = setting(
+        "A root-file-system tar on this machine, streamed into `docker import`; needs command.",
+        "playground",
+        "rootfsTarball",
+    )
+    command: list[str] | None = prop("What the container runs, as a list; unset: the image's.")
+    ports: list[LabPublishedPort] | None = prop("Published ports; unset: 80 -> 80 and 443 -> 443.")
+    env: dict[str, str] | None = prop("Environment variables, passed as typed (no shell); unset: none.")
+    volumes: list[LabVolume] | None = prop("Mounts; unset: none.")
+    restart: RestartPolicy | None = prop("Docker's restart policy; unset: unless-stopped.")
+    privileged: bool | None = prop("Run it privileged; unset: false.")
+    devices: list[str] | None = ruled(
+        "Devices of the VM given to it (/dev/kvm is added for an inner VM when KVM works); unset: none.",
+        item_rule("playground", "devices"),
+    )
+    ready_timeout_seconds: int | None = setting(
+        "How long `up` waits for cloud-init and the Docker daemon; unset: 900.",
+        "playground",
+        "readyTimeoutSeconds",
+    )
+
+
+@dataclass(frozen=True)
+class LabInnerImage:
+    """A qcow2 or raw cloud image for the inner VM."""
+
+    url: str = ruled(
+        "A path on this machine, a file:// or an http(s) URL.",
+        setting_rule("innerVm", "image")["properties"]["url"],
+    )
+    sha256: str | None = ruled(
+        "Its SHA-256; unset: from SHA256SUMS beside the image.",
+        setting_rule("innerVm", "image")["properties"]["sha256"],
+    )
+
+
+@dataclass(frozen=True)
+class LabInnerVm:
+    """A VM inside the playground container (the stack setting nexus:innerVm), booted from exactly one of
+    image, kernel or iso."""
+
+    enabled: bool | None = prop("Start it; unset: false. Needs the playground.")
+    name: str | None = setting("Its name; unset: inner.", "innerVm", "name")
+    cpus: int | None = setting("vCPUs; unset: 1.", "innerVm", "cpus")
+    memory_mib: int | None = setting(
+        "Memory in MiB; unset: 1024. Must leave the VM at least 512 MiB of its own.", "innerVm", "memoryMiB"
+    )
+    disk_size: str | None = setting("Its disk's size; unset: 10G.", "innerVm", "diskSize")
+    accelerator: InnerAccelerator | None = prop("The accelerator; unset: auto.")
+    kernel: str | None = setting("A kernel to boot directly (a path in the container).", "innerVm", "kernel")
+    initrd: str | None = setting("Its initrd (a path in the container).", "innerVm", "initrd")
+    kernel_args: str | None = setting("Its command line; unset: console=ttyS0.", "innerVm", "kernelArgs")
+    iso: str | None = setting("An ISO to boot (a path in the container).", "innerVm", "iso")
+    image: LabInnerImage | None = prop("A cloud image to boot, with its own seed and the stack's SSH key.")
+    username: str | None = setting(
+        "The cloud image's login user; unset: guest.username.", "innerVm", "username"
+    )
+    hostname: str | None = setting("The cloud image's host name; unset: its name.", "innerVm", "hostname")
+    forwards: list[ContainerPortToGuest] | None = prop("Container ports forwarded to its ports; unset: none.")
+    powerdown_timeout_seconds: int | None = setting(
+        "How long a graceful stop waits; unset: 60.", "innerVm", "powerdownTimeoutSeconds"
+    )
+    boot_timeout_seconds: int | None = setting(
+        "How long `up` waits for it; unset: 300.", "innerVm", "bootTimeoutSeconds"
+    )
+
+
 @dataclass(frozen=True)
 class LabArgs:
     image: LabImage | None = prop("The cloud image (the stack setting nexus:image).")
@@ -159,6 +274,8 @@ class LabArgs:
     network: LabNetwork | None = prop("The forwarded ports (nexus:network).")
     guest: LabGuest | None = prop("The guest's login and first boot (nexus:guest).")
     paths: LabPaths | None = prop("The lab's directories (nexus:paths).")
+    playground: LabPlayground | None = prop("The container in the VM (nexus:playground); unset: on.")
+    inner_vm: LabInnerVm | None = prop("The VM in the container (nexus:innerVm); unset: off.")
 
 
 @dataclass(frozen=True)
@@ -172,6 +289,23 @@ class LabOutputs:
     connect_script: str = prop("A script that logs into the VM (`ssh` with the stack's key and port).")
     accelerator: str = prop("The accelerator QEMU runs the guest with (what auto chose).")
     state_dir: str = prop("The stack's directory.")
+    root_fs_bytes: int = prop("The size of the VM's root file system, grown to the disk by `up`.")
+    docker_version: str | None = prop(
+        "Docker's version in the VM (with the playground or guest.installPackages)."
+    )
+    kvm_usable: bool | None = prop("Whether the VM's /dev/kvm can run guests.")
+    kvm_verdict: str | None = prop("What kvm-ok says in the VM.")
+    libvirt_version: str | None = prop("libvirtd's version in the VM.")
+    docker_ready_seconds: float | None = prop("How long `up` waited for Docker in the VM.")
+    playground_container: str | None = prop("The playground container's name.")
+    playground_image_digest: str | None = prop("The digest (or id) of the image it runs.")
+    playground_shell_script: str | None = prop("A script that opens a shell in the container.")
+    inner_vm_accelerator: str | None = prop("The inner VM's accelerator: kvm or tcg.")
+    inner_vm_qmp_status: str | None = prop("The inner VM's QMP status: running once up.")
+    inner_vm_ready_seconds: float | None = prop("How long the inner VM took to be ready.")
+    inner_vm_reach: str | None = prop("How to reach the inner VM: its shell script, console and ports.")
+    inner_vm_serial_log: str | None = prop("The inner VM's serial console, a file in the container.")
+    inner_vm_shell_script: str | None = prop("A script that logs into the inner VM through the VM.")
 
 
 # Lab property names (camelCase of the Python names) that the stack configuration spells otherwise.
@@ -190,7 +324,7 @@ def config_document(props: Props) -> dict[str, Any]:
             return [settings(item) for item in value]
         return value
 
-    return {section: settings(values) for section, values in props.items() if values is not None}
+    return {camel_case(section): settings(values) for section, values in props.items() if values is not None}
 
 
 # ---------------------------------------------------------------- the host resources' inputs

@@ -41,7 +41,7 @@ from pulumi.provider.experimental.provider import (
 from pulumi.resource import DependencyResource
 from pulumi.runtime.rpc import UNKNOWN as WIRE_UNKNOWN
 
-from . import NAME, VERSION
+from . import NAME, VERSION, progress
 from .resources import COMPONENTS, DESCRIPTION, RESOURCES
 from .spec import (
     UNKNOWN,
@@ -171,7 +171,8 @@ class NexusProvider(Provider):
         )
         component = spec.component(request.name, from_schema_names(spec, raw), options)
         state = {
-            name: await output_property(component.outputs[python_name])
+            # A layer the arguments leave out has no outputs: null.
+            name: await output_property(component.outputs.get(python_name))
             for name, python_name in spec.output_names().items()
         }
         return ConstructResponse(urn=await component.urn.future(), state=state, state_dependencies={})
@@ -189,7 +190,8 @@ class NexusProvider(Provider):
         spec = self._spec(request.type)
         olds = self._props(spec, request.old_state)
         news = self._inputs(spec, request.new_inputs)
-        diff = await asyncio.to_thread(spec.lifecycle.diff, olds, news)
+        with progress.for_resource(request.urn):
+            diff = await asyncio.to_thread(spec.lifecycle.diff, olds, news)
         replaces = [camel_case(key) for key in diff.replaces]
         updates = [camel_case(key) for key in spec.input_names().values() if olds.get(key) != news.get(key)]
         detailed = {key: PropertyDiff(PropertyDiffKind.UPDATE, input_diff=True) for key in updates}
@@ -208,23 +210,26 @@ class NexusProvider(Provider):
         spec = self._spec(request.type)
         if request.preview:
             return CreateResponse(resource_id="", properties=self._unknown_outputs(spec, request.properties))
-        made = await asyncio.to_thread(spec.lifecycle.create, self._inputs(spec, request.properties))
+        with progress.for_resource(request.urn):
+            made = await asyncio.to_thread(spec.lifecycle.create, self._inputs(spec, request.properties))
         return CreateResponse(resource_id=made.id, properties=self._state(made.outs, request.properties))
 
     async def update(self, request: UpdateRequest) -> UpdateResponse:
         spec = self._spec(request.type)
         if request.preview:
             return UpdateResponse(properties=self._unknown_outputs(spec, request.news))
-        outs = await asyncio.to_thread(
-            spec.lifecycle.update, self._props(spec, request.olds), self._inputs(spec, request.news)
-        )
+        with progress.for_resource(request.urn):
+            outs = await asyncio.to_thread(
+                spec.lifecycle.update, self._props(spec, request.olds), self._inputs(spec, request.news)
+            )
         return UpdateResponse(properties=self._state(outs, request.news))
 
     async def read(self, request: ReadRequest) -> ReadResponse:
         spec = self._spec(request.type)
-        props = await asyncio.to_thread(
-            spec.lifecycle.read, request.resource_id, self._props(spec, request.properties)
-        )
+        with progress.for_resource(request.urn):
+            props = await asyncio.to_thread(
+                spec.lifecycle.read, request.resource_id, self._props(spec, request.properties)
+            )
         return ReadResponse(
             resource_id=request.resource_id,
             properties=self._state(props, request.properties),
@@ -233,4 +238,5 @@ class NexusProvider(Provider):
 
     async def delete(self, request: DeleteRequest) -> None:
         spec = self._spec(request.type)
-        await asyncio.to_thread(spec.lifecycle.delete, self._props(spec, request.properties))
+        with progress.for_resource(request.urn):
+            await asyncio.to_thread(spec.lifecycle.delete, self._props(spec, request.properties))

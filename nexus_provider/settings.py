@@ -22,7 +22,18 @@ def setting_rule(section: str, key: str) -> dict[str, Any]:
 
 def setting(description: str, section: str, key: str) -> Any:
     """A property with the rule of the stack setting nexus:<section>.<key>."""
-    rule = setting_rule(section, key)
+    return ruled(description, setting_rule(section, key))
+
+
+def item_rule(section: str, key: str, item: str | None = None) -> dict[str, Any]:
+    """The JSON Schema of the items of the list setting nexus:<section>.<key>, or of one
+    property `item` of those items (nexus:playground.ports[].vm)."""
+    rule: dict[str, Any] = setting_rule(section, key)["items"]
+    return rule if item is None else rule["properties"][item]
+
+
+def ruled(description: str, rule: dict[str, Any]) -> Any:
+    """A property with this JSON Schema rule (bounds, pattern and the pattern in words)."""
     return prop(
         description,
         minimum=rule.get("minimum"),

@@ -2,31 +2,36 @@
 
     GuestLayers
       ├─ RootFsGrowth      growpart + resize2fs whenever nexus:vm.diskSize grows (pulumi-command)
-      ├─ DockerEngine      waits for cloud-init and the daemon; the seed's checks as outputs
+      ├─ DockerEngine      nexus:guest:DockerDaemon: cloud-init and the daemon; the seed's checks
       ├─ Playground        the `nexus-playground` container (pulumi-docker over ssh://)
       │    ├─ image        registry reference / build context (pulumi-docker), or a tarball
-      │    │               streamed into `docker load`/`import` (dynamic provider)
+      │    │               streamed into `docker load`/`import` (nexus:guest:TarballImage)
       │    ├─ preflight    the VM ports and devices a new container needs, checked
-      │    │               before the old one is deleted (dynamic provider)
-      │    └─ presence     starts the container again when stopped by hand, has it
-      │                    created anew when removed (dynamic provider)
+      │    │               before the old one is deleted (nexus:guest:ContainerPreflight)
+      │    └─ presence     starts the container again when stopped by hand, has it created
+      │                    anew when removed, clears a leftover of an interrupted up
+      │                    before a new one (nexus:guest:ContainerPresence)
       ├─ InnerImage        the inner VM's cloud image: host cache, then copied into the VM
-      │                    once per digest (dynamic provider)
-      └─ InnerVm           QEMU inside the container (dynamic provider)
+      │                    once per digest (nexus:guest:InnerImageCopy)
+      └─ InnerVm           QEMU inside the container (nexus:guest:InnerQemu)
 
 Why each part is what it is: the container and its image are pulumi-docker's, the
 ecosystem's provider for exactly this; one-shot steps are pulumi-command's
 `remote.Command`; the engine's readiness, a tarball's image, the container's preflight
-and presence and the inner VM are dynamic providers because their `diff` must look at
-the machine (no refresh needed, so a VM that is down or hung never blocks `up` or
-`destroy`).
+and presence and the inner VM are resources of the `nexus` provider plugin
+(nexus_provider/guest/, their work in guest/lifecycles.py) because their `diff` must look
+at the machine (no refresh needed, so a VM that is down or hung never blocks `up` or
+`destroy`), and because the provider's process runs each step to its end when `up` is
+interrupted (Ctrl-C), which a program-side hook could not.
+
+The reference program declares GuestLayers on its NexusVm; the `nexus:index:Lab`
+component on its own host resources (`VmBelow` is what either hands over).
 Destroy runs inside out: the inner VM powers off, then the VM, whose shutdown stops the
 container; what is stored on the VM's disk is deleted with it (`deleted_with`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -35,19 +40,25 @@ import pulumi
 import pulumi_docker as docker
 from pulumi_command import remote
 
-from nexus_components.core.runner import SshRunner
 from nexus_components.core.ssh import SshTarget
 from nexus_components.host.paths import VmPaths
+from nexus_provider.declared import PackageResource
+from nexus_provider.guest import (
+    container_preflight,
+    container_presence,
+    docker_daemon,
+    inner_image_copy,
+    inner_qemu,
+    script_file,
+    tarball_image,
+)
 
-from ..components import NexusVm, _Dynamic
+from ..components import NexusVm
 from ..config import NexusConfig
 from ..host.settings import disk_size_bytes
 from . import engine, inner_image, playground, preflight
 from . import inner_vm as inner
-from . import providers as guest_providers
-from .inner_image_provider import InnerImageProvider
 from .settings import InnerVmConfig
-from .tarball_image_provider import TarballImageProvider
 
 TYPE_PREFIX = "nexus:guest"
 # pulumi-command's SSH dial retries: enough for a VM that is still booting under TCG.
@@ -57,6 +68,37 @@ PER_DIAL_TIMEOUT = 10
 
 def _child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
     return pulumi.ResourceOptions(parent=parent, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class VmBelow:
+    """What the guest layers take from the VM layer under them, whoever declared it."""
+
+    private_key_path: pulumi.Output[str]
+    public_key: pulumi.Output[str]
+    vm_pid: pulumi.Output[int]
+    instance_id: pulumi.Output[str]
+    # The VM's disk: what is stored on it is deleted with it, and names its id.
+    disk: pulumi.CustomResource
+    # What the guest steps wait for: the running VM (and its disk, for the file system's growth).
+    vm: pulumi.Resource
+    after_vm: list[pulumi.Resource]
+    # The stack's directory: the helper scripts in it are deleted before it.
+    state: pulumi.Resource
+
+    @classmethod
+    def of(cls, lab: NexusVm) -> VmBelow:
+        """The reference program's NexusVm (nexus_components/components.py)."""
+        return cls(
+            private_key_path=lab.seed.private_key_path,
+            public_key=lab.seed.key.public_key,  # type: ignore[attr-defined]
+            vm_pid=lab.qemu.pid,
+            instance_id=lab.seed.instance_id,
+            disk=lab.disk.disk,
+            vm=lab.qemu,
+            after_vm=[lab.qemu, lab.disk],
+            state=lab.state,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,16 +159,13 @@ class DockerEngine(pulumi.ComponentResource):
             "instance_id": args.instance_id,
             "timeout_seconds": args.timeout_seconds,
         }
-        outputs = ("docker_version", "kvm_usable", "kvm_verdict", "libvirt_version", "ready_seconds")
-        self.daemon = _Dynamic(
-            guest_providers.DockerEngineProvider(), f"{name}-daemon", inputs, outputs, _child(self)
-        )
+        self.daemon = PackageResource(docker_daemon.RESOURCE, f"{name}-daemon", inputs, _child(self))
         self.docker_host: pulumi.Output[str] = self.daemon.id
-        self.docker_version: pulumi.Output[str] = self.daemon.docker_version  # type: ignore[attr-defined]
-        self.kvm_usable: pulumi.Output[bool] = self.daemon.kvm_usable  # type: ignore[attr-defined]
-        self.kvm_verdict: pulumi.Output[str] = self.daemon.kvm_verdict  # type: ignore[attr-defined]
-        self.libvirt_version: pulumi.Output[str] = self.daemon.libvirt_version  # type: ignore[attr-defined]
-        self.ready_seconds: pulumi.Output[float] = self.daemon.ready_seconds  # type: ignore[attr-defined]
+        self.docker_version: pulumi.Output[str] = self.daemon.output("docker_version")
+        self.kvm_usable: pulumi.Output[bool] = self.daemon.output("kvm_usable")
+        self.kvm_verdict: pulumi.Output[str] = self.daemon.output("kvm_verdict")
+        self.libvirt_version: pulumi.Output[str] = self.daemon.output("libvirt_version")
+        self.ready_seconds: pulumi.Output[float] = self.daemon.output("ready_seconds")
         self.register_outputs(
             {
                 "dockerHost": self.docker_host,
@@ -136,19 +175,6 @@ class DockerEngine(pulumi.ComponentResource):
                 "libvirtVersion": self.libvirt_version,
             }
         )
-
-
-def _leftover_container_remover(hook_name: str, access: GuestAccess, container: str) -> pulumi.ResourceHook:
-    """A before-create hook: pulumi-docker's create has no answer to a container of the
-    same name, whether a killed `up` made it (removed) or the user did (kept; `up` stops
-    and says so)."""
-
-    async def remove(_args: pulumi.ResourceHookArgs) -> None:
-        key = await access.private_key_path.future()
-        runner = SshRunner(access.target(str(key)))
-        await asyncio.to_thread(guest_providers.remove_leftover_container, runner, container)
-
-    return pulumi.ResourceHook(hook_name, remove)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,8 +211,8 @@ class Playground(pulumi.ComponentResource):
         image_id, self.digest = self._image(name, args, disk_id, on_docker, on_disk)
         # Runs before the container is replaced (delete-first): what the new one needs from
         # the VM is checked while the old one still runs.
-        self.preflight = _Dynamic(
-            guest_providers.ContainerPreflightProvider(),
+        self.preflight = PackageResource(
+            container_preflight.RESOURCE,
             f"{name}-preflight",
             {
                 **args.access.props(),
@@ -198,15 +224,14 @@ class Playground(pulumi.ComponentResource):
                 ],
                 "docker_host": args.engine.docker_host,
             },
-            (),
             _child(self, depends_on=after_engine),
         )
-        # A stopped container is started only once its ports were found free.
-        self.presence = _Dynamic(
-            guest_providers.ContainerPresenceProvider(),
+        # A stopped container is started only once its ports were found free. Created just
+        # before a new container, it removes what an interrupted up left under its name.
+        self.presence = PackageResource(
+            container_presence.RESOURCE,
             f"{name}-presence",
             {**args.access.props(), "container": settings.name, "docker_host": args.engine.docker_host},
-            (),
             _child(self, depends_on=[*after_engine, self.preflight]),
         )
 
@@ -263,11 +288,6 @@ class Playground(pulumi.ComponentResource):
                 depends_on=container_deps,
                 delete_before_replace=True,
                 deleted_with=args.vm_disk,
-                hooks=pulumi.ResourceHookBinding(
-                    before_create=[
-                        _leftover_container_remover(f"{name}-clear-leftover", args.access, settings.name)
-                    ]
-                ),
             ),
         )
         self.name = self.container.name
@@ -314,9 +334,9 @@ class Playground(pulumi.ComponentResource):
             )
             return image.image_id, image.image_id
         tarball = Path(source.value)
-        # Streamed into the VM's `docker load`/`docker import -`: tarball_image_provider.py says why.
-        self.tarball = _Dynamic(
-            TarballImageProvider(),
+        # Streamed into the VM's `docker load`/`docker import -`: lifecycles.TarballImage says why.
+        self.tarball = PackageResource(
+            tarball_image.RESOURCE,
             f"{name}-tarball",
             {
                 **args.access.props(),
@@ -327,10 +347,9 @@ class Playground(pulumi.ComponentResource):
                 "digest": playground.file_digest(tarball),
                 "disk_id": disk_id,
             },
-            ("tag", "image_id"),
             on_disk,
         )
-        image_id: pulumi.Output[str] = self.tarball.image_id  # type: ignore[attr-defined]
+        image_id: pulumi.Output[str] = self.tarball.output("image_id")
         return image_id, image_id
 
 
@@ -347,8 +366,8 @@ class InnerImage(pulumi.ComponentResource):
     """`nexus:innerVm.image`: in the host's cache, then in the VM's IMAGES_DIR once per digest.
 
     The container bind-mounts that directory read-only (playground.all_volumes); the
-    inner VM's disk is an overlay on the copy. A dynamic provider, not `CopyToRemote`:
-    inner_image_provider.py says why.
+    inner VM's disk is an overlay on the copy. A resource of the nexus provider, not
+    `CopyToRemote`: lifecycles.InnerImageCopy says why.
     """
 
     def __init__(self, name: str, args: InnerImageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -362,21 +381,42 @@ class InnerImage(pulumi.ComponentResource):
             "cache_dir": str(args.config.cache_dir),
             "disk_id": args.vm_disk.id,
         }
-        self.copy = _Dynamic(
-            InnerImageProvider(),
+        self.copy = PackageResource(
+            inner_image_copy.RESOURCE,
             f"{name}-copy",
             inputs,
-            ("path", "digest", "format", "vm_path", "size"),
             # Deleted with the VM's disk on destroy, without SSH; a replaced image is removed.
             _child(self, depends_on=[args.engine], deleted_with=args.vm_disk),
         )
-        digest: pulumi.Output[str] = self.copy.digest  # type: ignore[attr-defined]
-        fmt: pulumi.Output[str] = self.copy.format  # type: ignore[attr-defined]
+        digest: pulumi.Output[str] = self.copy.output("digest")
+        fmt: pulumi.Output[str] = self.copy.output("format")
         self.boot: pulumi.Output[dict[str, str]] = pulumi.Output.all(digest, fmt).apply(
             lambda values: dataclasses.asdict(inner_image.BootImage.of(*values))
         )
         self.digest = digest
         self.register_outputs({"digest": digest, "format": fmt})
+
+
+def inner_qemu_settings(config: InnerVmConfig) -> dict[str, Any]:
+    """nexus:innerVm as InnerQemu's inputs (its boot medium and machine; unset ones left out)."""
+    settings: dict[str, Any] = {
+        "name": config.name,
+        "cpus": config.cpus,
+        "memory_mib": config.memory_mib,
+        "disk_size": config.disk_size,
+        "accelerator": config.accelerator,
+        "kernel": config.kernel,
+        "initrd": config.initrd,
+        "kernel_args": config.kernel_args,
+        "iso": config.iso,
+        "image": dataclasses.asdict(config.image) if config.image else None,
+        "username": config.username,
+        "hostname": config.hostname or None,
+        "forwards": [dataclasses.asdict(f) for f in config.forwards],
+        "powerdown_timeout_seconds": config.powerdown_timeout_seconds,
+        "boot_timeout_seconds": config.boot_timeout_seconds,
+    }
+    return {key: value for key, value in settings.items() if value is not None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -394,30 +434,25 @@ class InnerVm(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: InnerVmArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{TYPE_PREFIX}:InnerVm", name, None, opts)
-        spec = dataclasses.asdict(args.config)
-        spec["forwards"] = [dataclasses.asdict(f) for f in args.config.forwards]
-        inputs = {
+        config = args.config
+        inputs: dict[str, Any] = {
             **args.access.props(),
             "container": args.playground.name,
             "container_id": args.playground.container_id,
-            "spec": spec,
+            **inner_qemu_settings(config),
         }
         after: list[pulumi.Resource] = []
         if args.image is not None:
-            # In the spec, so a new image or key restarts the inner VM (InnerVmProvider.RESTART_KEYS).
-            spec["boot_image"] = args.image.boot
-            spec["ssh_public_key"] = args.ssh_public_key
+            # Inputs, so a new image or key restarts the inner VM (lifecycles.InnerVm.RESTART_KEYS).
+            inputs["boot_image"] = args.image.boot
+            inputs["ssh_public_key"] = args.ssh_public_key
             after.append(args.image.copy)
-        self.qemu = _Dynamic(
-            guest_providers.InnerVmProvider(),
-            f"{name}-qemu",
-            inputs,
-            ("accelerator", "pid", "qmp_status", "ready_seconds"),
-            _child(self, depends_on=after),
+        self.qemu = PackageResource(
+            inner_qemu.RESOURCE, f"{name}-qemu", inputs, _child(self, depends_on=after)
         )
-        self.accelerator: pulumi.Output[str] = self.qemu.accelerator  # type: ignore[attr-defined]
-        self.qmp_status: pulumi.Output[str] = self.qemu.qmp_status  # type: ignore[attr-defined]
-        self.ready_seconds: pulumi.Output[float] = self.qemu.ready_seconds  # type: ignore[attr-defined]
+        self.accelerator: pulumi.Output[str] = self.qemu.output("chosen_accelerator")
+        self.qmp_status: pulumi.Output[str] = self.qemu.output("qmp_status")
+        self.ready_seconds: pulumi.Output[float] = self.qemu.output("ready_seconds")
         self.register_outputs({"accelerator": self.accelerator, "qmpStatus": self.qmp_status})
 
 
@@ -425,7 +460,7 @@ class InnerVm(pulumi.ComponentResource):
 class RootFsGrowthArgs:
     access: GuestAccess
     disk_size: str
-    lab: NexusVm
+    below: VmBelow
 
 
 class RootFsGrowth(pulumi.ComponentResource):
@@ -439,9 +474,9 @@ class RootFsGrowth(pulumi.ComponentResource):
             connection=args.access.connection(),
             create=playground.GROW_ROOT_FS,
             # A new disk (a new base image) is grown too, and its size read again.
-            triggers=[disk_size_bytes(args.disk_size), args.lab.disk.id],
+            triggers=[disk_size_bytes(args.disk_size), args.below.disk.id],
             # Nothing to undo on destroy, and no SSH wanted then: it goes with the disk.
-            opts=_child(self, depends_on=[args.lab.qemu, args.lab.disk], deleted_with=args.lab.disk.disk),
+            opts=_child(self, depends_on=args.below.after_vm, deleted_with=args.below.disk),
         )
         self.root_fs_bytes = self.command.stdout.apply(lambda out: int(out.strip() or 0))
         self.register_outputs({"rootFsBytes": self.root_fs_bytes})
@@ -450,7 +485,8 @@ class RootFsGrowth(pulumi.ComponentResource):
 @dataclasses.dataclass(frozen=True)
 class GuestLayersArgs:
     config: NexusConfig
-    lab: NexusVm
+    # The reference program's NexusVm, or the VM layer a Lab declared.
+    lab: NexusVm | VmBelow
 
 
 class GuestLayers(pulumi.ComponentResource):
@@ -458,9 +494,10 @@ class GuestLayers(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: GuestLayersArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{TYPE_PREFIX}:GuestLayers", name, None, opts)
-        config, lab = args.config, args.lab
+        config = args.config
+        lab = args.lab if isinstance(args.lab, VmBelow) else VmBelow.of(args.lab)
         access = GuestAccess(
-            config.network.ssh_host, config.network.ssh_port, config.guest.username, lab.seed.private_key_path
+            config.network.ssh_host, config.network.ssh_port, config.guest.username, lab.private_key_path
         )
         self.outputs: dict[str, Any] = {}
         self.growth = RootFsGrowth(
@@ -473,9 +510,7 @@ class GuestLayers(pulumi.ComponentResource):
             return
         self.engine = DockerEngine(
             f"{name}-docker",
-            DockerEngineArgs(
-                access, lab.qemu.pid, lab.seed.instance_id, config.playground.ready_timeout_seconds
-            ),
+            DockerEngineArgs(access, lab.vm_pid, lab.instance_id, config.playground.ready_timeout_seconds),
             _child(self),
         )
         self.outputs.update(
@@ -489,13 +524,13 @@ class GuestLayers(pulumi.ComponentResource):
             self._playground(name, config, access, lab)
         self.register_outputs(self.outputs)
 
-    def _playground(self, name: str, config: NexusConfig, access: GuestAccess, lab: NexusVm) -> None:
+    def _playground(self, name: str, config: NexusConfig, access: GuestAccess, lab: VmBelow) -> None:
         self.playground = Playground(
-            f"{name}-playground", PlaygroundArgs(config, access, self.engine, lab.disk.disk), _child(self)
+            f"{name}-playground", PlaygroundArgs(config, access, self.engine, lab.disk), _child(self)
         )
         script_path = config.state_dir / "connect-playground.sh"
-        self.shell_script = _Dynamic(
-            guest_providers.ScriptFileProvider(),
+        self.shell_script = PackageResource(
+            script_file.RESOURCE,
             f"{name}-playground-shell",
             {
                 "path": str(script_path),
@@ -503,7 +538,6 @@ class GuestLayers(pulumi.ComponentResource):
                     lambda key: playground.shell_script(access.target(key), config.playground.name)
                 ),
             },
-            (),
             # Deleted before the stack's directory, which is removed only when empty.
             _child(self, depends_on=[self.playground, lab.state]),
         )
@@ -519,20 +553,19 @@ class GuestLayers(pulumi.ComponentResource):
         if inner_config.image is not None:
             image = InnerImage(
                 f"{name}-inner-image",
-                InnerImageArgs(config, access, self.engine, lab.disk.disk),
+                InnerImageArgs(config, access, self.engine, lab.disk),
                 _child(self),
             )
-        public_key = lab.seed.key.public_key  # type: ignore[attr-defined]
         self.inner_vm = InnerVm(
             f"{name}-inner-vm",
-            InnerVmArgs(inner_config, access, self.playground, image, public_key),
+            InnerVmArgs(inner_config, access, self.playground, image, lab.public_key),
             _child(self),
         )
         vm_ports = playground.ports_by_container_port(config.playground.ports)
         # ssh into the inner VM through the VM; without an SSH forward it says how to add one.
         inner_script = VmPaths(config.state_dir).inner_vm_connect_script
-        self.inner_shell_script = _Dynamic(
-            guest_providers.ScriptFileProvider(),
+        self.inner_shell_script = PackageResource(
+            script_file.RESOURCE,
             f"{name}-inner-vm-shell",
             {
                 "path": str(inner_script),
@@ -542,7 +575,6 @@ class GuestLayers(pulumi.ComponentResource):
                     )
                 ),
             },
-            (),
             _child(self, depends_on=[self.inner_vm, lab.state]),
         )
         self.outputs.update(

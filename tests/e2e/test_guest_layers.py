@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -40,6 +42,7 @@ import pytest
 from bench.layer_overhead.results import WORKLOADS
 from nexus_components.core.ssh import SshTarget
 from nexus_components.host.paths import VmPaths
+from nexus_components.pending_creates import drop_pending_creates
 from tests.e2e.test_bench_layers import bench_layers
 from tests.e2e.test_lab import free_port, gone_within, lab_config, lab_stack, qemu_processes_of, ssh
 from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image
@@ -174,11 +177,44 @@ def wait_for_serial(outputs: dict[str, Any], marker: str, seconds: float) -> str
         time.sleep(3)
 
 
-def forget_container(cli: PulumiCli) -> None:
+def forget_container(cli: PulumiCli, tmp_path: Path) -> None:
     """What an up killed between docker's create and Pulumi saving the state leaves: the
-    container runs in the VM, the state lacks it and what depends on it."""
-    urn = next(r["urn"] for r in cli.resources() if r["type"] == "docker:index/container:Container")
-    cli.run("state", "delete", urn, "--target-dependents", "--yes", "--stack", cli.stack)
+    container runs in the VM, the state lacks it and what depends on it, and holds a
+    "pending CREATE" for it. Then what `scripts/up` does with that before its `up`."""
+    container = next(r for r in cli.resources() if r["type"] == "docker:index/container:Container")
+    cli.run("state", "delete", container["urn"], "--target-dependents", "--yes", "--stack", cli.stack)
+    exported = tmp_path / "pending.json"
+    cli.run("stack", "export", "--stack", cli.stack, "--file", str(exported))
+    state = json.loads(exported.read_text())
+    state["deployment"]["pending_operations"] = [{"resource": container, "type": "creating"}]
+    assert drop_pending_creates(state) == 1
+    exported.write_text(json.dumps(state))
+    cli.run("stack", "import", "--stack", cli.stack, "--file", str(exported))
+
+
+CONTAINER_STEP = re.compile(r"docker:index(?:/container)?:Container")
+
+
+def up_interrupted_at_the_container(cli: PulumiCli) -> tuple[int, str]:
+    """`pulumi up` sent SIGINT (one Ctrl-C) as soon as it starts creating the container:
+    its exit status and output."""
+    argv = ["pulumi", "up", *cli.stack_args(), "--yes", "--skip-preview", "--non-interactive"]
+    up = subprocess.Popen(
+        argv, cwd=cli.project_dir, env=cli.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert up.stdout is not None
+    lines: list[str] = []
+    interrupted = False
+    for line in up.stdout:
+        lines.append(line)
+        # The progress display names the type docker:index:Container.
+        if not interrupted and CONTAINER_STEP.search(line) and "creating" in line:
+            os.kill(up.pid, signal.SIGINT)
+            interrupted = True
+    returncode = up.wait(timeout=1800)
+    output = "".join(lines)
+    assert interrupted, output
+    return returncode, output
 
 
 def container_id(outputs: dict[str, Any]) -> str:
@@ -196,6 +232,8 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
     try:
         preview = cli.preview()
         for kind in ("DockerEngine", "Playground", "InnerVm", "RootFsGrowth"):
+            assert f"nexus:guest:{kind}" in preview.stdout, preview.stdout
+        for kind in ("DockerDaemon", "ContainerPreflight", "ContainerPresence", "TarballImage", "InnerQemu"):
             assert f"nexus:guest:{kind}" in preview.stdout, preview.stdout
         assert "docker:index/container:Container" in preview.stdout
 
@@ -248,12 +286,21 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         assert in_container(outputs, "sh", "-c", "ls /tmp | grep -c nexus-bench || true") == "0"
 
         # A container removed by hand: preview shows it (no refresh needed), up brings it
-        # (and the inner VM) back.
+        # (and the inner VM) back. That up gets one Ctrl-C as it starts creating the
+        # container: Pulumi finishes that step (the provider's, not the program's, which
+        # Pulumi ends) and stops; the next up converges.
         ssh(outputs, shlex.join(["docker", "rm", "--force", CONTAINER]))
         drift = cli.preview()
         assert "nexus-guest-playground-presence" in drift.stdout, drift.stdout
         assert "docker:index/container:Container" in drift.stdout and "replace" in drift.stdout, drift.stdout
         assert f"container {CONTAINER} is gone; up creates it again" in drift.stdout + drift.stderr
+        returncode, interrupted = up_interrupted_at_the_container(cli)
+        print(f"up interrupted at the container: exit status {returncode}")
+        assert "before hook" not in interrupted and "error reading from server" not in interrupted, (
+            interrupted
+        )
+        assert re.search(CONTAINER_STEP.pattern + r"\s+\S+\s+created", interrupted), interrupted
+        assert container_id(outputs), "the container's create ran to its end"
         cli.up()
         outputs = cli.outputs()
         assert http_get(http_port, "/env.txt") == GREETING
@@ -341,7 +388,7 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         # An up killed after docker made the container but before Pulumi saved it: the
         # state lacks the container (and what depends on it) while the VM holds it. The
         # next up removes that leftover instead of failing on its name.
-        forget_container(cli)
+        forget_container(cli, tmp_path)
         leftover = container_id(outputs)
         recovered = cli.up()
         assert (
@@ -353,7 +400,7 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         assert http_get(http_port, "/env.txt") == GREETING
         assert outputs["innerVmQmpStatus"] == "running"
         # A container of that name the user made is never removed: up stops and says so.
-        forget_container(cli)
+        forget_container(cli, tmp_path)
         image = outputs["playgroundImageDigest"]
         remove = shlex.join(["docker", "rm", "--force", CONTAINER])
         create = shlex.join(["docker", "create", "--name", CONTAINER, image, "true"])

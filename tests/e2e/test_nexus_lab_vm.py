@@ -46,8 +46,9 @@ def test_a_consumer_brings_up_a_host_only_lab_with_the_lab_component_and_destroy
         assert ssh(outputs, "whoami") == "nexus"
         assert qemu_processes_of(state_dir) == [outputs["vmPid"]]
 
+        assert outputs["rootFsBytes"] > 3 << 30, "the root file system grown to the 4G disk"
         again = lab.up("--expect-no-changes")
-        assert "8 unchanged" in again.stdout, output_of(again)
+        assert "11 unchanged" in again.stdout, output_of(again)
     finally:
         destroyed = lab.destroy(check=False)
     assert destroyed.returncode == 0, output_of(destroyed)

@@ -15,6 +15,7 @@ import pytest
 
 from nexus_components.host.paths import VmPaths
 from tests.support.nexus_consumer import (
+    LAB_PLAYGROUND_PROGRAM,
     LAB_PROGRAM,
     consumer_project,
     free_port,
@@ -64,8 +65,9 @@ def test_a_consumer_with_nexus_stack_keys_previews_the_lab_and_its_children_and_
 ) -> None:
     preview = lab.preview()
     output = output_of(preview)
-    # The stack, the Lab and its six host resources; the nexus: keys are not provider settings.
-    assert "+ 8 to create" in preview.stdout, output
+    # The stack, the Lab, its six host resources and the guest layers' file-system growth
+    # (a component, its component and the remote command); the nexus: keys are not provider settings.
+    assert "+ 11 to create" in preview.stdout, output
     assert "nexus:index:Lab" in preview.stdout, output
     for name in LAB_CHILDREN:
         assert f"nexus:host:{name}" in preview.stdout, output
@@ -114,3 +116,29 @@ def test_up_makes_the_labs_host_files_then_a_smaller_disk_is_refused_with_the_pr
     lab.destroy()
     assert not (tmp_path / "state").exists()
     assert lab.resources() == []
+
+
+def test_a_lab_with_the_playground_previews_the_guest_layers_with_pulumi_docker(
+    tmp_path: Path, pulumi_home: Path, blank_image: dict[str, str]
+) -> None:
+    """The Lab's `playground` argument: its guest resources and pulumi-docker's children,
+    declared by the provider's construct; a preview touches no VM and makes nothing."""
+    rootfs = tmp_path / "rootfs.tar"
+    rootfs.write_bytes(b"a root file system, as far as a preview can tell\n")
+    config = {
+        "consumer:imageUrl": blank_image["url"],
+        "consumer:sshPort": str(free_port()),
+        "consumer:httpPort": str(free_port()),
+        "consumer:stateDir": str(tmp_path / "state"),
+        "consumer:cacheDir": str(tmp_path / "cache"),
+        "consumer:rootfsTarball": str(rootfs),
+    }
+    cli = consumer_project(tmp_path, pulumi_home, LAB_PLAYGROUND_PROGRAM, config)
+    preview = cli.preview()
+    output = output_of(preview)
+    for kind in ("DockerDaemon", "ContainerPreflight", "ContainerPresence", "TarballImage", "ScriptFile"):
+        assert f"nexus:guest:{kind}" in preview.stdout, output
+    for kind in ("docker:index/container:Container", "pulumi:providers:docker", "command:remote:Command"):
+        assert kind in preview.stdout, output
+    assert "nexus:guest:InnerQemu" not in preview.stdout, "the inner VM is off by default"
+    assert not (tmp_path / "state").exists() and not (tmp_path / "cache").exists(), "preview makes nothing"

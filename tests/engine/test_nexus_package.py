@@ -30,6 +30,15 @@ from tests.support.pulumi_cli import PulumiCli
 pytestmark = pytest.mark.engine
 
 HOST_RESOURCES = ("StateDir", "BaseImage", "SshKey", "OverlayDisk", "CloudInitSeed", "QemuVm")
+GUEST_RESOURCES = (
+    "DockerDaemon",
+    "ContainerPreflight",
+    "ContainerPresence",
+    "TarballImage",
+    "InnerImageCopy",
+    "InnerQemu",
+    "ScriptFile",
+)
 
 
 def test_setup_installs_the_plugin_so_plugin_ls_lists_it(pulumi_home: Path, tmp_path: Path) -> None:
@@ -44,13 +53,17 @@ def test_setup_installs_the_plugin_so_plugin_ls_lists_it(pulumi_home: Path, tmp_
     assert ("nexus", "resource", VERSION) in listed, listed
 
 
-def test_get_schema_lists_every_host_resource_and_the_lab_with_descriptions(
+def test_get_schema_lists_every_resource_and_the_lab_with_descriptions(
     pulumi_home: Path, tmp_path: Path
 ) -> None:
     cli = cli_in(tmp_path, tmp_path / "backend", pulumi_home)
     schema = json.loads(cli.run("package", "get-schema", str(LAUNCHER)).stdout)
     assert schema["name"] == "nexus" and schema["version"] == VERSION
-    assert set(schema["resources"]) == {f"nexus:host:{name}" for name in HOST_RESOURCES} | {"nexus:index:Lab"}
+    assert set(schema["resources"]) == {
+        *(f"nexus:host:{name}" for name in HOST_RESOURCES),
+        *(f"nexus:guest:{name}" for name in GUEST_RESOURCES),
+        "nexus:index:Lab",
+    }
     assert schema["resources"]["nexus:index:Lab"]["isComponent"] is True
     for token, resource in schema["resources"].items():
         assert resource["description"], token
@@ -179,3 +192,67 @@ def test_up_makes_the_host_files_and_reports_a_provider_error_as_its_message_the
     assert not state.state_dir.exists()
     assert consumer.resources() == []
     assert (tmp_path / "cache").is_dir(), "the image cache stays"
+
+
+# Guest resources declared directly, as a program that wires its own lab would: nothing here
+# reaches a VM at preview (creates are previewed without touching the machine).
+GUEST_CONSUMER = """
+import pulumi
+import pulumi_nexus as nexus
+
+config = pulumi.Config()
+access = dict(ssh_host="127.0.0.1", ssh_port=2222, username="nexus", private_key="/nonexistent/key")
+docker_host = "ssh://nexus@127.0.0.1:2222"
+daemon = nexus.guest.DockerDaemon(
+    "docker",
+    docker_host=docker_host,
+    vm_pid=1,
+    instance_id="nexus-1",
+    timeout_seconds=config.get_int("readyTimeoutSeconds") or 900,
+    **access,
+)
+nexus.guest.ContainerPreflight(
+    "preflight",
+    container="nexus-playground",
+    docker_host=docker_host,
+    ports=[nexus.guest.WantedVmPortArgs(vm=80, protocol=nexus.host.Protocol.TCP, key="ports[0].vm")],
+    devices=[nexus.guest.WantedDeviceArgs(path=config.get("device") or "/dev/fuse", key="devices[0]")],
+    **access,
+)
+nexus.guest.ScriptFile("script", path=config.require("script"), content="#!/bin/sh\\n")
+"""
+
+
+def test_a_bad_guest_input_is_refused_at_preview_by_property_without_a_traceback(
+    tmp_path: Path, pulumi_home: Path
+) -> None:
+    script = tmp_path / "connect.sh"
+    cli = consumer_project(tmp_path, pulumi_home, GUEST_CONSUMER, {"consumer:script": str(script)})
+    preview = cli.preview()
+    assert "+ 4 to create" in preview.stdout, output_of(preview)
+    for name in ("DockerDaemon", "ContainerPreflight", "ScriptFile"):
+        assert f"nexus:guest:{name}" in preview.stdout, preview.stdout
+    assert not script.exists(), "preview writes nothing"
+
+    # The engine stops at the first refusal: one bad input at a time.
+    for key, value, message in (
+        (
+            "consumer:readyTimeoutSeconds",
+            "5",
+            "property timeoutSeconds value {5} has a problem: got 5; allowed: at least 30",
+        ),
+        (
+            "consumer:device",
+            "fuse",
+            # The engine prints no value for a nested property ({<nil>}); the reason names it.
+            "property devices[0].path value {<nil>} has a problem: got 'fuse'; "
+            "allowed: a device path under /dev/, without ':', ',' or control characters",
+        ),
+    ):
+        cli.set_config(key, value)
+        refused = cli.run("preview", *cli.stack_args(), check=False)
+        output = output_of(refused)
+        assert refused.returncode != 0
+        assert message in output, output
+        assert_no_traceback(output)
+        cli.run("config", "rm", key, *cli.stack_args())

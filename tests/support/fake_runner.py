@@ -1,4 +1,4 @@
-"""A stand-in for the VM in unit tests of the guest providers: a `CommandRunner` that
+"""A stand-in for the VM in unit tests of the guest lifecycles: a `CommandRunner` that
 answers each command from a function of its argument list and records every call."""
 
 from __future__ import annotations

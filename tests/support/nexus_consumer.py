@@ -42,7 +42,12 @@ def make_pulumi_home(home: Path) -> subprocess.CompletedProcess[str]:
     (home / "plugins").mkdir(parents=True)
     for installed in installed_plugins_dir().glob("resource-*-v*"):
         if installed.is_dir() and not installed.name.startswith("resource-nexus-"):
-            (home / "plugins" / installed.name).symlink_to(installed, target_is_directory=True)
+            # A directory of links: Pulumi skips a plugin directory that is itself a link
+            # (a Lab's pulumi-command and pulumi-docker children need these plugins).
+            plugin = home / "plugins" / installed.name
+            plugin.mkdir()
+            for item in installed.iterdir():
+                (plugin / item.name).symlink_to(item)
     first, _ = run_setup(home)
     assert f"installed the nexus plugin {VERSION}" in first.stderr, first.stderr
     return first
@@ -134,12 +139,15 @@ lab = nexus.Lab(
     network=nexus.LabNetworkArgs(ssh_port=config.require_int("sshPort"), forwards=[]),
     guest=nexus.LabGuestArgs(username="nexus", install_packages=False),
     paths=nexus.LabPathsArgs(state_dir=config.require("stateDir"), cache_dir=config.require("cacheDir")),
+    # A host-only lab: no Docker in the test image (the guest layers have their own program).
+    playground=nexus.LabPlaygroundArgs(enabled=False),
 )
 pulumi.export("sshCommand", lab.ssh_command)
 pulumi.export("sshPort", lab.ssh_port)
 pulumi.export("privateKeyPath", lab.private_key_path)
 pulumi.export("vmPid", lab.vm_pid)
 pulumi.export("stateDir", lab.state_dir)
+pulumi.export("rootFsBytes", lab.root_fs_bytes)
 """
 
 
@@ -156,3 +164,42 @@ def lab_consumer_config(folder: Path, image: dict[str, str], ssh_port: int) -> d
         "nexus:network": {"sshPort": 2222, "forwards": [{"host": 8080, "guest": 80}]},
         "nexus:playground": {"enabled": False},
     }
+
+
+# A lab with the playground container, through the Lab's typed arguments: the container runs
+# from a root-file-system tarball on this machine and serves a page on its port 80.
+LAB_PLAYGROUND_PROGRAM = """
+import pulumi
+import pulumi_nexus as nexus
+
+config = pulumi.Config()
+serve = "exec busybox httpd -f -p 80 -h /srv/www"
+lab = nexus.Lab(
+    "lab",
+    image=nexus.LabImageArgs(url=config.require("imageUrl")),
+    vm=nexus.LabVmArgs(
+        accelerator=nexus.AcceleratorChoice.TCG,
+        cpus=2,
+        memory_mib=2048,
+        disk_size="10G",
+        boot_timeout_seconds=1200,
+    ),
+    network=nexus.LabNetworkArgs(
+        ssh_port=config.require_int("sshPort"),
+        forwards=[nexus.host.PortForwardArgs(
+            host=config.require_int("httpPort"), guest=80, protocol=nexus.host.Protocol.TCP
+        )],
+    ),
+    guest=nexus.LabGuestArgs(username="nexus", install_packages=False),
+    paths=nexus.LabPathsArgs(state_dir=config.require("stateDir"), cache_dir=config.require("cacheDir")),
+    playground=nexus.LabPlaygroundArgs(
+        rootfs_tarball=config.require("rootfsTarball"),
+        command=["sh", "-c", serve],
+        ports=[nexus.LabPublishedPortArgs(vm=80, container=80)],
+        ready_timeout_seconds=900,
+    ),
+)
+for name in ("sshPort", "privateKeyPath", "vmPid", "stateDir", "rootFsBytes", "dockerVersion",
+             "playgroundContainer", "playgroundImageDigest", "playgroundShellScript"):
+    pulumi.export(name, getattr(lab, "".join("_" + c.lower() if c.isupper() else c for c in name)))
+"""

@@ -25,7 +25,7 @@ from pulumi.provider.experimental.provider import (
 
 from nexus_components.config import SCHEMA as CONFIG_SCHEMA
 from nexus_components.config import load_config
-from nexus_components.core.errors import VmError
+from nexus_components.core.errors import ConfigError, VmError
 from nexus_components.host.hostfacts import host_os
 from nexus_components.host.paths import VmPaths
 from nexus_components.host.qemu_argv import HostFacts, VmFiles, build_qemu_argv
@@ -47,6 +47,15 @@ from nexus_provider.spec import (
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = package_schema(NAME, VERSION, DESCRIPTION, RESOURCES, COMPONENTS)
 HOST_RESOURCES = ("StateDir", "BaseImage", "SshKey", "OverlayDisk", "CloudInitSeed", "QemuVm")
+GUEST_RESOURCES = (
+    "DockerDaemon",
+    "ContainerPreflight",
+    "ContainerPresence",
+    "TarballImage",
+    "InnerImageCopy",
+    "InnerQemu",
+    "ScriptFile",
+)
 
 
 def spec_of(token: str) -> ResourceSpec:
@@ -59,8 +68,12 @@ def test_the_plugin_has_the_projects_version() -> None:
     assert SCHEMA["name"] == "nexus" and SCHEMA["version"] == VERSION
 
 
-def test_every_host_resource_is_in_the_schema_with_every_property_described() -> None:
-    assert set(SCHEMA["resources"]) == {f"nexus:host:{name}" for name in HOST_RESOURCES} | {"nexus:index:Lab"}
+def test_every_resource_is_in_the_schema_with_every_property_described() -> None:
+    assert set(SCHEMA["resources"]) == {
+        *(f"nexus:host:{name}" for name in HOST_RESOURCES),
+        *(f"nexus:guest:{name}" for name in GUEST_RESOURCES),
+        "nexus:index:Lab",
+    }
     for token, resource in SCHEMA["resources"].items():
         assert resource["description"], token
         if not resource.get("isComponent"):
@@ -315,8 +328,17 @@ def test_our_error_is_found_behind_the_sdks_wrapper() -> None:
 def test_the_lab_is_a_component_in_the_schema_whose_settings_reuse_the_host_types() -> None:
     lab = SCHEMA["resources"]["nexus:index:Lab"]
     assert lab["isComponent"] is True and lab["requiredInputs"] == []
-    assert set(lab["inputProperties"]) == {"image", "vm", "network", "guest", "paths"}
+    assert set(lab["inputProperties"]) == {
+        "image",
+        "vm",
+        "network",
+        "guest",
+        "paths",
+        "playground",
+        "innerVm",
+    }
     assert {"sshCommand", "sshPort", "privateKeyPath", "vmPid", "stateDir"} <= set(lab["properties"])
+    assert "dockerVersion" not in lab["required"] and "rootFsBytes" in lab["required"]
     vm = SCHEMA["types"]["nexus:index:LabVm"]["properties"]
     assert vm["arch"]["$ref"] == "#/types/nexus:host:Arch", "one Arch type, where it was declared first"
     assert (
@@ -353,3 +375,181 @@ def test_the_provider_takes_the_nexus_stack_settings_handed_to_it_as_they_are() 
     settings = values({"vm": '{"memoryMiB": 2048}', "network": {"sshPort": 2222.0}, "version": "0.1.0"})
     checked = asyncio.run(NexusProvider().check_config(CheckRequest("urn:provider", {}, settings, b"")))
     assert not checked.failures and checked.inputs == settings
+
+
+# --------------------------------------------------------------------------- the guest layers
+
+
+def test_the_labs_guest_arguments_have_the_shape_of_the_stack_settings() -> None:
+    """Every key of nexus:playground and nexus:innerVm is a property of the Lab's arguments
+    (memoryMiB spelt memoryMib, as in vm), and enum-like ones allow what the settings allow."""
+    lab = SCHEMA["resources"]["nexus:index:Lab"]["inputProperties"]
+    assert lab["playground"]["$ref"] == "#/types/nexus:index:LabPlayground"
+    assert lab["innerVm"]["$ref"] == "#/types/nexus:index:LabInnerVm"
+    for section, token in (("playground", "LabPlayground"), ("innerVm", "LabInnerVm")):
+        settings = CONFIG_SCHEMA["properties"][section]["properties"]
+        typed = SCHEMA["types"][f"nexus:index:{token}"]["properties"]
+        assert {key.replace("MiB", "Mib") for key in settings} == set(typed), section
+    playground = CONFIG_SCHEMA["properties"]["playground"]["properties"]
+    assert enum_values("nexus:index:RestartPolicy") == playground["restart"]["enum"]
+    inner = CONFIG_SCHEMA["properties"]["innerVm"]["properties"]
+    assert enum_values("nexus:guest:InnerAccelerator") == inner["accelerator"]["enum"]
+    assert set(SCHEMA["types"]["nexus:index:LabPublishedPort"]["properties"]) == set(
+        playground["ports"]["items"]["properties"]
+    )
+    assert set(SCHEMA["types"]["nexus:index:LabVolume"]["properties"]) == set(
+        playground["volumes"]["items"]["properties"]
+    )
+
+
+def test_the_labs_guest_arguments_are_refused_by_property_with_the_settings_words() -> None:
+    lab = next(spec for spec in COMPONENTS if spec.pulumi_type == "nexus:index:Lab")
+    assert reasons(
+        lab,
+        {
+            "playground": {
+                "name": "-bad",
+                "restart": "sometimes",
+                "ports": [{"vm": 0.0, "container": 80.0}],
+                "devices": ["/tmp/x"],
+            },
+            "innerVm": {"memoryMib": 8.0, "accelerator": "hvf", "forwards": [{"container": 2223.0}]},
+        },
+    ) == {
+        "playground.name": "got '-bad'; allowed: a container name: letters, digits, '_', '.' and '-', "
+        "starting with a letter or digit, at most 63 characters",
+        "playground.restart": "got 'sometimes'; allowed: one of no, always, unless-stopped, on-failure",
+        "playground.ports[0].vm": "got 0; allowed: at least 1",
+        "playground.devices[0]": "got '/tmp/x'; allowed: a device path under /dev/, without ':', ',' or "
+        "control characters",
+        "innerVm.memoryMib": "got 8; allowed: at least 64",
+        "innerVm.accelerator": "got 'hvf'; allowed: one of auto, kvm, tcg",
+        "innerVm.forwards[0].guest": "missing; allowed: a whole number",
+    }
+
+
+def test_the_labs_guest_arguments_get_the_stack_configurations_defaults_and_cross_checks() -> None:
+    lab = next(spec for spec in COMPONENTS if spec.pulumi_type == "nexus:index:Lab")
+    props = from_schema_names(
+        lab,
+        {
+            "playground": {"ports": [{"vm": 8080.0, "container": 80.0}], "readOnly": None},
+            "innerVm": {"enabled": True, "memoryMib": 256.0, "kernel": "/opt/vmlinuz"},
+        },
+    )
+    document = config_document(props)
+    assert document["innerVm"] == {"enabled": True, "memoryMiB": 256.0, "kernel": "/opt/vmlinuz"}
+    config = load_config(document, stack="unit", home=Path("/home/unit"))
+    assert config.playground.enabled and config.playground.name == "nexus-playground"
+    assert config.playground.source.value == "ubuntu:24.04" and config.inner_vm.memory_mib == 256
+    defaults = load_config(config_document({}), stack="unit", home=Path("/home/unit"))
+    assert defaults.playground.enabled and not defaults.inner_vm.enabled
+    with pytest.raises(ConfigError, match="nexus:innerVm: enabled without a boot medium"):
+        load_config(config_document({"inner_vm": {"enabled": True}}), stack="unit", home=Path("/home/unit"))
+
+
+def access(**changes: Any) -> dict[str, Any]:
+    return {
+        "sshHost": "127.0.0.1",
+        "sshPort": 2222.0,
+        "username": "nexus",
+        "privateKey": "/tmp/lab/ssh-key",
+        **changes,
+    }
+
+
+def inner_qemu_inputs(**changes: Any) -> dict[str, Any]:
+    return {
+        **access(),
+        "container": "nexus-playground",
+        "containerId": "c" * 64,
+        "name": "inner",
+        "cpus": 1.0,
+        "memoryMib": 256.0,
+        "diskSize": "10G",
+        "accelerator": "auto",
+        "kernel": "/opt/vmlinuz",
+        "kernelArgs": "console=ttyS0",
+        "username": "ubuntu",
+        "forwards": [],
+        "powerdownTimeoutSeconds": 60.0,
+        "bootTimeoutSeconds": 300.0,
+        **changes,
+    }
+
+
+def test_guest_resources_refuse_bad_inputs_naming_the_property_and_what_is_allowed() -> None:
+    daemon = spec_of("nexus:guest:DockerDaemon")
+    good = {
+        **access(),
+        "dockerHost": "ssh://nexus@127.0.0.1:2222",
+        "vmPid": 4242.0,
+        "instanceId": "nexus-1",
+        "timeoutSeconds": 900.0,
+    }
+    assert reasons(daemon, good) == {}
+    assert reasons(
+        daemon, {**good, "dockerHost": "tcp://vm:2375", "timeoutSeconds": 5.0, "sshPort": 0.0}
+    ) == {
+        "dockerHost": "got 'tcp://vm:2375'; allowed: ssh://<login user>@<address>:<port>, the VM's Docker "
+        "over SSH",
+        "timeoutSeconds": "got 5; allowed: at least 30",
+        "sshPort": "got 0; allowed: at least 1",
+    }
+    preflight = spec_of("nexus:guest:ContainerPreflight")
+    assert reasons(
+        preflight,
+        {
+            **access(),
+            "container": "nexus-playground",
+            "dockerHost": "ssh://nexus@127.0.0.1:2222",
+            "ports": [{"vm": 80.0, "protocol": "sctp", "key": "nexus:playground.ports[0].vm"}],
+            "devices": [{"path": "fuse", "key": "nexus:playground.devices[0]"}],
+        },
+    ) == {
+        "ports[0].protocol": "got 'sctp'; allowed: one of tcp, udp",
+        "devices[0].path": "got 'fuse'; allowed: a device path under /dev/, without ':', ',' or control "
+        "characters",
+    }
+    tarball = spec_of("nexus:guest:TarballImage")
+    assert reasons(
+        tarball,
+        {
+            **access(),
+            "container": "nexus-playground",
+            "kind": "zip",
+            "key": "nexus:playground.imageTarball",
+            "path": "image.tar",
+            "digest": "ab" * 32,
+            "diskId": "disk@1",
+        },
+    ) == {
+        "kind": "got 'zip'; allowed: one of image-tarball, rootfs-tarball",
+        "path": "got 'image.tar'; allowed: an absolute path",
+    }
+    inner = spec_of("nexus:guest:InnerQemu")
+    assert reasons(inner, inner_qemu_inputs()) == {}
+    assert reasons(inner, inner_qemu_inputs(iso="/x.iso")) == {
+        "iso": "also kernel and iso; allowed: exactly one boot medium: bootImage, kernel, iso"
+    }
+    assert reasons(inner, inner_qemu_inputs(kernel=None, initrd="/initrd")) == {
+        "bootImage": "none set; allowed: exactly one boot medium: bootImage, kernel, iso",
+        "initrd": "got '/initrd' without kernel; allowed: an initrd with a kernel",
+    }
+    assert reasons(inner, inner_qemu_inputs(memoryMib=8.0, accelerator="hvf")) == {
+        "memoryMib": "got 8; allowed: at least 64",
+        "accelerator": "got 'hvf'; allowed: one of auto, kvm, tcg",
+    }
+
+
+def test_the_provider_writes_and_removes_a_guest_script_through_its_lifecycle(tmp_path: Path) -> None:
+    provider = NexusProvider()
+    token = "urn:pulumi:unit::project::nexus:guest:GuestLayers$nexus:guest:ScriptFile::shell"
+    script = tmp_path / "connect-playground.sh"
+    inputs = values({"path": str(script), "content": "#!/bin/sh\n"})
+    made = asyncio.run(provider.create(CreateRequest(token, inputs, 60, preview=False)))
+    assert made.resource_id == str(script) and script.read_text() == "#!/bin/sh\n"
+    script.unlink()
+    drift = asyncio.run(provider.diff(DiffRequest(token, made.resource_id, made.properties, inputs, [])))
+    assert drift.changes and not drift.replaces
+    asyncio.run(provider.delete(DeleteRequest(token, made.resource_id, made.properties, 60)))

@@ -1,5 +1,6 @@
-"""The guest providers' decisions against a scripted VM (tests/support/fake_runner.py):
-which commands they send, in which order, when they stop, and what their errors say."""
+"""The guest lifecycles' decisions against a scripted VM (tests/support/fake_runner.py):
+which commands they send, in which order, when they stop, and what their errors say.
+The `nexus` provider runs these for its nexus:guest:* resources."""
 
 from __future__ import annotations
 
@@ -10,14 +11,7 @@ from pathlib import Path
 import pytest
 
 from nexus_components.core.runner import GuestError, LocalRunner
-from nexus_components.guest import (
-    engine,
-    inner_vm_machine,
-    playground,
-    preflight,
-    providers,
-    tarball_image_provider,
-)
+from nexus_components.guest import engine, inner_vm_machine, lifecycles, playground, preflight
 from nexus_components.guest.inner_vm_machine import (
     INNER_VM_STALLED,
     INNER_VM_STALLED_HINT,
@@ -232,7 +226,7 @@ class DockerVm:
 def test_a_stopped_docker_daemon_is_started_once_and_up_carries_on() -> None:
     vm = DockerVm()
     started = time.monotonic()
-    outs = providers.engine_ready(vm.runner, ENGINE_PROPS)
+    outs = lifecycles.engine_ready(vm.runner, ENGINE_PROPS)
     assert time.monotonic() - started < 10  # not readyTimeoutSeconds
     assert outs["docker_version"] == "20.10.24" and outs["kvm_usable"] is True
     assert len(vm.runner.ran(*engine.START_DOCKER)) == 1
@@ -242,7 +236,7 @@ def test_a_daemon_that_cannot_be_started_fails_at_once_with_the_command_and_its_
     vm = DockerVm(starts=False)
     started = time.monotonic()
     with pytest.raises(GuestError) as caught:
-        providers.engine_ready(vm.runner, {**ENGINE_PROPS, "timeout_seconds": 900})
+        lifecycles.engine_ready(vm.runner, {**ENGINE_PROPS, "timeout_seconds": 900})
     assert time.monotonic() - started < 10
     message = str(caught.value)
     assert message.startswith(
@@ -258,7 +252,7 @@ def test_a_daemon_that_cannot_be_started_fails_at_once_with_the_command_and_its_
 def test_a_daemon_that_stops_again_after_the_start_is_not_started_twice() -> None:
     vm = DockerVm(stays_up=False)
     with pytest.raises(GuestError) as caught:
-        providers.engine_ready(vm.runner, {**ENGINE_PROPS, "timeout_seconds": 900})
+        lifecycles.engine_ready(vm.runner, {**ENGINE_PROPS, "timeout_seconds": 900})
     assert "the Docker daemon stopped again after `up` started it" in str(caught.value)
     assert len(vm.runner.ran(*engine.START_DOCKER)) == 1
 
@@ -285,7 +279,7 @@ def test_the_timeout_hint_fits_what_was_missing(status: str, daemon: str, hint_s
 
     runner = ScriptedRunner(answer)
     with pytest.raises(GuestError) as caught:
-        providers.engine_ready(runner, {**ENGINE_PROPS, "timeout_seconds": 0.1})
+        lifecycles.engine_ready(runner, {**ENGINE_PROPS, "timeout_seconds": 0.1})
     assert hint_starts in str(caught.value), str(caught.value)
     assert not runner.ran(*engine.START_DOCKER)  # never while cloud-init runs, nor while activating
 
@@ -311,35 +305,35 @@ def test_container_states(returncode: int, output: str, state: str) -> None:
     assert playground.read_container_state(returncode, output) == state
 
 
-def presence_vm(monkeypatch: pytest.MonkeyPatch, *answers: Answer) -> ScriptedRunner:
-    """The VM the presence check reaches: `docker inspect` answers in turn, the rest succeeds."""
+def presence_vm(*answers: Answer, named: str = "") -> tuple[lifecycles.ContainerPresence, ScriptedRunner]:
+    """The VM the presence check reaches: `docker inspect` answers in turn, `docker ps` for
+    the name lists `named` (id and the product's disk label per line), the rest succeeds."""
     inspections = iter(answers)
 
     def answer(argv: tuple[str, ...]) -> Answer:
         if argv == tuple(playground.container_state(CONTAINER)):
             return next(inspections)
+        if argv == tuple(playground.containers_named(CONTAINER)):
+            return 0, named
         return 0, ""
 
     runner = ScriptedRunner(answer)
-    monkeypatch.setattr(providers, "_runner", lambda _props: runner)
-    return runner
+    return lifecycles.ContainerPresence(runner_for=lambda _props: runner), runner
 
 
-def test_a_stopped_container_is_started_again_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
-    runner = presence_vm(monkeypatch, (0, "false disk-1"))
-    presence = providers.ContainerPresenceProvider()
-    diff = presence.diff("id", PRESENCE_PROPS, PRESENCE_PROPS)
+def test_a_stopped_container_is_started_again_in_place() -> None:
+    presence, runner = presence_vm((0, "false disk-1"))
+    diff = presence.diff(PRESENCE_PROPS, PRESENCE_PROPS)
     assert diff.changes and not diff.replaces  # an update: the container keeps its label
-    presence.update("id", PRESENCE_PROPS, PRESENCE_PROPS)
+    presence.update(PRESENCE_PROPS, PRESENCE_PROPS)
     assert runner.ran("docker", "start") == [("docker", "start", CONTAINER)]
     assert not runner.ran("docker", "rm")
 
 
 @pytest.mark.parametrize("inspected", [(1, NO_SUCH), (0, "false ")], ids=["removed", "not ours"])
-def test_a_removed_container_is_created_anew(monkeypatch: pytest.MonkeyPatch, inspected: Answer) -> None:
-    presence_vm(monkeypatch, inspected)
-    presence = providers.ContainerPresenceProvider()
-    diff = presence.diff("id", PRESENCE_PROPS, PRESENCE_PROPS)
+def test_a_removed_container_is_created_anew(inspected: Answer) -> None:
+    presence, _ = presence_vm(inspected)
+    diff = presence.diff(PRESENCE_PROPS, PRESENCE_PROPS)
     assert diff.changes and diff.replaces  # a new id, hence a new label, hence a new container
     first = presence.create(PRESENCE_PROPS).id
     assert first != presence.create(PRESENCE_PROPS).id and first.startswith(CONTAINER)
@@ -348,12 +342,27 @@ def test_a_removed_container_is_created_anew(monkeypatch: pytest.MonkeyPatch, in
 @pytest.mark.parametrize(
     "inspected", [(0, "true disk-1"), (1, DAEMON_DOWN), hung_vm(())], ids=["running", "no daemon", "no VM"]
 )
-def test_a_running_or_unseen_container_is_left_alone(
-    monkeypatch: pytest.MonkeyPatch, inspected: Answer
-) -> None:
-    runner = presence_vm(monkeypatch, inspected)
-    assert not providers.ContainerPresenceProvider().diff("id", PRESENCE_PROPS, PRESENCE_PROPS).changes
+def test_a_running_or_unseen_container_is_left_alone(inspected: Answer) -> None:
+    presence, runner = presence_vm(inspected)
+    assert not presence.diff(PRESENCE_PROPS, PRESENCE_PROPS).changes
     assert not runner.ran("docker", "start")
+
+
+def test_a_new_presence_removes_the_container_an_interrupted_up_left_under_its_name() -> None:
+    presence, runner = presence_vm(named="aaaaaaaaaaaa1111 disk-1\n")
+    made = presence.create(PRESENCE_PROPS)
+    assert runner.ran(*playground.remove_containers(["aaaaaaaaaaaa1111"])), runner.calls
+    assert made.outs["removed"] == ["aaaaaaaaaaaa1111"]
+
+
+def test_a_new_presence_keeps_the_users_own_container_of_that_name_and_says_so() -> None:
+    presence, runner = presence_vm(named="bbbbbbbbbbbb2222 \n")
+    with pytest.raises(GuestError) as caught:
+        presence.create(PRESENCE_PROPS)
+    message = str(caught.value)
+    assert f"the VM already has a container named {CONTAINER} (bbbbbbbbbbbb2222)" in message, message
+    assert "nexus:playground.name" in message and f"docker rm -f {CONTAINER}" in message
+    assert not runner.ran("docker", "rm")
 
 
 # --------------------------------------------------------------------------- preflight
@@ -429,9 +438,7 @@ PREFLIGHT_PROPS = {
 }
 
 
-def preflight_vm(
-    monkeypatch: pytest.MonkeyPatch, ss_output: str, missing_devices: str = ""
-) -> ScriptedRunner:
+def preflight_vm(ss_output: str, missing_devices: str = "") -> lifecycles.ContainerPreflight:
     def answer(argv: tuple[str, ...]) -> Answer:
         if argv == preflight.LISTENERS:
             return 0, ss_output
@@ -442,16 +449,12 @@ def preflight_vm(
         raise AssertionError(f"unexpected command {argv}")
 
     runner = ScriptedRunner(answer)
-    monkeypatch.setattr(providers, "_runner", lambda _props: runner)
-    return runner
+    return lifecycles.ContainerPreflight(runner_for=lambda _props: runner)
 
 
-def test_preview_and_up_stop_before_the_container_when_a_vm_port_is_taken(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    preflight_vm(monkeypatch, SS_OUTPUT, missing_devices="/dev/fuse\n")
+def test_preview_and_up_stop_before_the_container_when_a_vm_port_is_taken() -> None:
     with pytest.raises(GuestError) as caught:
-        providers.ContainerPreflightProvider().diff(CONTAINER, PREFLIGHT_PROPS, PREFLIGHT_PROPS)
+        preflight_vm(SS_OUTPUT, missing_devices="/dev/fuse\n").diff(PREFLIGHT_PROPS, PREFLIGHT_PROPS)
     message = str(caught.value)
     assert message.startswith(
         f"playground: the container {CONTAINER} could not start in the VM as configured; "
@@ -462,19 +465,28 @@ def test_preview_and_up_stop_before_the_container_when_a_vm_port_is_taken(
     assert "ports[0]" not in message  # port 80 is the current container's
 
 
-def test_ports_held_by_the_current_container_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    preflight_vm(monkeypatch, SS_OUTPUT.replace("127.0.0.1:5001", "127.0.0.1:5002"))
-    provider = providers.ContainerPreflightProvider()
-    assert not provider.diff(CONTAINER, PREFLIGHT_PROPS, PREFLIGHT_PROPS).changes
-    assert provider.create(PREFLIGHT_PROPS).id == CONTAINER
+def test_ports_held_by_the_current_container_pass() -> None:
+    checked = preflight_vm(SS_OUTPUT.replace("127.0.0.1:5001", "127.0.0.1:5002"))
+    assert not checked.diff(PREFLIGHT_PROPS, PREFLIGHT_PROPS).changes
+    assert checked.create(PREFLIGHT_PROPS).id == CONTAINER
 
 
-def test_a_vm_that_does_not_answer_is_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_vm_that_does_not_answer_is_not_checked() -> None:
     runner = ScriptedRunner(hung_vm)
-    monkeypatch.setattr(providers, "_runner", lambda _props: runner)
-    assert (
-        not providers.ContainerPreflightProvider().diff(CONTAINER, PREFLIGHT_PROPS, PREFLIGHT_PROPS).changes
-    )
+    checked = lifecycles.ContainerPreflight(runner_for=lambda _props: runner)
+    assert not checked.diff(PREFLIGHT_PROPS, PREFLIGHT_PROPS).changes
+
+
+class StillToBeMade:
+    """A value `preview` does not know yet (the provider passes its own kind of unknown)."""
+
+
+def test_a_vm_whose_key_is_still_to_be_made_is_not_checked_at_preview() -> None:
+    runner = ScriptedRunner(lambda argv: (_ for _ in ()).throw(AssertionError(f"ran {argv}")))
+    checked = lifecycles.ContainerPreflight(runner_for=lambda _props: runner)
+    news = {**PREFLIGHT_PROPS, "private_key": StillToBeMade()}
+    assert not checked.diff(PREFLIGHT_PROPS, news).changes
+    assert runner.calls == []
 
 
 # --------------------------------------------------------------------------- tarball import
@@ -513,7 +525,7 @@ def test_a_corrupt_image_tarball_stops_at_docker_load_with_one_error_naming_the_
     props = tarball_props(tmp_path, "image-tarball")
     runner = docker_vm((1, "", CORRUPT))
     with pytest.raises(GuestError) as caught:
-        tarball_image_provider.import_tarball(runner, props)
+        lifecycles.import_tarball(runner, props)
     message = str(caught.value)
     what = f"could not load nexus:playground.imageTarball ({props['path']}) in the VM (exit status 1)"
     assert message.startswith(f"playground: {what}"), message
@@ -526,7 +538,7 @@ def test_a_corrupt_image_tarball_stops_at_docker_load_with_one_error_naming_the_
 def test_a_loaded_image_is_tagged_per_content_and_nothing_is_written_in_the_vm(tmp_path: Path) -> None:
     props = tarball_props(tmp_path, "image-tarball")
     runner = docker_vm((0, "Loaded image: nexus/playground:loaded\n"))
-    outs = tarball_image_provider.import_tarball(runner, props)
+    outs = lifecycles.import_tarball(runner, props)
     tag = "nexus/nexus-playground:tarball-abababababababab"
     assert outs["tag"] == tag and outs["image_id"] == "sha256:" + "d" * 64
     assert runner.calls == [
@@ -540,16 +552,14 @@ def test_a_root_file_system_tarball_is_imported_from_stdin(tmp_path: Path) -> No
     props = tarball_props(tmp_path, "rootfs-tarball")
     runner = docker_vm((1, "", "Error response from daemon: archive/tar: invalid tar header"))
     with pytest.raises(GuestError) as caught:
-        tarball_image_provider.import_tarball(runner, props)
+        lifecycles.import_tarball(runner, props)
     message = str(caught.value)
     assert message.startswith("playground: could not import nexus:playground.rootfsTarball"), message
     assert "command: docker import - nexus/" in message and "invalid tar header" in message
     assert runner.calls == [("docker", "import", "-", "nexus/nexus-playground:tarball-abababababababab")]
 
 
-def test_an_import_is_redone_only_for_new_content_or_an_image_gone_from_the_vm(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_an_import_is_redone_only_for_new_content_or_an_image_gone_from_the_vm(tmp_path: Path) -> None:
     olds = {
         **tarball_props(tmp_path, "rootfs-tarball"),
         "tag": "nexus/nexus-playground:tarball-ab",
@@ -557,14 +567,126 @@ def test_an_import_is_redone_only_for_new_content_or_an_image_gone_from_the_vm(
     }
     inspected: list[Answer] = []
     runner = ScriptedRunner(lambda _argv: inspected[-1])
-    monkeypatch.setattr(tarball_image_provider, "_runner", lambda _props: runner)
-    provider = tarball_image_provider.TarballImageProvider()
+    image = lifecycles.TarballImage(runner_for=lambda _props: runner)
     moved = {**olds, "path": "/elsewhere/same content.tar"}
     inspected.append((0, "sha256:" + "d" * 64))
-    assert not provider.diff("t", olds, moved).changes  # switching back to the same content: nothing
-    assert provider.diff("t", olds, {**olds, "digest": "cd" * 32}).replaces == ["digest"]
+    assert not image.diff(olds, moved).changes  # switching back to the same content: nothing
+    assert image.diff(olds, {**olds, "digest": "cd" * 32}).replaces == ["digest"]
     inspected.append((1, "", "Error: No such image: nexus/nexus-playground:tarball-ab"))
-    gone = provider.diff("t", olds, olds)
+    gone = image.diff(olds, olds)
     assert gone.changes and not gone.replaces
     inspected.append(hung_vm(()))
-    assert not provider.diff("t", olds, olds).changes
+    assert not image.diff(olds, olds).changes
+
+
+# --------------------------------------------------------------------------- inner VM
+
+INNER_PROPS = {
+    **PRESENCE_PROPS,
+    "container_id": "c" * 64,
+    "name": "inner",
+    "cpus": 1.0,  # the engine's numbers are floats
+    "memory_mib": 256.0,
+    "disk_size": "10G",
+    "accelerator": "auto",
+    "kernel": "/opt/vmlinuz",
+    "kernel_args": "console=ttyS0",
+    "username": "ubuntu",
+    "forwards": [{"container": 2223.0, "guest": 22.0}],
+    "powerdown_timeout_seconds": 60.0,
+    "boot_timeout_seconds": 300.0,
+}
+
+
+def test_the_inner_vm_settings_come_back_from_the_state_as_they_were() -> None:
+    config = lifecycles.inner_vm_config(INNER_PROPS)
+    assert config.cpus == 1 and config.memory_mib == 256 and config.kernel == "/opt/vmlinuz"
+    assert config.forwards[0].container == 2223 and config.guest_hostname == "inner"
+    assert config.image is None and config.iso is None
+
+
+def qemu_in_container(pid: str) -> ScriptedRunner:
+    """A container whose inner QEMU runs (`pid`) or not (""): only the pid is read."""
+    return ScriptedRunner(lambda argv: (0, pid) if any("pid" in word for word in argv) else (0, ""))
+
+
+@pytest.mark.parametrize(
+    ("change", "restarts"),
+    [
+        ({}, False),
+        ({"memory_mib": 512.0}, True),
+        ({"container_id": "d" * 64}, True),
+        ({"iso": "/x.iso"}, True),
+    ],
+    ids=["nothing", "memory", "a new container", "boot medium"],
+)
+def test_the_inner_vm_restarts_for_a_new_setting_or_container(
+    change: dict[str, object], restarts: bool
+) -> None:
+    inner_vm = lifecycles.InnerVm(runner_for=lambda _props: qemu_in_container("4242"))
+    diff = inner_vm.diff(INNER_PROPS, {**INNER_PROPS, **change})
+    assert diff.changes is restarts and not diff.replaces
+
+
+def test_an_inner_vm_that_died_is_started_again_and_a_new_name_is_a_new_one() -> None:
+    dead = lifecycles.InnerVm(runner_for=lambda _props: qemu_in_container(""))
+    diff = dead.diff(INNER_PROPS, INNER_PROPS)
+    assert diff.changes and not diff.replaces
+    renamed = lifecycles.InnerVm(runner_for=lambda _props: qemu_in_container("4242"))
+    assert renamed.diff(INNER_PROPS, {**INNER_PROPS, "name": "other"}).replaces == ["name"]
+
+
+# --------------------------------------------------------------------------- helper scripts
+
+
+def test_a_script_is_written_again_when_deleted_and_removed_on_destroy(tmp_path: Path) -> None:
+    script = lifecycles.ScriptFile()
+    props = {"path": str(tmp_path / "connect-playground.sh"), "content": "#!/bin/sh\necho hi\n"}
+    made = script.create(props)
+    path = Path(made.id)
+    assert path.read_text() == props["content"] and path.stat().st_mode & 0o777 == 0o755
+    assert not script.diff(props, props).changes
+    path.unlink()
+    assert script.diff(props, props).changes
+    script.update(props, props)
+    assert path.is_file()
+    script.delete(props)
+    assert not path.exists()
+
+
+# --------------------------------------------------------------------------- stacks of earlier releases
+
+
+def test_the_dynamic_providers_earlier_stacks_name_still_exist_and_hand_their_hooks_on(
+    tmp_path: Path,
+) -> None:
+    """An earlier release's stack holds these classes by module path: its first up on this
+    release deletes them (they are replaced by nexus:guest:* resources) through them."""
+    from nexus_components.guest import inner_image_provider, providers, tarball_image_provider
+
+    for provider in (
+        providers.DockerEngineProvider,
+        providers.ContainerPresenceProvider,
+        providers.ContainerPreflightProvider,
+        providers.InnerVmProvider,
+        providers.ScriptFileProvider,
+        tarball_image_provider.TarballImageProvider,
+        inner_image_provider.InnerImageProvider,
+    ):
+        assert callable(provider().delete), provider
+    script = tmp_path / "connect-playground.sh"
+    props = {"path": str(script), "content": "#!/bin/sh\n"}
+    made = providers.ScriptFileProvider().create(props)
+    assert made.id == str(script) and script.is_file()
+    providers.ScriptFileProvider().delete(made.id, props)
+    assert not script.exists()
+    earlier = {
+        **PRESENCE_PROPS,
+        "container_id": "c" * 64,
+        "accelerator": "kvm",  # what it chose
+        "spec": {k.removeprefix("spec_"): v for k, v in INNER_PROPS.items() if k not in PRESENCE_PROPS}
+        | {"accelerator": "auto"},
+    }
+    flat = providers._flat(earlier)
+    assert flat["accelerator"] == "auto" and flat["chosen_accelerator"] == "kvm"
+    assert lifecycles.inner_vm_config(flat).memory_mib == 256
