@@ -49,8 +49,8 @@ def timed(step: Callable[[], Any]) -> float:
 
 
 def vm_inputs(cli: PulumiCli) -> dict[str, Any]:
-    (vm,) = [r for r in cli.resources() if r["urn"].endswith("::nexus-vm-qemu")]
-    return dict(vm["inputs"])
+    (vm,) = [r for r in cli.resources() if r["type"] == "nexus:host:QemuVm"]
+    return dict(vm["outputs"])
 
 
 def hand_boot(argv: list[str], state_dir: Path, hand_dir: Path, base: Path, inputs: dict[str, Any]) -> float:
@@ -80,7 +80,7 @@ def hand_boot(argv: list[str], state_dir: Path, hand_dir: Path, base: Path, inpu
         "-o", "LogLevel=ERROR",
         "-o", "ConnectTimeout=5",
         "-i", str(hand_dir / "id_ed25519"),
-        "-p", str(int(inputs["ssh_port"])),
+        "-p", str(int(inputs["sshPort"])),
         f"{inputs['username']}@127.0.0.1",
         "cloud-init status",
     ]  # fmt: skip
@@ -117,7 +117,7 @@ def one_round(
         inputs = vm_inputs(cli)
         # The same seed and key for the hand boot, kept before destroy removes them.
         shutil.copy(state_dir / "cidata.iso", hand_dir / "cidata.iso")
-        shutil.copy(inputs["private_key"], hand_dir / "id_ed25519")
+        shutil.copy(inputs["privateKey"], hand_dir / "id_ed25519")
     finally:
         figures["destroy"] = timed(cli.destroy)
     figures["hand"] = hand_boot(list(inputs["argv"]), state_dir, hand_dir, base, inputs)

@@ -1,13 +1,10 @@
-"""Pulumi dynamic providers: the create/diff/update/delete hooks of each host layer.
+"""What the guest layers' dynamic providers share: their errors shown without a traceback.
 
-Each provider hands its hooks to the matching class of `lifecycles.py`, which the `nexus`
-provider plugin calls too: one implementation of the host layer, two front ends.
-Dynamic providers (rather than pulumi-command's `local.Command`) give every layer a real
-`diff` that looks at the machine: a VM that is no longer running, or a disk that
-vanished, shows up in `pulumi preview` as something to start or create again.
-
-Existing stacks store these classes by module path and name (pickled), so both stay as
-they are until the migration to the plugin's typed resources (issue 14).
+The host layer's dynamic providers that used to live here are gone: the host layer is the
+`nexus` package's typed resources (nexus_provider/, nexus_components/lifecycles.py), and a
+stack made by an earlier version is upgraded once (scripts/upgrade-stack) without running
+their code. What is left serves the guest layers' providers (nexus_components/guest/)
+until they become the package's resources too.
 """
 
 from __future__ import annotations
@@ -16,17 +13,15 @@ import functools
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, TypeVar, cast
 
-from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+from pulumi.dynamic import ResourceProvider
 
 from . import lifecycles
 from .errors import NexusError
 
-Props = dict[str, Any]
-# Kept under their old names: the guest providers and the tests import them from here.
+# Kept under its old name: the guest providers import it from here.
 _say = lifecycles.say
-_ensure_firmware_vars = lifecycles.ensure_firmware_vars
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
@@ -76,53 +71,3 @@ def _reports_errors(cls: type[ResourceProvider]) -> type[ResourceProvider]:
         if name in vars(cls):
             setattr(cls, name, _clean_errors(vars(cls)[name]))
     return cls
-
-
-@_reports_errors
-class _LifecycleProvider(ResourceProvider):
-    """A dynamic provider whose hooks are those of one `lifecycles.Lifecycle`."""
-
-    lifecycle: ClassVar[lifecycles.Lifecycle]
-
-    def create(self, props: Props) -> CreateResult:
-        made = self.lifecycle.create(props)
-        return CreateResult(id_=made.id, outs=made.outs)
-
-    def diff(self, _id: str, olds: Props, news: Props) -> DiffResult:
-        diff = self.lifecycle.diff(olds, news)
-        return DiffResult(
-            changes=diff.changes, replaces=diff.replaces, delete_before_replace=diff.delete_before_replace
-        )
-
-    def update(self, _id: str, olds: Props, news: Props) -> UpdateResult:
-        return UpdateResult(outs=self.lifecycle.update(olds, news))
-
-    def read(self, id_: str, props: Props) -> ReadResult:
-        return ReadResult(id_=id_, outs=self.lifecycle.read(id_, props))
-
-    def delete(self, _id: str, props: Props) -> None:
-        self.lifecycle.delete(props)
-
-
-class StateDirProvider(_LifecycleProvider):
-    lifecycle = lifecycles.StateDir()
-
-
-class BaseImageProvider(_LifecycleProvider):
-    lifecycle = lifecycles.BaseImage()
-
-
-class SshKeyProvider(_LifecycleProvider):
-    lifecycle = lifecycles.SshKey()
-
-
-class OverlayDiskProvider(_LifecycleProvider):
-    lifecycle = lifecycles.OverlayDisk()
-
-
-class CloudInitSeedProvider(_LifecycleProvider):
-    lifecycle = lifecycles.CloudInitSeed()
-
-
-class QemuVmProvider(_LifecycleProvider):
-    lifecycle = lifecycles.QemuVm()

@@ -6,8 +6,8 @@
       ├─ SshKey, OverlayDisk, CloudInitSeed
       └─ QemuVm          ready when SSH answers and cloud-init is done
 
-The same order and values as the reference program's NexusVm (nexus_components/components.py),
-with this package's typed resources. The provider constructs it (`construct`), so its checks
+The reference program (__main__.py) declares one through the package's SDK, with its `nexus:`
+stack settings as the arguments. The provider constructs it (`construct`), so its checks
 and host detection run on the machine that runs QEMU.
 """
 
@@ -104,6 +104,9 @@ class Lab(pulumi.ComponentResource):
             "private_key_path": private_key,
             "vm_pid": vm.output("pid"),
             "vm_ready_seconds": vm.output("ready_seconds"),
+            "public_key": key.output("public_key"),
+            "instance_id": seed.output("instance_id"),
+            "disk_id": disk.id,
         }
         self.register_outputs(to_schema_names(self.outputs))
 

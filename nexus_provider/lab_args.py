@@ -15,15 +15,16 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from nexus_components import lab_settings
 from nexus_components.config import NexusConfig
 from nexus_components.paths import VmPaths
 from nexus_components.qemu_argv import HostFacts, qmp_tcp_port
 from nexus_components.ssh import SshTarget
 
 from .host.cloud_init_seed import Arch
-from .host.qemu_vm import BindAddress, PortForward
+from .host.qemu_vm import BindAddress, Protocol
 from .settings import setting, setting_rule
-from .spec import prop
+from .spec import port, prop
 
 Props = dict[str, Any]
 
@@ -94,6 +95,15 @@ class LabVm:
 
 
 @dataclass(frozen=True)
+class LabPortForward:
+    """A host port forwarded to a guest port, as the stack setting nexus:network.forwards has it."""
+
+    host: int = port("The port on the host.")
+    guest: int = port("The port in the guest.")
+    protocol: Protocol | None = prop("tcp or udp; unset: tcp.")
+
+
+@dataclass(frozen=True)
 class LabNetwork:
     """The VM's forwarded ports (QEMU user networking)."""
 
@@ -104,7 +114,7 @@ class LabNetwork:
     qmp_port: int | None = setting(
         "Windows hosts: the QMP port (TCP); unset: 4444. Unused elsewhere (a socket).", "network", "qmpPort"
     )
-    forwards: list[PortForward] | None = prop(
+    forwards: list[LabPortForward] | None = prop(
         "More forwarded ports (each host port once); unset: 8080 -> 80 and 8443 -> 443."
     )
 
@@ -172,10 +182,15 @@ class LabOutputs:
     connect_script: str = prop("A script that logs into the VM (`ssh` with the stack's key and port).")
     accelerator: str = prop("The accelerator QEMU runs the guest with (what auto chose).")
     state_dir: str = prop("The stack's directory.")
+    public_key: str = prop("The public half of the key the VM is reached with (the guest authorizes it).")
+    instance_id: str = prop("The seed's cloud-init instance id: it changes when the guest is set up anew.")
+    disk_id: str = prop(
+        "The disk's id: it changes whenever the disk is made anew (nothing of the old one kept)."
+    )
 
 
 # Lab property names (camelCase of the Python names) that the stack configuration spells otherwise.
-_CONFIG_KEYS = {"memoryMib": "memoryMiB"}
+_CONFIG_KEYS = lab_settings.SETTING
 
 
 def config_document(props: Props) -> dict[str, Any]:

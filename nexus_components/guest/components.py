@@ -1,4 +1,4 @@
-"""The guest layers as Pulumi components, on top of the host layers' `NexusVm`.
+"""The guest layers as Pulumi components, on top of the host layer (the `nexus:index:Lab`).
 
     GuestLayers
       ├─ RootFsGrowth      growpart + resize2fs whenever nexus:vm.diskSize grows (pulumi-command)
@@ -35,7 +35,7 @@ import pulumi
 import pulumi_docker as docker
 from pulumi_command import remote
 
-from ..components import NexusVm, _Dynamic
+from ..components import HostLayer, _Dynamic
 from ..config import NexusConfig, disk_size_bytes
 from ..paths import VmPaths
 from ..ssh import SshTarget
@@ -423,7 +423,7 @@ class InnerVm(pulumi.ComponentResource):
 class RootFsGrowthArgs:
     access: GuestAccess
     disk_size: str
-    lab: NexusVm
+    lab: HostLayer
 
 
 class RootFsGrowth(pulumi.ComponentResource):
@@ -437,9 +437,9 @@ class RootFsGrowth(pulumi.ComponentResource):
             connection=args.access.connection(),
             create=playground.GROW_ROOT_FS,
             # A new disk (a new base image) is grown too, and its size read again.
-            triggers=[disk_size_bytes(args.disk_size), args.lab.disk.id],
+            triggers=[disk_size_bytes(args.disk_size), args.lab.disk_id],
             # Nothing to undo on destroy, and no SSH wanted then: it goes with the disk.
-            opts=_child(self, depends_on=[args.lab.qemu, args.lab.disk], deleted_with=args.lab.disk.disk),
+            opts=_child(self, depends_on=[args.lab.vm, args.lab.disk], deleted_with=args.lab.disk),
         )
         self.root_fs_bytes = self.command.stdout.apply(lambda out: int(out.strip() or 0))
         self.register_outputs({"rootFsBytes": self.root_fs_bytes})
@@ -448,7 +448,7 @@ class RootFsGrowth(pulumi.ComponentResource):
 @dataclasses.dataclass(frozen=True)
 class GuestLayersArgs:
     config: NexusConfig
-    lab: NexusVm
+    lab: HostLayer
 
 
 class GuestLayers(pulumi.ComponentResource):
@@ -458,7 +458,7 @@ class GuestLayers(pulumi.ComponentResource):
         super().__init__(f"{TYPE_PREFIX}:GuestLayers", name, None, opts)
         config, lab = args.config, args.lab
         access = GuestAccess(
-            config.network.ssh_host, config.network.ssh_port, config.guest.username, lab.seed.private_key_path
+            config.network.ssh_host, config.network.ssh_port, config.guest.username, lab.private_key_path
         )
         self.outputs: dict[str, Any] = {}
         self.growth = RootFsGrowth(
@@ -471,9 +471,7 @@ class GuestLayers(pulumi.ComponentResource):
             return
         self.engine = DockerEngine(
             f"{name}-docker",
-            DockerEngineArgs(
-                access, lab.qemu.pid, lab.seed.instance_id, config.playground.ready_timeout_seconds
-            ),
+            DockerEngineArgs(access, lab.vm_pid, lab.instance_id, config.playground.ready_timeout_seconds),
             _child(self),
         )
         self.outputs.update(
@@ -487,9 +485,9 @@ class GuestLayers(pulumi.ComponentResource):
             self._playground(name, config, access, lab)
         self.register_outputs(self.outputs)
 
-    def _playground(self, name: str, config: NexusConfig, access: GuestAccess, lab: NexusVm) -> None:
+    def _playground(self, name: str, config: NexusConfig, access: GuestAccess, lab: HostLayer) -> None:
         self.playground = Playground(
-            f"{name}-playground", PlaygroundArgs(config, access, self.engine, lab.disk.disk), _child(self)
+            f"{name}-playground", PlaygroundArgs(config, access, self.engine, lab.disk), _child(self)
         )
         script_path = config.state_dir / "connect-playground.sh"
         self.shell_script = _Dynamic(
@@ -517,10 +515,10 @@ class GuestLayers(pulumi.ComponentResource):
         if inner_config.image is not None:
             image = InnerImage(
                 f"{name}-inner-image",
-                InnerImageArgs(config, access, self.engine, lab.disk.disk),
+                InnerImageArgs(config, access, self.engine, lab.disk),
                 _child(self),
             )
-        public_key = lab.seed.key.public_key  # type: ignore[attr-defined]
+        public_key = lab.public_key
         self.inner_vm = InnerVm(
             f"{name}-inner-vm",
             InnerVmArgs(inner_config, access, self.playground, image, public_key),
