@@ -22,7 +22,6 @@ from pulumi.runtime.config import get_config_env
 from nexus_components.components import HostLayer
 from nexus_components.config import NAMESPACE, load_config
 from nexus_components.errors import NexusError
-from nexus_components.guest.components import GuestLayers, GuestLayersArgs
 from nexus_components.hostfacts import check_before_changes, detect_host, find_qemu_img, host_os
 from nexus_components.interrupt import fail_before_changes, leave_quietly_on_interrupt
 from nexus_components.lab_settings import lab_arguments
@@ -84,19 +83,24 @@ keywords = [name for name in inspect.signature(nexus.LabArgs.__init__).parameter
 arguments, _not_in_the_lab = lab_arguments(settings, keywords)
 lab = nexus.Lab(LAB_NAME, **arguments)
 
-# Docker, the playground container and the inner VM, on top of the running VM.
-host = HostLayer(
-    private_key_path=lab.private_key_path,
-    public_key=lab.public_key,
-    instance_id=lab.instance_id,
-    vm_pid=lab.vm_pid,
-    disk_id=lab.disk_id,
-    vm=lab_child("QemuVm", "vm"),
-    disk=lab_child("OverlayDisk", "disk"),
-    state=lab_child("StateDir", "state"),
-)
-guest = GuestLayers("nexus-guest", GuestLayersArgs(config=config, lab=host))
 for output_name, attribute in STACK_OUTPUTS.items():
     pulumi.export(output_name, getattr(lab, attribute))
-for output_name, output_value in guest.outputs.items():
-    pulumi.export(output_name, output_value)
+
+# Docker, the playground container and the inner VM, on top of the running VM. A host-only
+# lab has none: their modules (pulumi-docker's SDK is a second of start-up) are not loaded.
+if config.playground.enabled or config.guest.install_packages:
+    from nexus_components.guest.components import GuestLayers, GuestLayersArgs
+
+    host = HostLayer(
+        private_key_path=lab.private_key_path,
+        public_key=lab.public_key,
+        instance_id=lab.instance_id,
+        vm_pid=lab.vm_pid,
+        disk_id=lab.disk_id,
+        vm=lab_child("QemuVm", "vm"),
+        disk=lab_child("OverlayDisk", "disk"),
+        state=lab_child("StateDir", "state"),
+    )
+    guest = GuestLayers("nexus-guest", GuestLayersArgs(config=config, lab=host))
+    for output_name, output_value in guest.outputs.items():
+        pulumi.export(output_name, output_value)

@@ -17,6 +17,7 @@ Progress goes to stderr, which the engine shows under the stack while a step run
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -353,6 +354,23 @@ def _ssh_target(props: Props) -> ssh.SshTarget:
     )
 
 
+# The guest's root partition and file system grown to the disk's size (growpart exits 1 when
+# there is nothing to grow). cloud-init does the same at every boot; this is for a disk grown
+# while the VM runs. A fixed script: no value of the stack's settings is pasted into it.
+GROW_ROOT_FS = """set -e
+source=$(findmnt -no SOURCE /)
+name=${source#/dev/}
+disk=/dev/$(lsblk -no PKNAME "$source" | head -n 1)
+partition=$(cat "/sys/class/block/$name/partition")
+status=0; sudo -n growpart "$disk" "$partition" >/tmp/nexus-growpart.log 2>&1 || status=$?
+if [ "$status" -gt 1 ]; then cat /tmp/nexus-growpart.log >&2; exit "$status"; fi
+case $(findmnt -no FSTYPE /) in
+  xfs) sudo -n xfs_growfs / >/dev/null ;;
+  *) sudo -n resize2fs "$source" >/dev/null 2>&1 ;;
+esac
+df -B1 --output=size / | tail -n 1 | tr -d ' '"""
+
+
 class QemuVm(Lifecycle):
     """The QEMU process. `up` returns once SSH answers and cloud-init is done."""
 
@@ -365,16 +383,44 @@ class QemuVm(Lifecycle):
     def diff(self, olds: Props, news: Props) -> Diff:
         replaces = changed(olds, news, ("state_dir", "overlay_id"))
         restart = changed(olds, news, self.RESTART_KEYS)
+        grown = changed(olds, news, ("disk_size",))
         if vm_process.running_pid(vm_paths(olds), recorded_pid(olds)) is None:
             restart.append("running")  # killed or host rebooted: start it again on the same disk
         elif not (replaces or restart) and "ssh_port" in olds and vm_process.guest_hangs(_ssh_target(olds)):
             say("vm", "QEMU runs but the guest does not answer on SSH (it hangs); up restarts it")
             restart.append("answering")  # power-cycled on the same disk, as a user would
-        return Diff(bool(replaces or restart), replaces, delete_before_replace=True)
+        return Diff(bool(replaces or restart or grown), replaces, delete_before_replace=True)
 
     def update(self, olds: Props, news: Props) -> Props:
+        if self._grew_in_place(olds, news):
+            return {**news, "pid": olds.get("pid"), "ready_seconds": olds.get("ready_seconds")}
         self._stop(olds)
         return self._start(news)
+
+    def _grew_in_place(self, olds: Props, news: Props) -> bool:
+        """Only the disk grew (OverlayDisk grew it through QEMU first) and the VM runs: its root
+        file system grows now, over SSH. No SSH step on a create: a new disk's first boot
+        grows it (cloud-init), and so does any boot after a restart."""
+        if changed(olds, news, (*self.RESTART_KEYS, "state_dir", "overlay_id")) or not changed(
+            olds, news, ("disk_size",)
+        ):
+            return False
+        if vm_process.running_pid(vm_paths(olds), recorded_pid(olds)) is None:
+            return False
+        argv = _ssh_target(news).argv([GROW_ROOT_FS], connect_timeout=30)
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+        except subprocess.TimeoutExpired:
+            result = None
+        if result is None or result.returncode != 0:
+            output = "no answer within 300 s" if result is None else (result.stderr or result.stdout).strip()
+            say(
+                "vm",
+                f"could not grow the root file system over SSH ({output}); restarting the VM (boots grow it)",
+            )
+            return False
+        say("vm", f"grew the root file system to {result.stdout.strip()} bytes")
+        return True
 
     def delete(self, props: Props) -> None:
         self._stop(props)

@@ -261,6 +261,7 @@ def qemu_vm_inputs(
         "overlay_id": overlay_id,
         "boot_timeout_seconds": vm.boot_timeout_seconds,
         "qmp_tcp_port": qmp_tcp_port(config, host),
+        "disk_size": vm.disk_size,
     }
 
 

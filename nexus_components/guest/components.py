@@ -1,7 +1,6 @@
 """The guest layers as Pulumi components, on top of the host layer (the `nexus:index:Lab`).
 
     GuestLayers
-      ├─ RootFsGrowth      growpart + resize2fs whenever nexus:vm.diskSize grows (pulumi-command)
       ├─ DockerEngine      waits for cloud-init and the daemon; the seed's checks as outputs
       ├─ Playground        the `nexus-playground` container (pulumi-docker over ssh://)
       │    ├─ image        registry reference / build context (pulumi-docker), or a tarball
@@ -36,7 +35,7 @@ import pulumi_docker as docker
 from pulumi_command import remote
 
 from ..components import HostLayer, _Dynamic
-from ..config import NexusConfig, disk_size_bytes
+from ..config import NexusConfig
 from ..paths import VmPaths
 from ..ssh import SshTarget
 from . import engine, inner_image, playground, preflight
@@ -420,32 +419,6 @@ class InnerVm(pulumi.ComponentResource):
 
 
 @dataclasses.dataclass(frozen=True)
-class RootFsGrowthArgs:
-    access: GuestAccess
-    disk_size: str
-    lab: HostLayer
-
-
-class RootFsGrowth(pulumi.ComponentResource):
-    """The seed's `growpart` + `resize2fs`, run again whenever nexus:vm.diskSize changes."""
-
-    def __init__(self, name: str, args: RootFsGrowthArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(f"{TYPE_PREFIX}:RootFsGrowth", name, None, opts)
-        # A one-shot guest step with nothing to read back: pulumi-command's remote.Command.
-        self.command = remote.Command(
-            f"{name}-resize",
-            connection=args.access.connection(),
-            create=playground.GROW_ROOT_FS,
-            # A new disk (a new base image) is grown too, and its size read again.
-            triggers=[disk_size_bytes(args.disk_size), args.lab.disk_id],
-            # Nothing to undo on destroy, and no SSH wanted then: it goes with the disk.
-            opts=_child(self, depends_on=[args.lab.vm, args.lab.disk], deleted_with=args.lab.disk),
-        )
-        self.root_fs_bytes = self.command.stdout.apply(lambda out: int(out.strip() or 0))
-        self.register_outputs({"rootFsBytes": self.root_fs_bytes})
-
-
-@dataclasses.dataclass(frozen=True)
 class GuestLayersArgs:
     config: NexusConfig
     lab: HostLayer
@@ -460,11 +433,8 @@ class GuestLayers(pulumi.ComponentResource):
         access = GuestAccess(
             config.network.ssh_host, config.network.ssh_port, config.guest.username, lab.private_key_path
         )
+        # The root file system grows with the disk in the host layer (nexus:host:QemuVm).
         self.outputs: dict[str, Any] = {}
-        self.growth = RootFsGrowth(
-            f"{name}-rootfs", RootFsGrowthArgs(access, config.vm.disk_size, lab), _child(self)
-        )
-        self.outputs["rootFsBytes"] = self.growth.root_fs_bytes
         playground_on = config.playground.enabled
         if not (playground_on or config.guest.install_packages):
             self.register_outputs(self.outputs)
