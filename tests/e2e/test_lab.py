@@ -258,6 +258,8 @@ def test_lab_lifecycle(tmp_path: Path, image_url: str) -> None:
         cli.set_config("nexus:vm.diskSize", "6G")
         cli.up()
         assert ssh(outputs, "lsblk -bdno SIZE /dev/vda") == str(6 << 30)
+        # ... and the root file system with it, over SSH, without a restart.
+        assert int(ssh(outputs, "df -B1 --output=size / | tail -n 1")) > 5 << 30
         assert cli.outputs()["vmPid"] == pid
 
         # Shrinking is refused at preview, naming the key.
