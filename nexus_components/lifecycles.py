@@ -16,10 +16,13 @@ Progress goes to stderr, which the engine shows under the stack while a step run
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,8 +56,27 @@ class Diff:
     delete_before_replace: bool = False
 
 
+# Where progress goes: stderr, unless the caller says otherwise (the nexus plugin sends it to the
+# engine against the resource, since Pulumi shows a provider plugin's stderr only in its debug log).
+_progress: ContextVar[Callable[[str], None] | None] = ContextVar("progress", default=None)
+
+
+@contextlib.contextmanager
+def progress_to(report: Callable[[str], None]) -> Iterator[None]:
+    token = _progress.set(report)
+    try:
+        yield
+    finally:
+        _progress.reset(token)
+
+
 def say(name: str, message: str) -> None:
-    print(f"[{name}] {message}", file=sys.stderr, flush=True)
+    line = f"[{name}] {message}"
+    report = _progress.get()
+    if report is None:
+        print(line, file=sys.stderr, flush=True)
+    else:
+        report(line)
 
 
 def changed(olds: Props, news: Props, keys: tuple[str, ...]) -> list[str]:

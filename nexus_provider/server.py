@@ -66,6 +66,9 @@ def serve(args: Sequence[str], version: str, provider: Provider) -> None:
     parser = argparse.ArgumentParser(description="The nexus Pulumi provider plugin (a gRPC server)")
     parser.add_argument("engine", help="the Pulumi engine's address")
     engine = parser.parse_known_args(args)[0].engine
+    attach = getattr(provider, "attach_engine", None)
+    if attach is not None:
+        attach(engine)
 
     async def run() -> None:
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
