@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import tarfile
 from io import BytesIO
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_lab import (
+    blank_stack,
     free_port,
     image_url,
     lab_config,
@@ -31,7 +33,7 @@ from tests.e2e.test_lab import (
 from tests.support.processes import running
 from tests.support.pulumi_cli import REPO, PulumiCli, project_view
 
-pytestmark = [pytest.mark.engine, pytest.mark.vm]
+pytestmark = [pytest.mark.engine]
 
 __all__ = ["image_url"]  # the module-scoped fixture that serves the test image
 
@@ -67,6 +69,7 @@ def output_of(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout + result.stderr
 
 
+@pytest.mark.vm
 def test_a_lab_of_the_previous_release_is_upgraded_without_recreating_its_disk(
     tmp_path: Path, image_url: str
 ) -> None:
@@ -143,3 +146,43 @@ def test_a_lab_of_the_previous_release_is_upgraded_without_recreating_its_disk(
     assert port_is_free(ssh_port) and port_is_free(http_port)
     assert not state_dir.exists()
     assert cli.resources() == []
+
+
+def test_scripts_up_upgrades_a_stack_of_the_previous_release_by_itself(
+    tmp_path: Path, blank_image: dict[str, str]
+) -> None:
+    """Without booting a guest: the previous release makes every file of the lab but the VM
+    (its SSH port is taken), then `scripts/up` of this checkout upgrades the stack on its own
+    and takes the files over, the disk included, before QEMU refuses the same taken port."""
+    old = previous_release(tmp_path / "previous-release")
+    state_dir = tmp_path / "state"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        cli = blank_stack(tmp_path, blank_image, "auto", network={"sshPort": holder.getsockname()[1]})
+        project = cli.project_dir
+        (project / "scripts").symlink_to(REPO / "scripts")
+        use_program(project, old)
+        assert cli.up(check=False).returncode != 0
+        inode = (state_dir / "disk.qcow2").stat().st_ino
+        assert "__provider" in cli.run("stack", "export", "--stack", cli.stack).stdout
+
+        use_program(project, REPO)
+        up = subprocess.run(
+            [str(project / "scripts" / "up"), cli.stack, "--yes", "--skip-preview", "--non-interactive"],
+            cwd=project,
+            env={**cli.env(), "NEXUS_SETUP_DONE": "1"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    said = output_of(up)
+    assert "upgrading its state once" in up.stderr, said
+    assert "kept the stack's disk" in up.stdout, said
+    assert "is already in use" in said and "Traceback" not in said, said
+    assert (state_dir / "disk.qcow2").stat().st_ino == inode
+    assert "__provider" not in cli.run("stack", "export", "--stack", cli.stack).stdout
+    destroyed = cli.destroy(check=False)
+    assert destroyed.returncode == 0, output_of(destroyed)
+    assert not state_dir.exists() and cli.resources() == []
