@@ -429,7 +429,7 @@ class QemuVm(Lifecycle):
             return False
         if vm_process.running_pid(vm_paths(olds), recorded_pid(olds)) is None:
             return False
-        argv = _ssh_target(news).argv([GROW_ROOT_FS], connect_timeout=30)
+        argv = _ssh_target(news).argv(["sh", "-c", GROW_ROOT_FS], connect_timeout=30)
         try:
             result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
         except subprocess.TimeoutExpired:

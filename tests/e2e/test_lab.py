@@ -256,11 +256,12 @@ def test_lab_lifecycle(tmp_path: Path, image_url: str) -> None:
 
         # Growing the disk resizes it in place while the VM runs.
         cli.set_config("nexus:vm.diskSize", "6G")
-        cli.up()
+        grown = cli.up()
+        assert "[vm] grew the root file system to" in grown.stdout, grown.stdout
+        assert cli.outputs()["vmPid"] == pid, grown.stdout
         assert ssh(outputs, "lsblk -bdno SIZE /dev/vda") == str(6 << 30)
         # ... and the root file system with it, over SSH, without a restart.
         assert int(ssh(outputs, "df -B1 --output=size / | tail -n 1")) > 5 << 30
-        assert cli.outputs()["vmPid"] == pid
 
         # Shrinking is refused at preview, naming the key.
         cli.set_config("nexus:vm.diskSize", "2G")
