@@ -7,7 +7,13 @@
            (`cloud-init status`) until cloud-init is done: up / hand is the cost of
            the engine, the layers and the readiness check
   no-op    a second `pulumi up` with nothing to change, against `pulumi preview`
+  preview  `pulumi preview` of the host-only lab that is up, against `pulumi preview` of an
+           empty Pulumi Python program on the same .venv and backend kind: the lab's own
+           cost (the nexus plugin's start-up, config checks, each resource's drift check)
   destroy  `pulumi destroy` (graceful ACPI powerdown included)
+
+Targets (issue 14), read off the ratios printed: up/hand <= 1.05, no-op/preview <= 2,
+lab preview/empty preview <= 2. Figures only: nothing here asserts a time.
 
 Run: .venv/bin/python -m bench.lab_lifecycle [--rounds N]   (needs scripts/setup --dev
 and root for the test image build). On a loaded machine TCG boot times swing by tens of
@@ -33,7 +39,9 @@ from nexus_components.host.paths import VmPaths
 from nexus_components.host.vm_process import stop
 from tests.e2e.test_lab import lab_config, lab_stack
 from tests.support.debian_image import IMAGE_NAME, ensure_test_image
-from tests.support.pulumi_cli import PulumiCli
+from tests.support.pulumi_cli import PulumiCli, scratch_program
+
+PREVIEWS = 3  # engine figures are short: the median of a few
 
 
 def free_port() -> int:
@@ -48,9 +56,22 @@ def timed(step: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
+def median_of(step: Callable[[], Any], times: int = PREVIEWS) -> float:
+    return statistics.median(timed(step) for _ in range(times))
+
+
+def empty_program_preview(tmp: Path) -> float:
+    """`pulumi preview` of a Python program that declares nothing: the engine's and Python's floor."""
+    tmp.mkdir()
+    cli = scratch_program(tmp, "empty", "import pulumi\n")
+    cli.init({})
+    cli.preview()  # the first run compiles the SDK's bytecode; not what a user waits for each time
+    return median_of(cli.preview)
+
+
 def vm_inputs(cli: PulumiCli) -> dict[str, Any]:
-    (vm,) = [r for r in cli.resources() if r["urn"].endswith("::nexus-vm-qemu")]
-    return dict(vm["inputs"])
+    (vm,) = [r for r in cli.resources() if r["type"] == "nexus:host:QemuVm"]
+    return dict(vm["outputs"])
 
 
 def hand_boot(argv: list[str], state_dir: Path, hand_dir: Path, base: Path, inputs: dict[str, Any]) -> float:
@@ -80,7 +101,7 @@ def hand_boot(argv: list[str], state_dir: Path, hand_dir: Path, base: Path, inpu
         "-o", "LogLevel=ERROR",
         "-o", "ConnectTimeout=5",
         "-i", str(hand_dir / "id_ed25519"),
-        "-p", str(int(inputs["ssh_port"])),
+        "-p", str(int(inputs["sshPort"])),
         f"{inputs['username']}@127.0.0.1",
         "cloud-init status",
     ]  # fmt: skip
@@ -112,12 +133,12 @@ def one_round(
         figures["up"] = timed(cli.up)
         figures["boot"] = float(cli.outputs().get("vmReadySeconds", 0)) or float("nan")
         if engine_figures:
-            figures["preview"] = timed(cli.preview)
-            figures["noop"] = timed(cli.up)
+            figures["preview"] = median_of(cli.preview)
+            figures["noop"] = median_of(cli.up)
         inputs = vm_inputs(cli)
         # The same seed and key for the hand boot, kept before destroy removes them.
         shutil.copy(state_dir / "cidata.iso", hand_dir / "cidata.iso")
-        shutil.copy(inputs["private_key"], hand_dir / "id_ed25519")
+        shutil.copy(inputs["privateKey"], hand_dir / "id_ed25519")
     finally:
         figures["destroy"] = timed(cli.destroy)
     figures["hand"] = hand_boot(list(inputs["argv"]), state_dir, hand_dir, base, inputs)
@@ -133,6 +154,7 @@ def main() -> None:
         tmp = Path(scratch)
         # Fill the cache first, so `up` measures a cached image as users see it on re-creates.
         base = fetch_image(ImageSource(url=str(image)), tmp / "cache").path
+        empty = empty_program_preview(tmp / "empty")
         results = []
         for number in range(rounds):
             figures = one_round(
@@ -152,6 +174,9 @@ def main() -> None:
     print(f"no-op up:                               {first['noop']:6.1f} s")
     noop_ratio = first["noop"] / first["preview"]
     print(f"  preview of the same stack:            {first['preview']:6.1f} s  -> ratio {noop_ratio:.2f}")
+    preview_ratio = first["preview"] / empty
+    print(f"preview of the host-only lab:           {first['preview']:6.1f} s")
+    print(f"  preview of an empty Python program:   {empty:6.1f} s  -> ratio {preview_ratio:.2f}")
     print(f"destroy:                                {first['destroy']:6.1f} s")
 
 

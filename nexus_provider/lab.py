@@ -5,11 +5,11 @@
       ├─ StateDir        after the image; deleted last
       ├─ SshKey, OverlayDisk, CloudInitSeed
       ├─ QemuVm          ready when SSH answers and cloud-init is done
-      └─ GuestLayers     the file system grown; Docker, the playground container and the inner
-                         VM when enabled (nexus_components/guest/components.py, nexus:guest:*)
+      └─ GuestLayers     Docker, the playground container and the inner VM, when enabled
+                         (nexus_components/guest/components.py, nexus:guest:*)
 
-The same order and values as the reference program's NexusVm (nexus_components/components.py),
-with this package's typed resources. The provider constructs it (`construct`), so its checks
+The reference program (__main__.py) declares one through the package's SDK, with its `nexus:`
+stack settings as the arguments. The provider constructs it (`construct`), so its checks
 and host detection run on the machine that runs QEMU.
 """
 
@@ -86,31 +86,31 @@ class Lab(pulumi.ComponentResource):
             child(state),
         )
         private_key = key.output("private_key_path")
-        # Imported here: pulumi-docker's SDK is slow to import, and only a Lab needs it.
-        from nexus_components.guest.components import GuestLayers, GuestLayersArgs, VmBelow
-
-        # The file system's growth always; Docker, the container and the inner VM as the
-        # playground and innerVm arguments say (the same layers as the reference program's).
-        below = VmBelow(
-            private_key_path=private_key,
-            public_key=key.output("public_key"),
-            vm_pid=vm.output("pid"),
-            instance_id=seed.output("instance_id"),
-            disk=disk,
-            vm=vm,
-            after_vm=[vm, disk],
-            state=state,
-        )
-        guest = GuestLayers(f"{name}-guest", GuestLayersArgs(config=config, lab=below), child())
         self.outputs: Props = {
             **lab_args.file_outputs(config, host),
             "ssh_command": private_key.apply(lambda path: lab_args.ssh_command(config, path)),
             "private_key_path": private_key,
             "vm_pid": vm.output("pid"),
             "vm_ready_seconds": vm.output("ready_seconds"),
-            # Under the names the reference program exports them.
-            **{snake_case(output): value for output, value in guest.outputs.items()},
         }
+        # Docker, the container and the inner VM as the playground and innerVm arguments say.
+        # A host-only lab has none: pulumi-docker's SDK, slow to import, is not even loaded.
+        if config.playground.enabled or config.guest.install_packages:
+            from nexus_components.guest.components import GuestLayers, GuestLayersArgs, VmBelow
+
+            below = VmBelow(
+                private_key_path=private_key,
+                public_key=key.output("public_key"),
+                vm_pid=vm.output("pid"),
+                instance_id=seed.output("instance_id"),
+                disk=disk,
+                vm=vm,
+                after_vm=[vm, disk],
+                state=state,
+            )
+            guest = GuestLayers(f"{name}-guest", GuestLayersArgs(config=config, lab=below), child())
+            # Under the names the reference program exports them.
+            self.outputs.update({snake_case(output): value for output, value in guest.outputs.items()})
         self.register_outputs(to_schema_names(self.outputs))
 
 

@@ -15,6 +15,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from nexus_components import lab_settings
 from nexus_components.config import NexusConfig
 from nexus_components.core.ssh import SshTarget
 from nexus_components.host.paths import VmPaths
@@ -22,7 +23,7 @@ from nexus_components.host.qemu_argv import HostFacts, qmp_tcp_port
 
 from .guest.inner_qemu import ContainerPortToGuest, InnerAccelerator
 from .host.cloud_init_seed import Arch
-from .host.qemu_vm import BindAddress, PortForward, Protocol
+from .host.qemu_vm import BindAddress, Protocol
 from .settings import item_rule, ruled, setting, setting_rule
 from .spec import camel_case, port, prop
 
@@ -95,6 +96,15 @@ class LabVm:
 
 
 @dataclass(frozen=True)
+class LabPortForward:
+    """A host port forwarded to a guest port, as the stack setting nexus:network.forwards has it."""
+
+    host: int = port("The port on the host.")
+    guest: int = port("The port in the guest.")
+    protocol: Protocol | None = prop("tcp or udp; unset: tcp.")
+
+
+@dataclass(frozen=True)
 class LabNetwork:
     """The VM's forwarded ports (QEMU user networking)."""
 
@@ -105,7 +115,7 @@ class LabNetwork:
     qmp_port: int | None = setting(
         "Windows hosts: the QMP port (TCP); unset: 4444. Unused elsewhere (a socket).", "network", "qmpPort"
     )
-    forwards: list[PortForward] | None = prop(
+    forwards: list[LabPortForward] | None = prop(
         "More forwarded ports (each host port once); unset: 8080 -> 80 and 8443 -> 443."
     )
 
@@ -289,7 +299,6 @@ class LabOutputs:
     connect_script: str = prop("A script that logs into the VM (`ssh` with the stack's key and port).")
     accelerator: str = prop("The accelerator QEMU runs the guest with (what auto chose).")
     state_dir: str = prop("The stack's directory.")
-    root_fs_bytes: int = prop("The size of the VM's root file system, grown to the disk by `up`.")
     docker_version: str | None = prop(
         "Docker's version in the VM (with the playground or guest.installPackages)."
     )
@@ -309,7 +318,7 @@ class LabOutputs:
 
 
 # Lab property names (camelCase of the Python names) that the stack configuration spells otherwise.
-_CONFIG_KEYS = {"memoryMib": "memoryMiB"}
+_CONFIG_KEYS = lab_settings.SETTING
 
 
 def config_document(props: Props) -> dict[str, Any]:
@@ -380,6 +389,7 @@ def qemu_vm_inputs(
         "overlay_id": overlay_id,
         "boot_timeout_seconds": vm.boot_timeout_seconds,
         "qmp_tcp_port": qmp_tcp_port(config, host),
+        "disk_size": vm.disk_size,
     }
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
+import grpc
 import pulumi
 from pulumi.errors import InputPropertiesError
 from pulumi.provider.experimental.property_value import Computed, PropertyValue
@@ -39,9 +41,12 @@ from pulumi.provider.experimental.provider import (
     UpdateResponse,
 )
 from pulumi.resource import DependencyResource
+from pulumi.runtime.proto import engine_pb2, engine_pb2_grpc
 from pulumi.runtime.rpc import UNKNOWN as WIRE_UNKNOWN
 
-from . import NAME, VERSION, progress
+from nexus_components.core import progress
+
+from . import NAME, VERSION
 from .resources import COMPONENTS, DESCRIPTION, RESOURCES
 from .spec import (
     UNKNOWN,
@@ -57,6 +62,7 @@ from .spec import (
 )
 
 PropertyMap = Mapping[str, PropertyValue]
+Result = TypeVar("Result")
 # This SDK's PropertyValue cannot marshal its own `computed()`: send the wire's sentinel.
 UNKNOWN_VALUE = PropertyValue(WIRE_UNKNOWN)
 
@@ -115,6 +121,34 @@ class NexusProvider(Provider):
         self._resources = {spec.pulumi_type: spec for spec in resources}
         self._components = {spec.pulumi_type: spec for spec in components}
         self._schema = json.dumps(package_schema(NAME, VERSION, DESCRIPTION, resources, components))
+        self._engine: Any = None
+
+    def attach_engine(self, address: str) -> None:
+        """The engine's address, for the resources' progress lines (`[vm] ready after ...`)."""
+        self._engine = engine_pb2_grpc.EngineStub(grpc.insecure_channel(address))
+
+    def _report(self, urn: str) -> Callable[[str], None]:
+        def report(line: str) -> None:
+            if self._engine is None:
+                print(line, file=sys.stderr, flush=True)
+                return
+            request = engine_pb2.LogRequest(severity=engine_pb2.INFO, message=line, urn=urn, ephemeral=False)
+            try:
+                self._engine.Log(request)
+            except grpc.RpcError:
+                print(line, file=sys.stderr, flush=True)  # the engine is gone: its debug log, at least
+
+        return report
+
+    async def _run(self, urn: str, work: Callable[..., Result], *args: Any) -> Result:
+        """A lifecycle call in a worker thread (it blocks: downloads, QEMU, SSH), its progress
+        reported against the resource."""
+
+        def call() -> Result:
+            with progress.progress_to(self._report(urn)):
+                return work(*args)
+
+        return await asyncio.to_thread(call)
 
     def _spec(self, urn_type: str) -> ResourceSpec:
         # A URN's type is qualified by its parents' (`nexus:index:Lab$nexus:host:QemuVm`).
@@ -190,8 +224,7 @@ class NexusProvider(Provider):
         spec = self._spec(request.type)
         olds = self._props(spec, request.old_state)
         news = self._inputs(spec, request.new_inputs)
-        with progress.for_resource(request.urn):
-            diff = await asyncio.to_thread(spec.lifecycle.diff, olds, news)
+        diff = await self._run(request.urn, spec.lifecycle.diff, olds, news)
         replaces = [camel_case(key) for key in diff.replaces]
         updates = [camel_case(key) for key in spec.input_names().values() if olds.get(key) != news.get(key)]
         detailed = {key: PropertyDiff(PropertyDiffKind.UPDATE, input_diff=True) for key in updates}
@@ -210,26 +243,26 @@ class NexusProvider(Provider):
         spec = self._spec(request.type)
         if request.preview:
             return CreateResponse(resource_id="", properties=self._unknown_outputs(spec, request.properties))
-        with progress.for_resource(request.urn):
-            made = await asyncio.to_thread(spec.lifecycle.create, self._inputs(spec, request.properties))
+        made = await self._run(request.urn, spec.lifecycle.create, self._inputs(spec, request.properties))
         return CreateResponse(resource_id=made.id, properties=self._state(made.outs, request.properties))
 
     async def update(self, request: UpdateRequest) -> UpdateResponse:
         spec = self._spec(request.type)
         if request.preview:
             return UpdateResponse(properties=self._unknown_outputs(spec, request.news))
-        with progress.for_resource(request.urn):
-            outs = await asyncio.to_thread(
-                spec.lifecycle.update, self._props(spec, request.olds), self._inputs(spec, request.news)
-            )
+        outs = await self._run(
+            request.urn,
+            spec.lifecycle.update,
+            self._props(spec, request.olds),
+            self._inputs(spec, request.news),
+        )
         return UpdateResponse(properties=self._state(outs, request.news))
 
     async def read(self, request: ReadRequest) -> ReadResponse:
         spec = self._spec(request.type)
-        with progress.for_resource(request.urn):
-            props = await asyncio.to_thread(
-                spec.lifecycle.read, request.resource_id, self._props(spec, request.properties)
-            )
+        props = await self._run(
+            request.urn, spec.lifecycle.read, request.resource_id, self._props(spec, request.properties)
+        )
         return ReadResponse(
             resource_id=request.resource_id,
             properties=self._state(props, request.properties),
@@ -238,5 +271,4 @@ class NexusProvider(Provider):
 
     async def delete(self, request: DeleteRequest) -> None:
         spec = self._spec(request.type)
-        with progress.for_resource(request.urn):
-            await asyncio.to_thread(spec.lifecycle.delete, self._props(spec, request.properties))
+        await self._run(request.urn, spec.lifecycle.delete, self._props(spec, request.properties))

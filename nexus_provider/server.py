@@ -25,8 +25,6 @@ from pulumi.runtime.proto import provider_pb2_grpc
 
 from nexus_components.core.errors import NexusError
 
-from . import progress
-
 # What the SDK's own server allows: large schemas and states.
 MAX_MESSAGE_BYTES = 400 * 1024 * 1024
 Handler = Callable[[Any, Any, Any], Awaitable[Any]]
@@ -68,8 +66,9 @@ def serve(args: Sequence[str], version: str, provider: Provider) -> None:
     parser = argparse.ArgumentParser(description="The nexus Pulumi provider plugin (a gRPC server)")
     parser.add_argument("engine", help="the Pulumi engine's address")
     engine = parser.parse_known_args(args)[0].engine
-    # The engine hides a resource plugin's stderr: the lifecycles' progress goes to its log.
-    progress.install(engine)
+    attach = getattr(provider, "attach_engine", None)
+    if attach is not None:
+        attach(engine)
 
     async def run() -> None:
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])

@@ -23,8 +23,8 @@ STACK_TYPE = "pulumi:pulumi:Stack"
 # pulumi-docker's container: its `ports` output is what Docker really published on the VM.
 CONTAINER_TYPE = "docker:index/container:Container"
 CONTAINER_OUTPUT = "playgroundContainer"
-# The QemuVm component's dynamic resource (nexus_components/components.py: f"{name}-qemu").
-VM_RESOURCE_SUFFIX = "-qemu"
+# The VM: the nexus package's QemuVm resource (its `forwards` are the VM's port forwards).
+VM_TYPE = "nexus:host:QemuVm"
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,7 @@ def lab_from_deployment(stack: str, deployment: Mapping[str, Any]) -> Lab:
     destination = shlex.split(str(outputs["sshCommand"]))[-1]
     user, _, host = destination.rpartition("@")
     vm_inputs = next(
-        (
-            dict(r.get("outputs") or {})
-            for r in resources
-            if str(r.get("urn", "")).endswith(VM_RESOURCE_SUFFIX) and r.get("type") != STACK_TYPE
-        ),
+        (dict(r.get("outputs") or {}) for r in resources if r.get("type") == VM_TYPE),
         {},
     )
     forwards = tuple(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import posixpath
 import re
@@ -125,7 +126,7 @@ def fetch_image(
     # finished file instead of writing the same `.partial`.
     with _exclusive_lock(entry_dir / (name + ".lock")):
         if final_path.exists():
-            digest, size = _hash_file(final_path)
+            digest, size = _verified_digest(final_path)
             if digest == expected:
                 return CachedImage(final_path, digest, size)
             final_path.unlink()  # corrupt or stale: fetch it again
@@ -484,6 +485,28 @@ def _hash_file_into(path: Path, hasher: _Hasher) -> _Hasher:
 def _hash_file(path: Path) -> tuple[str, int]:
     hasher = _hash_file_into(path, hashlib.sha256())
     return hasher.hexdigest(), path.stat().st_size
+
+
+def _verified_digest(path: Path) -> tuple[str, int]:
+    """The cached file's SHA-256, hashed once per version of the file: a record beside it
+    (`<name>.sha256`) keeps the digest with the size, modification time and inode it was
+    hashed at, so each later `up` (every create of a stack, a re-create of a disk) does not
+    read a whole image again. Any change to the file hashes it anew."""
+    record = path.with_name(path.name + ".sha256")
+    stat = path.stat()
+    identity = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    try:
+        known = json.loads(record.read_text())
+        if known["file"] == identity:
+            return str(known["sha256"]), stat.st_size
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest, size = _hash_file(path)
+    with contextlib.suppress(OSError):  # a read-only cache still works, hashing each time
+        partial = record.with_name(record.name + ".partial")
+        partial.write_text(json.dumps({"file": identity, "sha256": digest}))
+        os.replace(partial, record)
+    return digest, size
 
 
 def _flush_to_disk(file: IO[bytes]) -> None:

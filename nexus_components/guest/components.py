@@ -1,7 +1,6 @@
-"""The guest layers as Pulumi components, on top of the host layers' `NexusVm`.
+"""The guest layers as Pulumi components, on top of the host layer (the `nexus:index:Lab`).
 
     GuestLayers
-      ├─ RootFsGrowth      growpart + resize2fs whenever nexus:vm.diskSize grows (pulumi-command)
       ├─ DockerEngine      nexus:guest:DockerDaemon: cloud-init and the daemon; the seed's checks
       ├─ Playground        the `nexus-playground` container (pulumi-docker over ssh://)
       │    ├─ image        registry reference / build context (pulumi-docker), or a tarball
@@ -24,8 +23,8 @@ at the machine (no refresh needed, so a VM that is down or hung never blocks `up
 `destroy`), and because the provider's process runs each step to its end when `up` is
 interrupted (Ctrl-C), which a program-side hook could not.
 
-The reference program declares GuestLayers on its NexusVm; the `nexus:index:Lab`
-component on its own host resources (`VmBelow` is what either hands over).
+The `nexus:index:Lab` component declares GuestLayers on its own host resources (`VmBelow`
+is what it hands over).
 Destroy runs inside out: the inner VM powers off, then the VM, whose shutdown stops the
 container; what is stored on the VM's disk is deleted with it (`deleted_with`).
 """
@@ -53,9 +52,7 @@ from nexus_provider.guest import (
     tarball_image,
 )
 
-from ..components import NexusVm
 from ..config import NexusConfig
-from ..host.settings import disk_size_bytes
 from . import engine, inner_image, playground, preflight
 from . import inner_vm as inner
 from .settings import InnerVmConfig
@@ -80,25 +77,11 @@ class VmBelow:
     instance_id: pulumi.Output[str]
     # The VM's disk: what is stored on it is deleted with it, and names its id.
     disk: pulumi.CustomResource
-    # What the guest steps wait for: the running VM (and its disk, for the file system's growth).
+    # What the guest steps wait for: the running VM (and its disk).
     vm: pulumi.Resource
     after_vm: list[pulumi.Resource]
     # The stack's directory: the helper scripts in it are deleted before it.
     state: pulumi.Resource
-
-    @classmethod
-    def of(cls, lab: NexusVm) -> VmBelow:
-        """The reference program's NexusVm (nexus_components/components.py)."""
-        return cls(
-            private_key_path=lab.seed.private_key_path,
-            public_key=lab.seed.key.public_key,  # type: ignore[attr-defined]
-            vm_pid=lab.qemu.pid,
-            instance_id=lab.seed.instance_id,
-            disk=lab.disk.disk,
-            vm=lab.qemu,
-            after_vm=[lab.qemu, lab.disk],
-            state=lab.state,
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -457,36 +440,10 @@ class InnerVm(pulumi.ComponentResource):
 
 
 @dataclasses.dataclass(frozen=True)
-class RootFsGrowthArgs:
-    access: GuestAccess
-    disk_size: str
-    below: VmBelow
-
-
-class RootFsGrowth(pulumi.ComponentResource):
-    """The seed's `growpart` + `resize2fs`, run again whenever nexus:vm.diskSize changes."""
-
-    def __init__(self, name: str, args: RootFsGrowthArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(f"{TYPE_PREFIX}:RootFsGrowth", name, None, opts)
-        # A one-shot guest step with nothing to read back: pulumi-command's remote.Command.
-        self.command = remote.Command(
-            f"{name}-resize",
-            connection=args.access.connection(),
-            create=playground.GROW_ROOT_FS,
-            # A new disk (a new base image) is grown too, and its size read again.
-            triggers=[disk_size_bytes(args.disk_size), args.below.disk.id],
-            # Nothing to undo on destroy, and no SSH wanted then: it goes with the disk.
-            opts=_child(self, depends_on=args.below.after_vm, deleted_with=args.below.disk),
-        )
-        self.root_fs_bytes = self.command.stdout.apply(lambda out: int(out.strip() or 0))
-        self.register_outputs({"rootFsBytes": self.root_fs_bytes})
-
-
-@dataclasses.dataclass(frozen=True)
 class GuestLayersArgs:
     config: NexusConfig
-    # The reference program's NexusVm, or the VM layer a Lab declared.
-    lab: NexusVm | VmBelow
+    # The VM layer the Lab declared.
+    lab: VmBelow
 
 
 class GuestLayers(pulumi.ComponentResource):
@@ -495,15 +452,12 @@ class GuestLayers(pulumi.ComponentResource):
     def __init__(self, name: str, args: GuestLayersArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{TYPE_PREFIX}:GuestLayers", name, None, opts)
         config = args.config
-        lab = args.lab if isinstance(args.lab, VmBelow) else VmBelow.of(args.lab)
+        lab = args.lab
         access = GuestAccess(
             config.network.ssh_host, config.network.ssh_port, config.guest.username, lab.private_key_path
         )
+        # The root file system grows with the disk in the host layer (nexus:host:QemuVm).
         self.outputs: dict[str, Any] = {}
-        self.growth = RootFsGrowth(
-            f"{name}-rootfs", RootFsGrowthArgs(access, config.vm.disk_size, lab), _child(self)
-        )
-        self.outputs["rootFsBytes"] = self.growth.root_fs_bytes
         playground_on = config.playground.enabled
         if not (playground_on or config.guest.install_packages):
             self.register_outputs(self.outputs)

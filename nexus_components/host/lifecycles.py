@@ -1,9 +1,12 @@
 """The host layer's create/diff/update/read/delete, on plain property dicts.
 
-One implementation, two front ends: the dynamic providers in `providers.py` (what
-existing stacks hold in their state) and the `nexus` provider plugin (`nexus_provider/`,
-typed resources with their own type tokens). No Pulumi import here, so both can call
-it and tests can drive it directly.
+The `nexus` provider plugin (`nexus_provider/`, typed resources with their own type
+tokens) runs these. No Pulumi import here, so tests can drive them directly.
+
+Every `create` takes over what is already on the machine when it is the stack's own (its
+key pair, its disk made on the same base image, a QEMU running this very command line):
+so an `up` interrupted before its state was saved converges, and a stack whose state was
+upgraded from the earlier dynamic providers keeps its disk (scripts/upgrade-stack).
 
 Every `diff` looks at the machine: a VM that is no longer running, or a disk that
 vanished, shows up in `pulumi preview` as something to start or create again.
@@ -14,6 +17,7 @@ Progress goes to stderr, which the engine shows under the stack while a step run
 from __future__ import annotations
 
 import shutil
+import subprocess
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +29,7 @@ from nexus_components.core.files import remove_quietly
 from nexus_components.core.progress import say
 from nexus_components.host import disk, vm_process
 from nexus_components.host.paths import (
+    DiskRecord,
     StateDirMarker,
     VmPaths,
     make_state_dir,
@@ -202,6 +207,12 @@ class OverlayDisk(Lifecycle):
 
     def create(self, props: Props) -> Created:
         paths = vm_paths(props)
+        adopted = self._adopt(props, paths)
+        if adopted is not None:
+            return Created(adopted, props)
+        # A fresh id per creation: the VM depends on it, so a re-created disk re-creates the VM.
+        disk_id = f"{paths.overlay_disk}@{uuid.uuid4().hex[:12]}"
+        remove_quietly(paths.disk_record)
         disk.create_overlay(
             props["qemu_img"],
             Path(props["base_path"]),
@@ -209,8 +220,43 @@ class OverlayDisk(Lifecycle):
             int(props["size_bytes"]),
             size_key="nexus:vm.diskSize",
         )
-        # A fresh id per creation: the VM depends on it, so a re-created disk re-creates the VM.
-        return Created(f"{paths.overlay_disk}@{uuid.uuid4().hex[:12]}", props)
+        DiskRecord(disk_id, props["base_digest"], props["base_path"]).write(paths)
+        return Created(disk_id, props)
+
+    @staticmethod
+    def _adopt(props: Props, paths: VmPaths) -> str | None:
+        """The id of the stack's disk already on the machine, if it is the one to use: made by
+        this lab (its record, written by a create or by the upgrade of an earlier version's
+        state) on the same base image. Then it is kept, files and all, grown if need be.
+        Anything else (no record, another base image) is made anew, as before."""
+        record = DiskRecord.read(paths)
+        if record is None or not paths.overlay_disk.is_file():
+            return None
+        qemu_img, wanted = props["qemu_img"], int(props["size_bytes"])
+        backing = disk.backing_file(qemu_img, paths.overlay_disk)
+        same_base = backing is not None and Path(backing).resolve() == Path(props["base_path"]).resolve()
+        if record.base_digest != props["base_digest"] or not same_base:
+            say("disk", f"{paths.overlay_disk} was made on another base image; making a new disk")
+            return None
+        size = disk.virtual_size(qemu_img, paths.overlay_disk)
+        if size > wanted:
+            raise VmError(
+                f"nexus:vm.diskSize: got {props['disk_size']!r}, but the stack's disk {paths.overlay_disk} "
+                f"is already {size} bytes; shrinking is refused (it would cut off the guest's file system)",
+                hint=f"set nexus:vm.diskSize to {-(-size // (1 << 30))}G or more",
+            )
+        if size < wanted:
+            OverlayDisk._grow(paths, qemu_img, wanted)
+        say("disk", f"kept the stack's disk {paths.overlay_disk} (same base image): nothing on it is lost")
+        return record.id
+
+    @staticmethod
+    def _grow(paths: VmPaths, qemu_img: str, size_bytes: int) -> None:
+        if vm_process.running_pid(paths) is not None:
+            # QEMU holds a write lock on the disk: grow it through the running VM instead.
+            vm_process.block_resize(paths, DISK_ID, size_bytes)
+        else:
+            disk.resize_offline(qemu_img, paths.overlay_disk, size_bytes)
 
     def diff(self, olds: Props, news: Props) -> Diff:
         if news["size_bytes"] < olds["size_bytes"]:
@@ -228,17 +274,14 @@ class OverlayDisk(Lifecycle):
         return Diff(changes, replaces, delete_before_replace=True)
 
     def update(self, olds: Props, news: Props) -> Props:
-        paths = vm_paths(news)
-        if vm_process.running_pid(paths) is not None:
-            # QEMU holds a write lock on the disk: grow it through the running VM instead.
-            vm_process.block_resize(paths, DISK_ID, int(news["size_bytes"]))
-        else:
-            disk.resize_offline(news["qemu_img"], paths.overlay_disk, int(news["size_bytes"]))
+        self._grow(vm_paths(news), news["qemu_img"], int(news["size_bytes"]))
         say("disk", f"grew the disk from {olds['disk_size']} to {news['disk_size']}")
         return news
 
     def delete(self, props: Props) -> None:
-        remove_quietly(vm_paths(props).overlay_disk)
+        paths = vm_paths(props)
+        remove_quietly(paths.overlay_disk)
+        remove_quietly(paths.disk_record)
 
 
 class CloudInitSeed(Lifecycle):
@@ -308,6 +351,23 @@ def _ssh_target(props: Props) -> ssh.SshTarget:
     )
 
 
+# The guest's root partition and file system grown to the disk's size (growpart exits 1 when
+# there is nothing to grow). cloud-init does the same at every boot; this is for a disk grown
+# while the VM runs. A fixed script: no value of the stack's settings is pasted into it.
+GROW_ROOT_FS = """set -e
+source=$(findmnt -no SOURCE /)
+name=${source#/dev/}
+disk=/dev/$(lsblk -no PKNAME "$source" | head -n 1)
+partition=$(cat "/sys/class/block/$name/partition")
+status=0; sudo -n growpart "$disk" "$partition" >/tmp/nexus-growpart.log 2>&1 || status=$?
+if [ "$status" -gt 1 ]; then cat /tmp/nexus-growpart.log >&2; exit "$status"; fi
+case $(findmnt -no FSTYPE /) in
+  xfs) sudo -n xfs_growfs / >/dev/null ;;
+  *) sudo -n resize2fs "$source" >/dev/null 2>&1 ;;
+esac
+df -B1 --output=size / | tail -n 1 | tr -d ' '"""
+
+
 class QemuVm(Lifecycle):
     """The QEMU process. `up` returns once SSH answers and cloud-init is done."""
 
@@ -320,16 +380,44 @@ class QemuVm(Lifecycle):
     def diff(self, olds: Props, news: Props) -> Diff:
         replaces = changed(olds, news, ("state_dir", "overlay_id"))
         restart = changed(olds, news, self.RESTART_KEYS)
+        grown = changed(olds, news, ("disk_size",))
         if vm_process.running_pid(vm_paths(olds), recorded_pid(olds)) is None:
             restart.append("running")  # killed or host rebooted: start it again on the same disk
         elif not (replaces or restart) and "ssh_port" in olds and vm_process.guest_hangs(_ssh_target(olds)):
             say("vm", "QEMU runs but the guest does not answer on SSH (it hangs); up restarts it")
             restart.append("answering")  # power-cycled on the same disk, as a user would
-        return Diff(bool(replaces or restart), replaces, delete_before_replace=True)
+        return Diff(bool(replaces or restart or grown), replaces, delete_before_replace=True)
 
     def update(self, olds: Props, news: Props) -> Props:
+        if self._grew_in_place(olds, news):
+            return {**news, "pid": olds.get("pid"), "ready_seconds": olds.get("ready_seconds")}
         self._stop(olds)
         return self._start(news)
+
+    def _grew_in_place(self, olds: Props, news: Props) -> bool:
+        """Only the disk grew (OverlayDisk grew it through QEMU first) and the VM runs: its root
+        file system grows now, over SSH. No SSH step on a create: a new disk's first boot
+        grows it (cloud-init), and so does any boot after a restart."""
+        if changed(olds, news, (*self.RESTART_KEYS, "state_dir", "overlay_id")) or not changed(
+            olds, news, ("disk_size",)
+        ):
+            return False
+        if vm_process.running_pid(vm_paths(olds), recorded_pid(olds)) is None:
+            return False
+        argv = _ssh_target(news).argv(["sh", "-c", GROW_ROOT_FS], connect_timeout=30)
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+        except subprocess.TimeoutExpired:
+            result = None
+        if result is None or result.returncode != 0:
+            output = "no answer within 300 s" if result is None else (result.stderr or result.stdout).strip()
+            say(
+                "vm",
+                f"could not grow the root file system over SSH ({output}); restarting the VM (boots grow it)",
+            )
+            return False
+        say("vm", f"grew the root file system to {result.stdout.strip()} bytes")
+        return True
 
     def delete(self, props: Props) -> None:
         self._stop(props)
@@ -359,6 +447,7 @@ class QemuVm(Lifecycle):
         # An up killed while the VM booted (Ctrl-C twice) leaves QEMU running with this
         # very command line. Stopping it mid-boot would cut cloud-init's first run short
         # and leave the guest half set up on this disk, so the create waits for it instead.
+        # So does a stack whose state was upgraded from the dynamic providers: its VM runs on.
         adopted = adopt and len(leftover) == 1 and vm_process.runs_argv(leftover[0], props["argv"])
         if not adopted:
             # Any other QEMU of ours would hold the disk and the ports.
@@ -374,7 +463,8 @@ class QemuVm(Lifecycle):
 
         if adopted:
             pid = leftover[0]
-            say("vm", f"QEMU (pid {pid}) of an interrupted up is still booting this VM; waiting for it")
+            # An interrupted up's QEMU, or the VM of a stack whose state was just upgraded.
+            say("vm", f"QEMU (pid {pid}) already runs this VM with this command line; waiting for it")
         else:
             resources = f"{props['cpus']:.0f} vCPU, {props['memory_mib']:.0f} MiB"
             say("vm", f"starting QEMU ({props['accelerator']}, {resources})")

@@ -22,6 +22,12 @@ from nexus_components.core.qemu_process import runtime_files
 
 MARKER_NAME = ".nexus-nested-vm"
 STATE_DIR_KEY = "nexus:paths.stateDir"
+# What the marker's `format` says about the stack whose lab this is: 1 (or no field), a stack
+# whose state holds the earlier dynamic providers; 2, one whose state holds the nexus
+# package's resources (issue 14). A format-1 lab is taken over only after its stack's
+# state was upgraded (scripts/upgrade-stack), which then writes 2.
+STATE_FORMAT = 2
+UPGRADE_COMMAND = "scripts/upgrade-stack"
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,12 @@ class VmPaths:
     @property
     def overlay_disk(self) -> Path:
         return self.state_dir / "disk.qcow2"
+
+    @property
+    def disk_record(self) -> Path:
+        # Which disk this is (its id in the stack's state and the base image it was made on),
+        # so a create that finds it (an upgrade, an interrupted up) takes it over as it is.
+        return self.state_dir / "disk.json"
 
     @property
     def seed_iso(self) -> Path:
@@ -127,6 +139,7 @@ class VmPaths:
             self.seed_iso,
             self.user_data,
             self.overlay_disk,
+            self.disk_record,
             self.ssh_private_key,
             self.ssh_public_key,
             self.marker,
@@ -142,12 +155,17 @@ class StateDirMarker:
 
     stack: str
     created_dirs: tuple[Path, ...] = field(default_factory=tuple)
+    format: int = STATE_FORMAT
 
     @classmethod
     def read(cls, paths: VmPaths) -> StateDirMarker | None:
         try:
             document = json.loads(paths.marker.read_text())
-            return cls(str(document["stack"]), tuple(Path(d) for d in document.get("created_dirs", [])))
+            return cls(
+                str(document["stack"]),
+                tuple(Path(d) for d in document.get("created_dirs", [])),
+                int(document.get("format", 1)),
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -156,8 +174,32 @@ class StateDirMarker:
             "written_by": "nexus-nested-vm",
             "stack": self.stack,
             "created_dirs": [str(d) for d in self.created_dirs],
+            "format": self.format,
         }
         paths.marker.write_text(json.dumps(document, indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class DiskRecord:
+    """The disk's id in the stack's state and the base image it was made on (`disk.json`)."""
+
+    id: str
+    base_digest: str
+    base_path: str
+
+    @classmethod
+    def read(cls, paths: VmPaths) -> DiskRecord | None:
+        try:
+            document = json.loads(paths.disk_record.read_text())
+            return cls(str(document["id"]), str(document["base_digest"]), str(document["base_path"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def write(self, paths: VmPaths) -> None:
+        partial = paths.disk_record.with_name(paths.disk_record.name + ".partial")
+        document = {"id": self.id, "base_digest": self.base_digest, "base_path": self.base_path}
+        partial.write_text(json.dumps(document, indent=2) + "\n")
+        partial.replace(paths.disk_record)
 
 
 def check_state_dir(paths: VmPaths, *, stack: str) -> None:
@@ -178,6 +220,8 @@ def check_state_dir(paths: VmPaths, *, stack: str) -> None:
                 f"{STATE_DIR_KEY}: {state_dir} belongs to the stack {marker.stack!r}, not {stack!r}",
                 hint=f"give every stack its own {STATE_DIR_KEY}",
             )
+        if marker.format < STATE_FORMAT:
+            raise upgrade_needed(paths, stack)
         return
     try:
         entries = sorted(entry.name for entry in state_dir.iterdir())
@@ -186,7 +230,9 @@ def check_state_dir(paths: VmPaths, *, stack: str) -> None:
             f"{STATE_DIR_KEY}: {state_dir} cannot be read: {error.strerror or error}",
             hint=f"fix its permissions or choose another {STATE_DIR_KEY}",
         ) from error
-    if entries and not _made_by_an_earlier_version(paths, entries):
+    if entries and _made_by_an_earlier_version(paths, entries):
+        raise upgrade_needed(paths, stack)
+    if entries:
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise ConfigError(
             f"{STATE_DIR_KEY}: {state_dir} already exists and holds files nexus-nested-vm did not "
@@ -195,6 +241,18 @@ def check_state_dir(paths: VmPaths, *, stack: str) -> None:
             "(the default ~/.nexus-nested-vm/stacks/<stack> is one); the lab never writes into "
             "or deletes from a directory that is not its own",
         )
+
+
+def upgrade_needed(paths: VmPaths, stack: str) -> ConfigError:
+    """A lab made by a version whose stack state held dynamic providers: its state must be
+    upgraded first, or this version would make a second lab beside it and the old state's
+    deletes would run code that no longer exists."""
+    return ConfigError(
+        f"{STATE_DIR_KEY}: the lab in {paths.state_dir} was made by an earlier version of "
+        f"nexus-nested-vm (dynamic providers in the stack {stack!r}'s state); nothing was changed",
+        hint=f"run `{UPGRADE_COMMAND} {stack}` once: it hands the lab to this version's resources "
+        "without recreating its disk (`scripts/up` does it by itself); then `pulumi up` again",
+    )
 
 
 def _made_by_an_earlier_version(paths: VmPaths, entries: Sequence[str]) -> bool:
@@ -228,7 +286,7 @@ def make_state_dir(paths: VmPaths, *, stack: str) -> tuple[Path, ...]:
         os.chmod(directory, 0o700)
     if previous is not None:
         created = previous.created_dirs + tuple(d for d in created if d not in previous.created_dirs)
-    StateDirMarker(stack, created).write(paths)
+    StateDirMarker(stack, created, STATE_FORMAT).write(paths)
     return created
 
 

@@ -17,6 +17,7 @@ from nexus_components.host.qemu_argv import GuestMachine, HostFacts, VmFiles, de
 
 from ..settings import setting
 from ..spec import UNKNOWN, Failure, ResourceSpec, absolute_path, contains_unknown, port, prop
+from .base_image import DISK_SIZE, DISK_SIZE_RULE
 from .cloud_init_seed import Arch
 
 
@@ -106,6 +107,12 @@ class QemuVmArgs:
         "How long `up` waits for SSH to answer and cloud-init to finish.", minimum=1, maximum=86400
     )
     qmp_tcp_port: int | None = port("Windows hosts: the QMP port (a TCP socket); unset elsewhere.")
+    disk_size: str | None = prop(
+        "The disk's size (OverlayDisk's `diskSize`): when it grows while the VM runs, the guest's root "
+        "partition and file system are grown over SSH, without a restart (a boot grows them by itself).",
+        pattern=DISK_SIZE,
+        rule=DISK_SIZE_RULE,
+    )
 
 
 @dataclass(frozen=True)

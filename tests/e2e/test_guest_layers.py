@@ -42,7 +42,7 @@ import pytest
 from bench.layer_overhead.results import WORKLOADS
 from nexus_components.core.ssh import SshTarget
 from nexus_components.host.paths import VmPaths
-from nexus_components.pending_creates import drop_pending_creates
+from nexus_components.state_upgrade import drop_pending_creates
 from tests.e2e.test_bench_layers import bench_layers
 from tests.e2e.test_lab import free_port, gone_within, lab_config, lab_stack, qemu_processes_of, ssh
 from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image
@@ -187,7 +187,8 @@ def forget_container(cli: PulumiCli, tmp_path: Path) -> None:
     cli.run("stack", "export", "--stack", cli.stack, "--file", str(exported))
     state = json.loads(exported.read_text())
     state["deployment"]["pending_operations"] = [{"resource": container, "type": "creating"}]
-    assert drop_pending_creates(state) == 1
+    state["deployment"], dropped = drop_pending_creates(state["deployment"])
+    assert dropped == 1
     exported.write_text(json.dumps(state))
     cli.run("stack", "import", "--stack", cli.stack, "--file", str(exported))
 
@@ -453,7 +454,6 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
         cli.up()
         after = int(ssh(outputs, "df -B1 --output=size / | tail -n 1"))
         assert after > before + (1 << 30), (before, after)
-        assert cli.outputs()["rootFsBytes"] == after
         if cli.heals == heals:
             assert cli.outputs()["vmPid"] == vm_pid, "the disk grows without a restart"
 

@@ -223,8 +223,9 @@ def test_lab_lifecycle(tmp_path: Path, image_url: str) -> None:
     last_pid = 0
     try:
         preview = cli.preview()
-        for kind in ("NexusVm", "BaseImage", "OverlayDisk", "CloudInitSeed", "QemuVm"):
-            assert f"nexus:lab:{kind}" in preview.stdout, preview.stdout
+        assert "nexus:index:Lab" in preview.stdout, preview.stdout
+        for kind in ("StateDir", "BaseImage", "SshKey", "OverlayDisk", "CloudInitSeed", "QemuVm"):
+            assert f"nexus:host:{kind}" in preview.stdout, preview.stdout
         assert "to create" in preview.stdout
         assert not state_dir.exists(), "preview must not change anything"
 
@@ -255,9 +256,12 @@ def test_lab_lifecycle(tmp_path: Path, image_url: str) -> None:
 
         # Growing the disk resizes it in place while the VM runs.
         cli.set_config("nexus:vm.diskSize", "6G")
-        cli.up()
+        grown = cli.up()
+        assert "[vm] grew the root file system to" in grown.stdout, grown.stdout
+        assert cli.outputs()["vmPid"] == pid, grown.stdout
         assert ssh(outputs, "lsblk -bdno SIZE /dev/vda") == str(6 << 30)
-        assert cli.outputs()["vmPid"] == pid
+        # ... and the root file system with it, over SSH, without a restart.
+        assert int(ssh(outputs, "df -B1 --output=size / | tail -n 1")) > 5 << 30
 
         # Shrinking is refused at preview, naming the key.
         cli.set_config("nexus:vm.diskSize", "2G")
@@ -282,7 +286,7 @@ def test_lab_lifecycle(tmp_path: Path, image_url: str) -> None:
         drift = cli.preview()
         assert "~ 1 to update" in drift.stdout or "1 to update" in drift.stdout, drift.stdout
         cli.refresh()
-        (vm_state,) = [r for r in cli.resources() if r["urn"].endswith("::nexus-vm-qemu")]
+        (vm_state,) = [r for r in cli.resources() if r["type"] == "nexus:host:QemuVm"]
         assert vm_state["outputs"]["pid"] == 0, "refresh records that the VM is not running"
         cli.up()
         outputs = cli.outputs()
@@ -390,7 +394,7 @@ def test_a_disk_smaller_than_the_image_fails_before_the_vms_own_resources(
     assert "nexus:vm.diskSize: got '512M', smaller than the base image's own disk size" in output, output
     assert_no_traceback(output)
     assert not (tmp_path / "state").exists()
-    made = [r["urn"] for r in cli.resources() if r["type"].startswith("pulumi-python:dynamic")]
+    made = [r["urn"] for r in cli.resources() if r["type"].startswith("nexus:host:")]
     assert made == [], "nothing of the VM (nor the failed image) is recorded"
     # Cached now: preview itself refuses it.
     preview = cli.run("preview", *cli.stack_args(), check=False)

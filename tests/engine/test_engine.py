@@ -1,8 +1,9 @@
-"""The real Pulumi engine, language host and dynamic-provider plugin, end to end.
+"""The real Pulumi engine, language host and the nexus provider plugin, end to end.
 
-A throwaway project on a temporary file backend registers a component whose child
-resource makes a directory; preview, up, a second up, refresh and destroy run through
-the CLI that scripts/setup installed, and the test checks what each did on disk. The
+A throwaway project on a temporary file backend declares, through the package's generated
+SDK, the nexus:host:StateDir resource, which makes a directory; preview, up, a second up,
+refresh and destroy run through the CLI that scripts/setup installed, and the test checks
+what each did on disk. The
 project's own program, too, where preview alone shows it: a bad stack setting.
 """
 
@@ -19,15 +20,12 @@ from tests.support.pulumi_cli import REPO, PulumiCli, project_view, scratch_prog
 pytestmark = pytest.mark.engine
 
 PROGRAM = """
-from pathlib import Path
-
 import pulumi
+import pulumi_nexus as nexus
 
-from nexus_components.components import StateDir
-
-target = Path(pulumi.Config().require("target"))
-made = StateDir("probe", target)
-pulumi.export("path", made.path)
+target = pulumi.Config().require("target")
+made = nexus.host.StateDir("probe", state_dir=target, stack=pulumi.get_stack())
+pulumi.export("path", made.id)
 """
 
 
@@ -86,25 +84,25 @@ def test_preview_up_noop_refresh_destroy(cli: PulumiCli, tmp_path: Path) -> None
     cli.init({"engine-probe:target": str(target)})
 
     preview = cli.preview()
-    assert "+ 3 to create" in preview.stdout, preview.stdout
-    assert "nexus:lab:StateDir" in preview.stdout
+    assert "+ 2 to create" in preview.stdout, preview.stdout
+    assert "nexus:host:StateDir" in preview.stdout
     assert not target.exists(), "preview must not change anything"
 
     first = cli.up()
-    assert "3 created" in first.stdout, first.stdout
+    assert "2 created" in first.stdout, first.stdout
     assert target.is_dir()
     assert cli.outputs()["path"] == str(target)
 
     second = cli.up()
-    assert "3 unchanged" in second.stdout, second.stdout
-    assert "created" not in second.stdout.replace("3 unchanged", "")
+    assert "2 unchanged" in second.stdout, second.stdout
+    assert "created" not in second.stdout.replace("2 unchanged", "")
 
     refreshed = cli.refresh()
     assert refreshed.returncode == 0
     assert target.is_dir()
 
     destroyed = cli.destroy()
-    assert "3 deleted" in destroyed.stdout, destroyed.stdout
+    assert "2 deleted" in destroyed.stdout, destroyed.stdout
     assert not target.exists()
     assert cli.resources() == []
 

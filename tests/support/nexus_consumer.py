@@ -147,7 +147,6 @@ pulumi.export("sshPort", lab.ssh_port)
 pulumi.export("privateKeyPath", lab.private_key_path)
 pulumi.export("vmPid", lab.vm_pid)
 pulumi.export("stateDir", lab.state_dir)
-pulumi.export("rootFsBytes", lab.root_fs_bytes)
 """
 
 
@@ -199,7 +198,7 @@ lab = nexus.Lab(
         ready_timeout_seconds=900,
     ),
 )
-for name in ("sshPort", "privateKeyPath", "vmPid", "stateDir", "rootFsBytes", "dockerVersion",
+for name in ("sshPort", "privateKeyPath", "vmPid", "stateDir", "dockerVersion",
              "playgroundContainer", "playgroundImageDigest", "playgroundShellScript"):
     pulumi.export(name, getattr(lab, "".join("_" + c.lower() if c.isupper() else c for c in name)))
 """

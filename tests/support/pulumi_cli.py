@@ -30,6 +30,8 @@ def project_view(dest: Path) -> Path:
     for checkout_only in ("stackConfigDir", "backend"):
         project.pop(checkout_only, None)
     (dest / "Pulumi.yaml").write_text(yaml.safe_dump(project, sort_keys=False))
+    # The program, its modules, the .venv (with the generated SDK) and the plugin that
+    # Pulumi.yaml's `plugins.providers` names (a path relative to the project).
     for name in ("__main__.py", "nexus_components", "nexus_provider", ".venv"):
         (dest / name).symlink_to(REPO / name)
     return dest

@@ -188,9 +188,8 @@ def deployment(
             *(extra or []),
             {"urn": "urn:pulumi:lab::nexus-nested-vm::pulumi:pulumi:Stack::nexus-nested-vm-lab",
              "type": "pulumi:pulumi:Stack", "outputs": outputs},
-            {"urn": "urn:pulumi:lab::nexus-nested-vm::nexus:lab:NexusVm$nexus:lab:QemuVm$"
-                    "pulumi-python:dynamic:Resource::nexus-vm-qemu",
-             "type": "pulumi-python:dynamic:Resource",
+            {"urn": "urn:pulumi:lab::nexus-nested-vm::nexus:index:Lab$nexus:host:QemuVm::nexus-vm",
+             "type": "nexus:host:QemuVm",
              "outputs": {"forwards": forwards or [], "pid": 42}},
         ]
     }  # fmt: skip

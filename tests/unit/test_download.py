@@ -222,6 +222,24 @@ def test_corrupt_cache_file_is_replaced(server: ImageServer, image_bytes: bytes,
     assert len(server.state.image_requests()) == 1
 
 
+def test_a_cached_image_is_hashed_once_and_again_only_once_it_changed(
+    server: ImageServer, image_bytes: bytes, tmp_path: Path
+) -> None:
+    source = ImageSource(server.url(), sha256_of(image_bytes))
+    cached = fetch_image(source, tmp_path).path
+    fetch_image(source, tmp_path)  # the first hit hashes the file and records it
+    record = cached.with_name(cached.name + ".sha256")
+    assert sha256_of(image_bytes) in record.read_text()
+    assert fetch_image(source, tmp_path).path == cached
+
+    # Changed in place (same size, a new modification time): hashed again, found corrupt, fetched again.
+    time.sleep(0.01)
+    cached.write_bytes(image_bytes[:-1] + b"\0")
+    assert fetch_image(source, tmp_path).path == cached
+    assert cached.read_bytes() == image_bytes
+    assert len(server.state.image_requests()) == 2
+
+
 def test_concurrent_fetches_download_once(server: ImageServer, image_bytes: bytes, tmp_path: Path) -> None:
     server.state.stall_seconds = 0.3  # keeps the first fetch inside the lock while the second arrives
     source = ImageSource(server.url(), sha256_of(image_bytes))

@@ -338,7 +338,7 @@ def test_the_lab_is_a_component_in_the_schema_whose_settings_reuse_the_host_type
         "innerVm",
     }
     assert {"sshCommand", "sshPort", "privateKeyPath", "vmPid", "stateDir"} <= set(lab["properties"])
-    assert "dockerVersion" not in lab["required"] and "rootFsBytes" in lab["required"]
+    assert "dockerVersion" not in lab["required"] and "vmReadySeconds" in lab["required"]
     vm = SCHEMA["types"]["nexus:index:LabVm"]["properties"]
     assert vm["arch"]["$ref"] == "#/types/nexus:host:Arch", "one Arch type, where it was declared first"
     assert (
@@ -346,7 +346,11 @@ def test_the_lab_is_a_component_in_the_schema_whose_settings_reuse_the_host_type
         == CONFIG_SCHEMA["properties"]["vm"]["properties"]["accelerator"]["enum"]
     )
     forwards = SCHEMA["types"]["nexus:index:LabNetwork"]["properties"]["forwards"]
-    assert forwards["items"] == {"$ref": "#/types/nexus:host:PortForward"}
+    assert forwards["items"] == {"$ref": "#/types/nexus:index:LabPortForward"}
+    # As the stack setting has it: the protocol may be left out (tcp), as it may not be for QemuVm.
+    lab_forward = SCHEMA["types"]["nexus:index:LabPortForward"]
+    assert lab_forward["properties"]["protocol"]["$ref"] == "#/types/nexus:host:Protocol"
+    assert set(lab_forward.get("required", [])) == {"host", "guest"}
 
 
 def test_the_labs_arguments_are_checked_by_property_and_become_the_stack_configuration() -> None:

@@ -4,17 +4,16 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import sys
 from concurrent import futures
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import empty_pb2  # type: ignore[import-untyped]
 from pulumi.runtime.proto import engine_pb2_grpc
 
 from nexus_components.core.progress import say
-from nexus_provider import progress
+from nexus_provider.provider import NexusProvider
 
 
 class Engine(engine_pb2_grpc.EngineServicer):
@@ -26,27 +25,27 @@ class Engine(engine_pb2_grpc.EngineServicer):
         return empty_pb2.Empty()
 
 
-def test_lines_said_during_a_resources_call_are_logged_under_it_and_others_stay_on_stderr() -> None:
+def test_lines_said_during_a_resources_call_are_logged_under_it_and_others_stay_on_stderr(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     engine = Engine()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     engine_pb2_grpc.add_EngineServicer_to_server(engine, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    real, fallback = sys.stderr, io.StringIO()
-    sys.stderr = progress.EngineLog(f"127.0.0.1:{port}", fallback)
+    provider = NexusProvider()
+    provider.attach_engine(f"127.0.0.1:{port}")
     try:
 
-        async def call(urn: str, message: str) -> None:
-            with progress.for_resource(urn):
-                await asyncio.to_thread(say, "docker", message)
-
         async def both() -> None:
-            await asyncio.gather(call("urn:a", "Docker ready"), call("urn:b", "started it"))
+            await asyncio.gather(
+                provider._run("urn:a", say, "docker", "Docker ready"),
+                provider._run("urn:b", say, "docker", "started it"),
+            )
 
         asyncio.run(both())
         say("state", "outside any call")
     finally:
-        sys.stderr = real
         server.stop(None)
     assert sorted(engine.logged) == [("urn:a", "[docker] Docker ready"), ("urn:b", "[docker] started it")]
-    assert fallback.getvalue() == "[state] outside any call\n"
+    assert capsys.readouterr().err == "[state] outside any call\n"

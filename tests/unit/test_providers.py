@@ -1,4 +1,5 @@
-"""The providers' create/diff/delete hooks, called directly on real files (no engine).
+"""The host resources' create/diff/delete (nexus_components/lifecycles.py), called directly on
+real files (no engine).
 
 What `pulumi preview` shows is decided by these diffs: they are where "shrinking is
 refused", "a new base image replaces the overlay" and "a killed VM is started again"
@@ -14,20 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pulumi.dynamic import CreateResult, UpdateResult
 
 from nexus_components.core.errors import ConfigError, NexusError, VmError
 from nexus_components.core.seed_iso import read_seed_iso
-from nexus_components.host.paths import VmPaths
-from nexus_components.providers import (
-    BaseImageProvider,
-    CloudInitSeedProvider,
-    OverlayDiskProvider,
-    QemuVmProvider,
-    SshKeyProvider,
-    StateDirProvider,
-    _ensure_firmware_vars,
+from nexus_components.host.lifecycles import (
+    BaseImage,
+    CloudInitSeed,
+    Created,
+    OverlayDisk,
+    QemuVm,
+    SshKey,
+    StateDir,
+    ensure_firmware_vars,
 )
+from nexus_components.host.paths import DiskRecord, VmPaths
 
 
 @pytest.fixture
@@ -51,9 +52,8 @@ def overlay_props(state_dir: Path, base: Path, size: str, digest: str = "a" * 64
     }
 
 
-def outs(result: CreateResult | UpdateResult) -> dict[str, Any]:
-    assert result.outs is not None
-    return dict(result.outs)
+def outs(result: Created | dict[str, Any]) -> dict[str, Any]:
+    return dict(result.outs if isinstance(result, Created) else result)
 
 
 def virtual_size(path: Path) -> int:
@@ -62,7 +62,7 @@ def virtual_size(path: Path) -> int:
 
 
 def test_overlay_is_created_on_the_base_and_grows_offline(tmp_path: Path, base_image: Path) -> None:
-    provider = OverlayDiskProvider()
+    provider = OverlayDisk()
     olds = outs(provider.create(overlay_props(tmp_path, base_image, "2G")))
     overlay = VmPaths(tmp_path).overlay_disk
     assert virtual_size(overlay) == 2 << 30
@@ -70,40 +70,72 @@ def test_overlay_is_created_on_the_base_and_grows_offline(tmp_path: Path, base_i
     assert f"backing file: {base_image}" in info
 
     news = overlay_props(tmp_path, base_image, "3G")
-    grow = provider.diff("id", olds, news)
+    grow = provider.diff(olds, news)
     assert grow.changes and not grow.replaces
-    provider.update("id", olds, news)
+    provider.update(olds, news)
     assert virtual_size(overlay) == 3 << 30
 
-    provider.delete("id", news)
+    provider.delete(news)
     assert not overlay.exists()
     assert base_image.exists(), "the base image is never touched"
 
 
 def test_overlay_smaller_than_the_base_image_is_refused(tmp_path: Path, base_image: Path) -> None:
     with pytest.raises(VmError, match=r"nexus:vm.diskSize: .* smaller than the base image"):
-        OverlayDiskProvider().create(overlay_props(tmp_path, base_image, "512M"))
+        OverlayDisk().create(overlay_props(tmp_path, base_image, "512M"))
     assert not VmPaths(tmp_path).overlay_disk.exists()
 
 
 def test_shrinking_is_refused_at_diff_and_a_new_base_replaces(tmp_path: Path, base_image: Path) -> None:
-    provider = OverlayDiskProvider()
+    provider = OverlayDisk()
     olds = outs(provider.create(overlay_props(tmp_path, base_image, "2G")))
     with pytest.raises(VmError, match=r"nexus:vm.diskSize: shrinking the disk from 2G to 1G is refused"):
-        provider.diff("id", olds, overlay_props(tmp_path, base_image, "1G"))
-    new_base = provider.diff("id", olds, overlay_props(tmp_path, base_image, "2G", digest="b" * 64))
+        provider.diff(olds, overlay_props(tmp_path, base_image, "1G"))
+    new_base = provider.diff(olds, overlay_props(tmp_path, base_image, "2G", digest="b" * 64))
     assert new_base.replaces == ["base_digest"] and new_base.delete_before_replace
-    unchanged = provider.diff("id", olds, overlay_props(tmp_path, base_image, "2G"))
+    unchanged = provider.diff(olds, overlay_props(tmp_path, base_image, "2G"))
     assert not unchanged.changes
 
 
 def test_a_vanished_overlay_is_created_again(tmp_path: Path, base_image: Path) -> None:
-    provider = OverlayDiskProvider()
+    provider = OverlayDisk()
     created = provider.create(overlay_props(tmp_path, base_image, "2G"))
     VmPaths(tmp_path).overlay_disk.unlink()
-    assert provider.diff("id", outs(created), overlay_props(tmp_path, base_image, "2G")).replaces == ["path"]
+    assert provider.diff(outs(created), overlay_props(tmp_path, base_image, "2G")).replaces == ["path"]
     again = provider.create(overlay_props(tmp_path, base_image, "2G"))
     assert again.id != created.id, "a new disk gets a new id, so the VM on it is re-created too"
+
+
+def test_a_create_keeps_the_stacks_disk_made_on_the_same_base_and_grows_it(
+    tmp_path: Path, base_image: Path
+) -> None:
+    """What an upgraded stack and an up interrupted before its state was saved meet: the disk
+    is already there. It is kept (the same file, the same id), grown to the size asked for."""
+    first = OverlayDisk().create(overlay_props(tmp_path, base_image, "2G"))
+    overlay = VmPaths(tmp_path).overlay_disk
+    with overlay.open("r+b") as disk:  # what the guest wrote, past the qcow2 header
+        disk.seek(0, 2)
+        disk.write(b"guest data")
+    before = overlay.stat()
+    again = OverlayDisk().create(overlay_props(tmp_path, base_image, "3G"))
+    assert again.id == first.id
+    assert overlay.stat().st_ino == before.st_ino and overlay.read_bytes().find(b"guest data") > 0
+    assert virtual_size(overlay) == 3 << 30
+
+    with pytest.raises(VmError, match=r"^nexus:vm.diskSize: got '2G', but the stack's disk .* shrinking"):
+        OverlayDisk().create(overlay_props(tmp_path, base_image, "2G"))
+
+    on_another_base = OverlayDisk().create(overlay_props(tmp_path, base_image, "3G", digest="b" * 64))
+    assert on_another_base.id != first.id and b"guest data" not in overlay.read_bytes()
+    assert DiskRecord.read(VmPaths(tmp_path)) == DiskRecord(on_another_base.id, "b" * 64, str(base_image))
+    OverlayDisk().delete(overlay_props(tmp_path, base_image, "3G"))
+    assert list(tmp_path.glob("disk*")) == []
+
+
+def test_a_disk_without_its_record_is_made_anew(tmp_path: Path, base_image: Path) -> None:
+    first = OverlayDisk().create(overlay_props(tmp_path, base_image, "2G"))
+    VmPaths(tmp_path).disk_record.unlink()
+    assert OverlayDisk().create(overlay_props(tmp_path, base_image, "2G")).id != first.id
 
 
 def vm_props(state_dir: Path, **changes: Any) -> dict[str, Any]:
@@ -125,16 +157,16 @@ def vm_props(state_dir: Path, **changes: Any) -> dict[str, Any]:
 
 
 def test_vm_diff_restarts_on_changes_replaces_on_a_new_disk_and_notices_a_dead_vm(tmp_path: Path) -> None:
-    provider = QemuVmProvider()
+    provider = QemuVm()
     olds = vm_props(tmp_path)
     # No QEMU runs for this state dir: preview must say it will be started again.
-    dead = provider.diff("id", olds, vm_props(tmp_path))
+    dead = provider.diff(olds, vm_props(tmp_path))
     assert dead.changes and not dead.replaces
 
-    memory = provider.diff("id", olds, vm_props(tmp_path, argv=["qemu-system-x86_64", "-m", "2048M"]))
+    memory = provider.diff(olds, vm_props(tmp_path, argv=["qemu-system-x86_64", "-m", "2048M"]))
     assert memory.changes and not memory.replaces
 
-    new_disk = provider.diff("id", olds, vm_props(tmp_path, overlay_id="disk@2"))
+    new_disk = provider.diff(olds, vm_props(tmp_path, overlay_id="disk@2"))
     assert new_disk.replaces == ["overlay_id"] and new_disk.delete_before_replace
 
 
@@ -149,23 +181,23 @@ def test_seed_is_rewritten_when_user_data_changes(tmp_path: Path) -> None:
         "user_data": {},
         "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7 test",
     }
-    provider = CloudInitSeedProvider()
+    provider = CloudInitSeed()
     first = outs(provider.create(props))
     label, files = read_seed_iso(VmPaths(tmp_path).seed_iso)
     assert label == "cidata" and b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7 test" in files["user-data"]
-    assert not provider.diff("id", first, props).changes
+    assert not provider.diff(first, props).changes
 
     changed = {**props, "packages": ["htop"], "install_packages": True}
-    assert provider.diff("id", first, changed).changes
-    second = outs(provider.update("id", first, changed))
+    assert provider.diff(first, changed).changes
+    second = outs(provider.update(first, changed))
     assert second["instance_id"] != first["instance_id"], "cloud-init re-runs on a changed seed"
     assert b"htop" in read_seed_iso(VmPaths(tmp_path).seed_iso)[1]["user-data"]
-    provider.delete("id", second)
+    provider.delete(second)
     assert not VmPaths(tmp_path).seed_iso.exists() and not VmPaths(tmp_path).user_data.exists()
 
 
 def test_generated_key_is_removed_on_delete_but_a_users_key_is_not(tmp_path: Path) -> None:
-    provider = SshKeyProvider()
+    provider = SshKey()
     generated = outs(
         provider.create(
             {
@@ -179,7 +211,7 @@ def test_generated_key_is_removed_on_delete_but_a_users_key_is_not(tmp_path: Pat
     private_key = Path(generated["private_key_path"])
     assert private_key.stat().st_mode & 0o777 == 0o600
     assert generated["public_key"].startswith("ssh-ed25519 ")
-    provider.delete("id", generated)
+    provider.delete(generated)
     assert not private_key.exists()
 
     own = tmp_path / "own"
@@ -194,7 +226,7 @@ def test_generated_key_is_removed_on_delete_but_a_users_key_is_not(tmp_path: Pat
             }
         )
     )
-    provider.delete("id", users)
+    provider.delete(users)
     assert own.exists() and Path(f"{own}.pub").exists()
 
     with pytest.raises(NexusError, match=r"nexus:guest.sshPrivateKeyFile: .*missing does not exist"):
@@ -209,27 +241,27 @@ def test_generated_key_is_removed_on_delete_but_a_users_key_is_not(tmp_path: Pat
 
 
 def test_state_dir_delete_removes_the_stacks_files_but_keeps_foreign_ones(tmp_path: Path) -> None:
-    provider = StateDirProvider()
+    provider = StateDir()
     state = tmp_path / "state"
     props = outs(provider.create({"state_dir": str(state), "stack": "unit"}))
     assert state.stat().st_mode & 0o777 == 0o700
     VmPaths(state).serial_log.write_text("boot\n")
-    provider.delete("id", props)
+    provider.delete(props)
     assert not state.exists()
 
     props = outs(provider.create({"state_dir": str(state), "stack": "unit"}))
     (state / "notes.txt").write_text("mine")
-    provider.delete("id", props)
+    provider.delete(props)
     assert (state / "notes.txt").read_text() == "mine"
 
 
 def test_state_dir_parents_up_created_go_on_delete_even_without_the_marker(tmp_path: Path) -> None:
-    provider = StateDirProvider()
+    provider = StateDir()
     state = tmp_path / "a" / "b" / "state"
     props = outs(provider.create({"state_dir": str(state), "stack": "unit"}))
     assert props["created_dirs"] == [str(tmp_path / "a"), str(tmp_path / "a" / "b"), str(state)]
     VmPaths(state).marker.unlink()  # the state's record is the fallback
-    provider.delete("id", props)
+    provider.delete(props)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -238,7 +270,7 @@ def test_state_dir_create_refuses_a_users_directory_naming_the_key(tmp_path: Pat
     with pytest.raises(
         ConfigError, match=r"^nexus:paths.stateDir: .* holds files nexus-nested-vm did not create"
     ):
-        StateDirProvider().create({"state_dir": str(tmp_path), "stack": "unit"})
+        StateDir().create({"state_dir": str(tmp_path), "stack": "unit"})
     assert (tmp_path / "serial.log").read_text() == "mine\n"
 
 
@@ -256,14 +288,14 @@ def image_props(tmp_path: Path, image: Path, disk_size: str) -> dict[str, Any]:
 def test_base_image_refuses_a_disk_smaller_than_itself_at_create_and_at_diff(
     tmp_path: Path, base_image: Path
 ) -> None:
-    provider = BaseImageProvider()
+    provider = BaseImage()
     with pytest.raises(ConfigError, match=r"^nexus:vm.diskSize: got '512M', smaller than the base image"):
         provider.create(image_props(tmp_path, base_image, "512M"))
     olds = outs(provider.create(image_props(tmp_path, base_image, "1G")))
     assert olds["virtual_size"] == 1 << 30
-    assert not provider.diff("id", olds, image_props(tmp_path, base_image, "2G")).changes
+    assert not provider.diff(olds, image_props(tmp_path, base_image, "2G")).changes
     with pytest.raises(ConfigError, match=r"^nexus:vm.diskSize: got '100M'.*allowed: at least 1G"):
-        provider.diff("id", olds, image_props(tmp_path, base_image, "100M"))
+        provider.diff(olds, image_props(tmp_path, base_image, "100M"))
 
 
 def test_aarch64_gets_its_own_uefi_variable_store(tmp_path: Path) -> None:
@@ -274,18 +306,18 @@ def test_aarch64_gets_its_own_uefi_variable_store(tmp_path: Path) -> None:
 
     from_template = VmPaths(tmp_path / "a")
     from_template.state_dir.mkdir()
-    _ensure_firmware_vars(from_template, str(code), str(template))
+    ensure_firmware_vars(from_template, str(code), str(template))
     assert from_template.firmware_vars.read_bytes() == template.read_bytes()
     from_template.firmware_vars.write_bytes(b"\x03" * 4096)  # the guest saved a boot entry
-    _ensure_firmware_vars(from_template, str(code), str(template))
+    ensure_firmware_vars(from_template, str(code), str(template))
     assert from_template.firmware_vars.read_bytes() == b"\x03" * 4096, "kept across restarts"
 
     blank = VmPaths(tmp_path / "b")
     blank.state_dir.mkdir()
-    _ensure_firmware_vars(blank, str(code), None)
+    ensure_firmware_vars(blank, str(code), None)
     assert blank.firmware_vars.read_bytes() == b"\x00" * 4096
 
     x86 = VmPaths(tmp_path / "c")
     x86.state_dir.mkdir()
-    _ensure_firmware_vars(x86, None, None)
+    ensure_firmware_vars(x86, None, None)
     assert not x86.firmware_vars.exists()

@@ -7,6 +7,8 @@ the real ssh-keygen, /bin/sh and `ssh -G` where installed.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shlex
 import shutil
 import socket
@@ -19,6 +21,7 @@ import pytest
 from nexus_components.core.errors import ConfigError
 from nexus_components.core.ssh import SshTarget, connect_script, generate_key_pair, ssh_config_entry
 from nexus_components.host.paths import (
+    STATE_FORMAT,
     StateDirMarker,
     VmPaths,
     check_state_dir,
@@ -208,7 +211,7 @@ def test_all_files_covers_every_property_naming_a_file(tmp_path: Path) -> None:
     dirs = set(paths.all_dirs())
     assert dirs == {paths.state_dir, paths.ssh_dir}
     assert set(paths.all_files()) == named - dirs
-    assert len(paths.all_files()) == len(set(paths.all_files())) == 16
+    assert len(paths.all_files()) == len(set(paths.all_files())) == 17
     assert set(paths.runtime_files()) <= set(paths.all_files())
     assert all(path.is_relative_to(paths.state_dir) for path in paths.all_files())
 
@@ -325,12 +328,33 @@ def test_a_directory_of_another_stack_is_refused(tmp_path: Path) -> None:
     check_state_dir(paths, stack="linux")
 
 
-def test_a_state_dir_made_before_markers_existed_is_still_ours(tmp_path: Path) -> None:
+def test_a_lab_made_before_markers_existed_asks_for_the_upgrade(tmp_path: Path) -> None:
     paths = VmPaths(tmp_path / "old")
     paths.ssh_dir.mkdir(parents=True)
     for path in (paths.overlay_disk, paths.seed_iso, paths.serial_log, paths.pid_file):
         path.write_bytes(b"x")
-    check_state_dir(paths, stack="lab")
+    with pytest.raises(ConfigError) as caught:
+        check_state_dir(paths, stack="lab")
+    assert "was made by an earlier version of nexus-nested-vm" in str(caught.value)
+    assert "next step: run `scripts/upgrade-stack lab` once" in str(caught.value)
+
+
+def test_a_lab_of_the_dynamic_providers_asks_for_the_upgrade_and_is_left_as_it_is(tmp_path: Path) -> None:
+    paths = VmPaths(tmp_path / "state")
+    paths.state_dir.mkdir()
+    # The marker as the dynamic providers' version wrote it: no format.
+    old = {"written_by": "nexus-nested-vm", "stack": "lab", "created_dirs": [str(paths.state_dir)]}
+    paths.marker.write_text(json.dumps(old))
+    paths.overlay_disk.write_bytes(b"disk")
+    for check in (check_state_dir, make_state_dir):
+        with pytest.raises(ConfigError, match=r"^nexus:paths.stateDir: the lab in .* earlier version"):
+            check(paths, stack="lab")
+    assert json.loads(paths.marker.read_text()) == old and paths.overlay_disk.read_bytes() == b"disk"
+
+    upgraded = StateDirMarker.read(paths)
+    assert upgraded is not None and upgraded.format == 1
+    dataclasses.replace(upgraded, format=STATE_FORMAT).write(paths)
+    assert make_state_dir(paths, stack="lab") == (paths.state_dir,)
 
 
 @pytest.mark.parametrize("where", ["itself", "parent"])

@@ -25,6 +25,7 @@ from nexus_components.config import load_config
 from nexus_components.core.errors import VmError
 from nexus_components.core.seed_iso import write_seed_iso
 from nexus_components.core.ssh import SshTarget
+from nexus_components.host.lifecycles import QemuVm
 from nexus_components.host.paths import VmPaths
 from nexus_components.host.qemu_argv import HostFacts, VmFiles, build_qemu_argv
 from nexus_components.host.settings import NetworkConfig, PortForward
@@ -41,7 +42,6 @@ from nexus_components.host.vm_process import (
     stop,
     wait_until_ready,
 )
-from nexus_components.providers import QemuVmProvider
 from tests.support.processes import process_state, running
 from tests.support.sshd import running_sshd
 
@@ -142,7 +142,7 @@ def test_a_guest_that_sends_no_ssh_banner_hangs_one_that_refuses_does_not(tmp_pa
             **{"ssh_host": "127.0.0.1", "ssh_port": float(ssh_port), "username": "nexus"},
             "private_key": str(target.private_key),
         }
-        assert QemuVmProvider().diff("nexus-unit", props, props).changes
+        assert QemuVm().diff(props, props).changes
     finally:
         stop(paths, powerdown_timeout=1)
     assert gone(pid)
@@ -298,9 +298,9 @@ def test_destroy_stops_the_vm_by_its_recorded_pid_when_the_state_dir_was_deleted
     shutil.rmtree(paths.state_dir)  # pid file and QMP socket with it
     assert running_pid(paths) is None, "the pid file alone no longer finds it"
 
-    provider = QemuVmProvider()
-    assert not provider.diff("id", vm_props(paths, pid), vm_props(paths, pid)).changes, "still running"
-    provider.delete("id", vm_props(paths, pid))
+    vm = QemuVm()
+    assert not vm.diff(vm_props(paths, pid), vm_props(paths, pid)).changes, "still running"
+    vm.delete(vm_props(paths, pid))
     assert gone(pid)
 
 
@@ -383,8 +383,8 @@ def test_create_waits_for_the_qemu_an_interrupted_up_left_booting(
         "accelerator": "tcg",
     }
     with pytest.raises(VmError, match="not ready within 2 s"):
-        QemuVmProvider().create(props)  # a paused guest never gets ready
+        QemuVm().create(props)  # a paused guest never gets ready
     progress = capsys.readouterr().err
-    assert f"QEMU (pid {leftover}) of an interrupted up is still booting this VM; waiting for it" in progress
+    assert f"QEMU (pid {leftover}) already runs this VM with this command line; waiting for it" in progress
     assert "starting QEMU" not in progress, "no second QEMU on the same disk"
     assert gone(leftover), "and it is not left running once the wait failed"
