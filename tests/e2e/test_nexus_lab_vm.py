@@ -49,7 +49,7 @@ def test_a_consumer_brings_up_a_host_only_lab_with_the_lab_component_and_destroy
         root_fs = int(ssh(outputs, "df -B1 --output=size / | tail -n 1"))
         assert root_fs > 3 << 30, "the root file system grown to the 4G disk"
         again = lab.up("--expect-no-changes")
-        assert "11 unchanged" in again.stdout, output_of(again)
+        assert "8 unchanged" in again.stdout, output_of(again)
     finally:
         destroyed = lab.destroy(check=False)
     assert destroyed.returncode == 0, output_of(destroyed)

@@ -65,9 +65,9 @@ def test_a_consumer_with_nexus_stack_keys_previews_the_lab_and_its_children_and_
 ) -> None:
     preview = lab.preview()
     output = output_of(preview)
-    # The stack, the Lab, its six host resources and the guest layers' file-system growth
-    # (a component, its component and the remote command); the nexus: keys are not provider settings.
-    assert "+ 11 to create" in preview.stdout, output
+    # The stack, the Lab and its six host resources (a host-only lab: no guest layer, not even
+    # pulumi-docker loaded); the nexus: keys are not provider settings.
+    assert "+ 8 to create" in preview.stdout, output
     assert "nexus:index:Lab" in preview.stdout, output
     for name in LAB_CHILDREN:
         assert f"nexus:host:{name}" in preview.stdout, output
@@ -138,7 +138,7 @@ def test_a_lab_with_the_playground_previews_the_guest_layers_with_pulumi_docker(
     output = output_of(preview)
     for kind in ("DockerDaemon", "ContainerPreflight", "ContainerPresence", "TarballImage", "ScriptFile"):
         assert f"nexus:guest:{kind}" in preview.stdout, output
-    for kind in ("docker:index/container:Container", "pulumi:providers:docker", "command:remote:Command"):
+    for kind in ("docker:index/container:Container", "pulumi:providers:docker"):
         assert kind in preview.stdout, output
     assert "nexus:guest:InnerQemu" not in preview.stdout, "the inner VM is off by default"
     assert not (tmp_path / "state").exists() and not (tmp_path / "cache").exists(), "preview makes nothing"
