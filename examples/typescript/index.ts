@@ -22,9 +22,10 @@ const lab = new nexus.Lab("lab", {
         // Docker, QEMU and libvirt in the VM for the playground; false for a bare VM.
         installPackages: config.getBoolean("installPackages") ?? true,
     },
-    // The guest layers are opt-in; uncomment once the Lab has them (nexus:playground, nexus:innerVm):
-    // playground: { enabled: true, image: "ubuntu:24.04" },
-    // innerVm: { enabled: true, memoryMib: 1024, accelerator: "auto" },
+    // The guest layers, opt-in: `pulumi config set playground true` starts the nexus-playground
+    // container in the VM, and `pulumi config set innerVm true` a VM inside that container.
+    playground: { enabled: config.getBoolean("playground") ?? false },
+    innerVm: { enabled: config.getBoolean("innerVm") ?? false },
 });
 
 export const sshCommand = lab.sshCommand;

@@ -63,7 +63,12 @@ def test_the_example_previews_a_host_lab_and_is_refused_a_bad_input_by_property(
 
     preview = cli.preview()
     output = output_of(preview)
-    assert "+ 8 to create" in preview.stdout, output  # the stack, the Lab and its six resources
+    # The stack, the Lab, its six host resources and, since the guest's packages are installed
+    # by default, Docker's readiness in the VM (the guest layers' component, Docker's, its daemon);
+    # the playground and the inner VM are opt-in.
+    assert "+ 11 to create" in preview.stdout, output
+    assert re.search(r"^ *\+ nexus:guest:DockerDaemon: \(create\)$", preview.stdout, re.MULTILINE), output
+    assert "nexus:guest:ContainerPresence" not in preview.stdout, output
     for token in LAB_RESOURCES:
         assert re.search(rf"^ *\+ {token}: \(create\)$", preview.stdout, re.MULTILINE), (
             f"{token} not previewed:\n{output}"
