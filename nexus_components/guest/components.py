@@ -15,8 +15,7 @@
       └─ InnerVm           QEMU inside the container (nexus:guest:InnerQemu)
 
 Why each part is what it is: the container and its image are pulumi-docker's, the
-ecosystem's provider for exactly this; one-shot steps are pulumi-command's
-`remote.Command`; the engine's readiness, a tarball's image, the container's preflight
+ecosystem's provider for exactly this; the engine's readiness, a tarball's image, the container's preflight
 and presence and the inner VM are resources of the `nexus` provider plugin
 (nexus_provider/guest/, their work in guest/lifecycles.py) because their `diff` must look
 at the machine (no refresh needed, so a VM that is down or hung never blocks `up` or
@@ -37,7 +36,6 @@ from typing import Any
 
 import pulumi
 import pulumi_docker as docker
-from pulumi_command import remote
 
 from nexus_components.core.ssh import SshTarget
 from nexus_components.host.paths import VmPaths
@@ -58,9 +56,6 @@ from . import inner_vm as inner
 from .settings import InnerVmConfig
 
 TYPE_PREFIX = "nexus:guest"
-# pulumi-command's SSH dial retries: enough for a VM that is still booting under TCG.
-DIAL_ERROR_LIMIT = 60
-PER_DIAL_TIMEOUT = 10
 
 
 def _child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
@@ -101,24 +96,8 @@ class GuestAccess:
             "private_key": self.private_key_path,
         }
 
-    def connection(self) -> remote.ConnectionArgs:
-        # pulumi-command needs the key's content; it stores the connection as a secret.
-        return remote.ConnectionArgs(
-            host=self.ssh_host,
-            port=self.ssh_port,
-            user=self.username,
-            private_key=pulumi.Output.secret(self.private_key_path.apply(_read_key)),
-            dial_error_limit=DIAL_ERROR_LIMIT,
-            per_dial_timeout=PER_DIAL_TIMEOUT,
-        )
-
     def target(self, private_key: str) -> SshTarget:
         return SshTarget(self.ssh_host, self.ssh_port, self.username, Path(private_key))
-
-
-def _read_key(path: str) -> str:
-    key = Path(path)
-    return key.read_text() if key.is_file() else ""
 
 
 @dataclasses.dataclass(frozen=True)

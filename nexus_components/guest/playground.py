@@ -207,23 +207,6 @@ def remove_image(reference: str) -> list[str]:
     return ["docker", "image", "rm", "--force", reference]
 
 
-# Grows the partition holding / to the end of its disk, then its file system: the seed's
-# `growpart /dev/vda 1 && resize2fs /dev/vda1`, for whatever disk and partition hold /.
-# growpart exits 1 with NOCHANGE when the partition already fills the disk.
-GROW_ROOT_FS = """set -e
-source=$(findmnt -no SOURCE /)
-name=${source#/dev/}
-disk=/dev/$(lsblk -no PKNAME "$source" | head -n 1)
-partition=$(cat "/sys/class/block/$name/partition")
-status=0; sudo -n growpart "$disk" "$partition" >/tmp/nexus-growpart.log 2>&1 || status=$?
-if [ "$status" -gt 1 ]; then cat /tmp/nexus-growpart.log >&2; exit "$status"; fi
-case $(findmnt -no FSTYPE /) in
-  xfs) sudo -n xfs_growfs / >/dev/null ;;
-  *) sudo -n resize2fs "$source" >/dev/null 2>&1 ;;
-esac
-df -B1 --output=size / | tail -n 1 | tr -d ' '"""
-
-
 def shell_script(target: SshTarget, container: str, shell: str = "sh") -> str:
     """A script beside connect-ssh.sh that opens a shell in the container, through SSH."""
     # -t: `docker exec -it` needs a terminal on the VM's side too.

@@ -29,6 +29,7 @@ from nexus_components.core.runner import (
 from nexus_components.core.ssh import SshTarget
 from nexus_components.guest import engine, inner_vm, playground
 from nexus_components.guest.settings import InnerVmConfig, PlaygroundConfig, PortToGuest, PublishedPort
+from nexus_components.host import lifecycles
 
 TARGET = SshTarget("127.0.0.1", 2222, "nexus", Path("/keys/id ed25519"))
 NASTY = ["it's", 'say "hi"', "$HOME", "`date`", "a b\tc", "semi;colon", "back\\slash", "*"]
@@ -261,8 +262,8 @@ def test_the_image_docker_load_names(output: str, image: str | None) -> None:
 
 
 def test_grow_root_fs_script_is_valid_sh() -> None:
-    subprocess.run(["sh", "-n", "-c", playground.GROW_ROOT_FS], check=True)
-    assert "growpart" in playground.GROW_ROOT_FS and "resize2fs" in playground.GROW_ROOT_FS
+    subprocess.run(["sh", "-n", "-c", lifecycles.GROW_ROOT_FS], check=True)
+    assert "growpart" in lifecycles.GROW_ROOT_FS and "resize2fs" in lifecycles.GROW_ROOT_FS
 
 
 def test_shell_script_asks_for_a_terminal_before_the_host(tmp_path: Path) -> None:
