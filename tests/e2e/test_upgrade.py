@@ -37,8 +37,8 @@ pytestmark = [pytest.mark.engine]
 
 __all__ = ["image_url"]  # the module-scoped fixture that serves the test image
 
-# The last commit of main whose program declared the host layer through dynamic providers.
-PREVIOUS_RELEASE = "a1402c4fe9594aeb85b0a0c173dc2a3b62531d16"
+# The last release (landed main) whose program declared its layers through dynamic providers.
+PREVIOUS_RELEASE = "06a1d818b383b69e242d0580834955cc953a4eb1"
 
 
 def previous_release(dest: Path) -> Path:
