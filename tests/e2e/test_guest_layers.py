@@ -232,7 +232,7 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
     vm_pid = 0
     try:
         preview = cli.preview()
-        for kind in ("DockerEngine", "Playground", "InnerVm", "RootFsGrowth"):
+        for kind in ("DockerEngine", "Playground", "InnerVm"):
             assert f"nexus:guest:{kind}" in preview.stdout, preview.stdout
         for kind in ("DockerDaemon", "ContainerPreflight", "ContainerPresence", "TarballImage", "InnerQemu"):
             assert f"nexus:guest:{kind}" in preview.stdout, preview.stdout
