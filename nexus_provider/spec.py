@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from nexus_components.host.lifecycles import Lifecycle, Props
+from nexus_components.core.lifecycle import Lifecycle, Props
 
 
 class Unknown:

@@ -46,7 +46,7 @@ from nexus_components.core.runner import (
 from nexus_components.core.ssh import SshTarget
 
 # The shapes every lifecycle shares (the host's module defines them; the guest's follow them).
-from ..host.lifecycles import Created, Diff, Lifecycle, changed
+from ..core.lifecycle import Created, Diff, Lifecycle, changed
 from . import engine, inner_image, playground, preflight
 from . import inner_vm as inner
 from .inner_vm import IMAGES_DIR

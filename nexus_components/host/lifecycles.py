@@ -19,13 +19,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from nexus_components.core import cloudinit, download, seed_iso, ssh
 from nexus_components.core.errors import NexusError, VmError
 from nexus_components.core.files import remove_quietly
+from nexus_components.core.lifecycle import Created, Diff, Lifecycle, Props, changed
 from nexus_components.core.progress import say
 from nexus_components.host import disk, vm_process
 from nexus_components.host.paths import (
@@ -37,25 +36,6 @@ from nexus_components.host.paths import (
 )
 from nexus_components.host.qemu_argv import DISK_ID
 from nexus_components.host.settings import NetworkConfig, PortForward, check_disk_fits_base
-
-Props = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Created:
-    id: str
-    outs: Props
-
-
-@dataclass(frozen=True)
-class Diff:
-    changes: bool
-    replaces: list[str] = field(default_factory=list)
-    delete_before_replace: bool = False
-
-
-def changed(olds: Props, news: Props, keys: tuple[str, ...]) -> list[str]:
-    return [key for key in keys if olds.get(key) != news.get(key)]
 
 
 def recorded_pid(props: Props) -> int | None:
@@ -77,27 +57,6 @@ def vm_network(props: Props) -> NetworkConfig:
 def vm_paths(props: Props) -> VmPaths:
     qmp_tcp_port = props.get("qmp_tcp_port")
     return VmPaths(Path(props["state_dir"]), int(qmp_tcp_port) if qmp_tcp_port else None)
-
-
-class Lifecycle:
-    """One kind of host resource. Without `update`, every change is a replacement."""
-
-    has_update = False
-
-    def create(self, props: Props) -> Created:
-        raise NotImplementedError
-
-    def diff(self, olds: Props, news: Props) -> Diff:
-        raise NotImplementedError
-
-    def update(self, olds: Props, news: Props) -> Props:
-        raise NotImplementedError(f"{type(self).__name__} is replaced, never updated")
-
-    def read(self, id_: str, props: Props) -> Props:
-        return props
-
-    def delete(self, props: Props) -> None:
-        pass
 
 
 class StateDir(Lifecycle):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from nexus_components.core.lifecycle import Props
 from nexus_components.guest import lifecycles
-from nexus_components.host.lifecycles import Props
 
 from ..settings import setting
 from ..spec import Failure, ResourceSpec, port, prop

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nexus_components.core.lifecycle import Props
 from nexus_components.host import lifecycles
-from nexus_components.host.lifecycles import Props
 from nexus_components.host.settings import disk_size_bytes
 
 from ..spec import ResourceSpec, absolute_path, port, prop

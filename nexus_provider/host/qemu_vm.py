@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from nexus_components.core.lifecycle import Props
 from nexus_components.host import lifecycles
 from nexus_components.host.hostfacts import host_os
-from nexus_components.host.lifecycles import Props
 from nexus_components.host.qemu_argv import GuestMachine, HostFacts, VmFiles, default_qemu_binary, qemu_argv
 
 from ..settings import setting

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nexus_components.core.lifecycle import Props
 from nexus_components.host import lifecycles
-from nexus_components.host.lifecycles import Props
 
 from ..spec import Failure, ResourceSpec, absolute_path, prop
 

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from nexus_components.core.errors import ConfigError, NexusError, VmError
+from nexus_components.core.lifecycle import Created
 from nexus_components.core.seed_iso import read_seed_iso
 from nexus_components.host.lifecycles import (
     BaseImage,
     CloudInitSeed,
-    Created,
     OverlayDisk,
     QemuVm,
     SshKey,
