@@ -19,13 +19,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urljoin, urlparse
 from urllib.request import url2pathname
 
-import requests
-
 from nexus_components.core.errors import DownloadError
+
+if TYPE_CHECKING:
+    import requests
 
 CHUNK_SIZE = 1 << 20
 PROGRESS_STEP = 1 << 20
@@ -235,6 +236,8 @@ def _read_remote_sums(source: ImageSource, sums_url: str, timeout: float) -> str
         f"set {source.sha256_key} to the image's SHA-256 digest so no SHA256SUMS is needed, "
         f"or point {source.url_key} at a mirror that serves one"
     )
+    import requests  # on first use: every `preview` loads this module, few download
+
     try:
         response = requests.get(sums_url, timeout=timeout)
     except requests.RequestException as error:
@@ -301,6 +304,8 @@ def _download(
     headers = {"Accept-Encoding": "identity"}
     if resume_from:
         headers["Range"] = f"bytes={resume_from}-"
+    import requests  # on first use: every `preview` loads this module, few download
+
     try:
         response = requests.get(url, headers=headers, stream=True, timeout=timeout)
     except requests.RequestException as error:

@@ -14,9 +14,6 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-import pycdlib
-from pycdlib.pycdlibexception import PyCdlibException
-
 from nexus_components.core.errors import NexusError
 
 SEED_FILES = ("user-data", "meta-data", "network-config")  # network-config is optional
@@ -53,6 +50,9 @@ def write_seed_iso(path: Path, files: Mapping[str, bytes]) -> None:
             ),
             hint="pass user-data and meta-data (network-config is optional): " + ", ".join(SEED_FILES),
         )
+
+    import pycdlib  # on first use (here and in read_seed_iso): a `preview` builds no ISO
+    from pycdlib.pycdlibexception import PyCdlibException
 
     iso = pycdlib.PyCdlib()
     tmp_name = ""
@@ -96,6 +96,9 @@ def write_seed_iso(path: Path, files: Mapping[str, bytes]) -> None:
 
 def read_seed_iso(path: Path) -> tuple[str, dict[str, bytes]]:
     """Return (volume label, {Rock Ridge name: content}) of the seed ISO at `path`."""
+    import pycdlib
+    from pycdlib.pycdlibexception import PyCdlibException
+
     iso = pycdlib.PyCdlib()
     try:
         iso.open(str(path))
