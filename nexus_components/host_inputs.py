@@ -1,8 +1,7 @@
 """The inputs of the host layer's resources, built from the stack's configuration.
 
-One place for both ways the lab is declared: the reference program's components
-(components.py, dynamic providers) and the nexus plugin's Lab (nexus_provider/lab_args.py)
-hand the same lifecycles the same inputs.
+The nexus plugin's Lab (nexus_provider/lab.py) builds its host resources' inputs here, from
+the same settings the stack's `nexus:` keys are checked against.
 """
 
 from __future__ import annotations

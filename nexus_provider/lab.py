@@ -6,7 +6,7 @@
       ├─ SshKey, OverlayDisk, CloudInitSeed
       ├─ QemuVm          ready when SSH answers and cloud-init is done
       └─ GuestLayers     Docker, the playground container and the inner VM, when enabled
-                         (nexus_components/guest/components.py, nexus:guest:*)
+                         (nexus_provider/guest_layers.py, nexus:guest:*)
 
 The reference program (__main__.py) declares one through the package's SDK, with its `nexus:`
 stack settings as the arguments. The provider constructs it (`construct`), so its checks
@@ -96,7 +96,7 @@ class Lab(pulumi.ComponentResource):
         # Docker, the container and the inner VM as the playground and innerVm arguments say.
         # A host-only lab has none: pulumi-docker's SDK, slow to import, is not even loaded.
         if config.playground.enabled or config.guest.install_packages:
-            from nexus_components.guest.components import GuestLayers, GuestLayersArgs, VmBelow
+            from .guest_layers import GuestLayers, GuestLayersArgs, VmBelow
 
             below = VmBelow(
                 private_key_path=private_key,

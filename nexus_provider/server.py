@@ -13,8 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -30,8 +28,6 @@ from nexus_components.core.errors import NexusError
 # What the SDK's own server allows: large schemas and states.
 MAX_MESSAGE_BYTES = 400 * 1024 * 1024
 Handler = Callable[[Any, Any, Any], Awaitable[Any]]
-# Resource calls being answered: the engine's SIGINT ends an idle plugin at once.
-_in_flight = 0
 
 
 def nexus_error(error: BaseException) -> NexusError | None:
@@ -47,8 +43,6 @@ def nexus_error(error: BaseException) -> NexusError | None:
 def _message_only(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def answer(servicer: Any, request: Any, context: Any) -> Any:
-        global _in_flight
-        _in_flight += 1
         try:
             return await handler(servicer, request, context)
         except Exception as error:
@@ -56,8 +50,6 @@ def _message_only(handler: Handler) -> Handler:
             if ours is None:
                 raise
             await context.abort(grpc.StatusCode.UNKNOWN, str(ours))
-        finally:
-            _in_flight -= 1
 
     return answer
 
@@ -88,18 +80,5 @@ def serve(args: Sequence[str], version: str, provider: Provider) -> None:
         sys.stdout.flush()
         await server.wait_for_termination()
 
-    signal.signal(signal.SIGINT, _on_engine_interrupt)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
-
-
-def _on_engine_interrupt(signum: int, frame: Any) -> None:
-    """The engine ends a plugin with SIGINT, then waits for it to exit. Idle, there is
-    nothing to clean up: leave now, instead of tearing down gRPC and the interpreter (a
-    few tenths of a second of every `preview`, and stack traces on stderr). With a call
-    running (a second Ctrl-C), the default: its worker thread still finishes the step."""
-    if _in_flight == 0:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    signal.default_int_handler(signum, frame)

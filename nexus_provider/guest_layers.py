@@ -17,7 +17,7 @@
 Why each part is what it is: the container and its image are pulumi-docker's, the
 ecosystem's provider for exactly this; the engine's readiness, a tarball's image, the container's preflight
 and presence and the inner VM are resources of the `nexus` provider plugin
-(nexus_provider/guest/, their work in guest/lifecycles.py) because their `diff` must look
+(nexus_provider/guest/, their work in nexus_components/guest/lifecycles.py) because their `diff` must look
 at the machine (no refresh needed, so a VM that is down or hung never blocks `up` or
 `destroy`), and because the provider's process runs each step to its end when `up` is
 interrupted (Ctrl-C), which a program-side hook could not.
@@ -37,10 +37,15 @@ from typing import Any
 import pulumi
 import pulumi_docker as docker
 
+from nexus_components.config import NexusConfig
 from nexus_components.core.ssh import SshTarget
+from nexus_components.guest import engine, inner_image, playground, preflight
+from nexus_components.guest import inner_vm as inner
+from nexus_components.guest.settings import InnerVmConfig
 from nexus_components.host.paths import VmPaths
-from nexus_provider.declared import PackageResource
-from nexus_provider.guest import (
+
+from .declared import PackageResource
+from .guest import (
     container_preflight,
     container_presence,
     docker_daemon,
@@ -49,11 +54,6 @@ from nexus_provider.guest import (
     script_file,
     tarball_image,
 )
-
-from ..config import NexusConfig
-from . import engine, inner_image, playground, preflight
-from . import inner_vm as inner
-from .settings import InnerVmConfig
 
 TYPE_PREFIX = "nexus:guest"
 
