@@ -44,7 +44,7 @@ from pulumi.resource import DependencyResource
 from pulumi.runtime.proto import engine_pb2, engine_pb2_grpc
 from pulumi.runtime.rpc import UNKNOWN as WIRE_UNKNOWN
 
-from nexus_components.core import progress
+from nexus_components.core import lifecycle, progress
 
 from . import NAME, VERSION
 from .resources import COMPONENTS, DESCRIPTION, RESOURCES
@@ -122,6 +122,8 @@ class NexusProvider(Provider):
         self._components = {spec.pulumi_type: spec for spec in components}
         self._schema = json.dumps(package_schema(NAME, VERSION, DESCRIPTION, resources, components))
         self._engine: Any = None
+        # Whether this deployment is a preview, as the Lab's construct learns it.
+        self._preview = False
 
     def attach_engine(self, address: str) -> None:
         """The engine's address, for the resources' progress lines (`[vm] ready after ...`)."""
@@ -145,7 +147,7 @@ class NexusProvider(Provider):
         reported against the resource."""
 
         def call() -> Result:
-            with progress.progress_to(self._report(urn)):
+            with progress.progress_to(self._report(urn)), lifecycle.previewing(self._preview):
                 return work(*args)
 
         return await asyncio.to_thread(call)
@@ -190,6 +192,8 @@ class NexusProvider(Provider):
         spec = self._components.get(request.resource_type)
         if spec is None:
             raise ValueError(f"{NAME} {VERSION} has no component {request.resource_type}")
+        # The engine says so to a construct only; the Lab's resources are diffed after it.
+        self._preview = pulumi.runtime.is_dry_run()
         raw = {key: to_python(value) for key, value in request.inputs.items()}
         failures = check_inputs(spec, raw) + _unknown_refused(raw)
         if failures:

@@ -5,10 +5,31 @@ No Pulumi import.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 Props = dict[str, Any]
+
+# Whether the engine runs a preview: a diff may then leave out a slow probe whose finding only
+# an `up` acts on (the `up` diffs again, with it). Unknown (a resource declared outside the
+# Lab, whose construct tells the plugin): not a preview.
+_previewing: ContextVar[bool] = ContextVar("nexus_previewing", default=False)
+
+
+@contextmanager
+def previewing(preview: bool) -> Iterator[None]:
+    token = _previewing.set(preview)
+    try:
+        yield
+    finally:
+        _previewing.reset(token)
+
+
+def in_preview() -> bool:
+    return _previewing.get()
 
 
 @dataclass(frozen=True)

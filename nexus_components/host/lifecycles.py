@@ -24,7 +24,7 @@ from pathlib import Path
 from nexus_components.core import cloudinit, download, seed_iso, ssh
 from nexus_components.core.errors import NexusError, VmError
 from nexus_components.core.files import remove_quietly
-from nexus_components.core.lifecycle import Created, Diff, Lifecycle, Props, changed
+from nexus_components.core.lifecycle import Created, Diff, Lifecycle, Props, changed, in_preview
 from nexus_components.core.progress import say
 from nexus_components.host import disk, vm_process
 from nexus_components.host.paths import (
@@ -342,10 +342,17 @@ class QemuVm(Lifecycle):
         grown = changed(olds, news, ("disk_size",))
         if vm_process.running_pid(vm_paths(olds), recorded_pid(olds)) is None:
             restart.append("running")  # killed or host rebooted: start it again on the same disk
-        elif not (replaces or restart) and "ssh_port" in olds and vm_process.guest_hangs(_ssh_target(olds)):
+        elif not (replaces or restart) and "ssh_port" in olds and self._hangs(olds):
             say("vm", "QEMU runs but the guest does not answer on SSH (it hangs); up restarts it")
             restart.append("answering")  # power-cycled on the same disk, as a user would
         return Diff(bool(replaces or restart or grown), replaces, delete_before_replace=True)
+
+    @staticmethod
+    def _hangs(olds: Props) -> bool:
+        # A guest that greets but runs no command (a CPU stuck under a nested KVM guest) is
+        # found by a login, most of a second under TCG: `up` logs in; a preview, which heals
+        # nothing, reads the banner only (a wholly stuck guest sends none).
+        return vm_process.guest_hangs(_ssh_target(olds), login=not in_preview())
 
     def update(self, olds: Props, news: Props) -> Props:
         if self._grew_in_place(olds, news):

@@ -179,6 +179,11 @@ def test_a_guest_that_greets_but_runs_no_command_hangs(tmp_path: Path) -> None:
         started = time.monotonic()
         assert guest_hangs(target, banner_timeout=3, command_timeout=5)
         assert time.monotonic() - started < 30
+        # A preview reads the banner only: no login, so the silence after it goes unseen
+        # there, and `up`, which logs in, finds it.
+        started = time.monotonic()
+        assert not guest_hangs(target, banner_timeout=3, command_timeout=5, login=False)
+        assert time.monotonic() - started < 3
         for connection in connections:
             connection.close()
 
