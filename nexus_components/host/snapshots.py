@@ -18,6 +18,7 @@ conversations are unit-tested against a fake; no Pulumi import.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import struct
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from nexus_components.core.errors import VmError
+from nexus_components.core.qemu_process import gone_within
 from nexus_components.core.ssh import SshTarget
 from nexus_components.host import vm_process
 from nexus_components.host.paths import VmPaths
@@ -47,6 +49,9 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,62}")
 # How long a job may take: saving writes the guest's RAM (gigabytes under TCG, at disk
 # speed), loading reads it back.
 JOB_TIMEOUT_SECONDS = 600.0
+# The snapshot a suspended lab is kept in (nexus:vm.state: suspended): a name the rule above
+# refuses, so no user snapshot can take it, and `scripts/lab snapshot` cannot delete it.
+SUSPEND_TAG = "_nexus-suspended"
 POLL_SECONDS = 0.2
 
 
@@ -192,7 +197,9 @@ class LiveSnapshots:
         return snapshots_of_image(image)
 
     def find(self, name: str) -> Snapshot:
-        check_name(name)
+        return self._find(check_name(name))
+
+    def _find(self, name: str) -> Snapshot:
         existing = self.list()
         for snapshot in existing:
             if snapshot.name == name:
@@ -205,7 +212,9 @@ class LiveSnapshots:
     def save(self, name: str, *, replace: bool = False, disk_only: bool = False) -> Snapshot:
         """Save the running lab as `name`; with `replace`, an existing one of that name goes
         first (only once the new one is sure to be taken: the name is checked beforehand)."""
-        check_name(name)
+        return self._save(check_name(name), replace=replace, disk_only=disk_only)
+
+    def _save(self, name: str, *, replace: bool = False, disk_only: bool = False) -> Snapshot:
         node, image = block_node(self.qmp("query-block"))
         existing = snapshots_of_image(image)
         if any(snapshot.name == name for snapshot in existing):
@@ -214,12 +223,12 @@ class LiveSnapshots:
                     f"a snapshot named {name!r} already exists (the lab has: {names(existing)})",
                     hint=f"pick another name, or overwrite it: scripts/lab snapshot save --replace {name}",
                 )
-            self.delete(name)
+            self._delete(name)
         if disk_only:
             self.qmp("blockdev-snapshot-internal-sync", device=DISK_ID, name=name)
         else:
             self._job("snapshot-save", "save", tag=name, vmstate=node, devices=[node])
-        return self.find(name)
+        return self._find(name)
 
     def revert(self, name: str) -> Snapshot:
         """Put the running lab back as saved: same QEMU, the guest resumes where it was."""
@@ -249,7 +258,10 @@ class LiveSnapshots:
             )
 
     def delete(self, name: str) -> Snapshot:
-        snapshot = self.find(name)
+        return self._delete(check_name(name))
+
+    def _delete(self, name: str) -> Snapshot:
+        snapshot = self._find(name)
         node, _ = block_node(self.qmp("query-block"))
         self._job("snapshot-delete", "delete", tag=name, devices=[node])
         return snapshot
@@ -314,13 +326,18 @@ def snapshot_disk_sizes(overlay: Path) -> dict[str, int]:
     """Each snapshot's disk size in bytes, from the qcow2 snapshot table (QEMU reports no
     such field): loading a snapshot sets the disk back to that size, so a disk grown since
     must not be reverted silently. Snapshots whose entry has no size (qcow2 v2) are left out."""
+    return {name: size for name, size in snapshot_table(overlay) if size is not None}
+
+
+def snapshot_table(overlay: Path) -> list[tuple[str, int | None]]:
+    """(name, disk size) of each snapshot in a qcow2 image, read without QEMU or qemu-img."""
     with overlay.open("rb") as image:
         header = image.read(_HEADER.size)
         if len(header) < _HEADER.size or header[:4] != _QCOW2_MAGIC:
             raise SnapshotError(f"{overlay} is not a qcow2 image")
         *_, count, table_offset = _HEADER.unpack(header)
         image.seek(table_offset)
-        sizes = {}
+        table: list[tuple[str, int | None]] = []
         for _ in range(count):
             entry = image.read(_ENTRY.size)
             _, _, id_size, name_size, _, _, _, _, extra_size = _ENTRY.unpack(entry)
@@ -329,9 +346,9 @@ def snapshot_disk_sizes(overlay: Path) -> dict[str, int]:
             name = image.read(name_size).decode(errors="replace")
             used = _ENTRY.size + extra_size + id_size + name_size
             image.read(-used % 8)
-            if extra_size >= 16:
-                sizes[name] = struct.unpack(">Q", extra[8:16])[0]
-        return sizes
+            size = struct.unpack(">Q", extra[8:16])[0] if extra_size >= 16 else None
+            table.append((name, size))
+        return table
 
 
 # ------------------------------------------------------------------ a stack's VM
@@ -346,10 +363,7 @@ def lab_snapshots(paths: VmPaths, recorded_pid: int | None = None) -> LiveSnapsh
             hint="start it with `up`, then try again",
         )
 
-    def qmp(command: str, **arguments: Any) -> object:
-        return vm_process.qmp_execute(paths, command, **arguments)
-
-    return LiveSnapshots(qmp, overlay=paths.overlay_disk)
+    return LiveSnapshots(_qmp_of(paths), overlay=paths.overlay_disk)
 
 
 def delete_offline(overlay: Path, name: str, qemu_img: str = "qemu-img") -> Snapshot:
@@ -391,3 +405,53 @@ def resync_clock(target: SshTarget, *, timeout: float = 60.0) -> str | None:
     if result.returncode != 0:
         return (result.stderr or result.stdout).strip() or f"ssh exited with status {result.returncode}"
     return None
+
+
+# ------------------------------------------------------------------ suspend and resume
+
+
+def suspend(paths: VmPaths, *, log: Callable[[str], None] = lambda _: None) -> Snapshot:
+    """Save the running VM into its disk (SUSPEND_TAG) and end its QEMU, freeing its memory
+    and CPU; `resume_argv` starts it again from there."""
+    saved = LiveSnapshots(_qmp_of(paths), overlay=paths.overlay_disk)._save(SUSPEND_TAG, replace=True)
+    log(f"saved the running lab into its disk ({human_size(saved.vm_state_bytes)} of VM state)")
+    # The guest's state is saved: no ACPI power-off (the guest would shut down), just quit.
+    pid = vm_process.running_pid(paths)
+    with contextlib.suppress(VmError):  # it may end before it answers
+        vm_process.qmp_execute(paths, "quit")
+    if pid is not None:
+        gone_within(vm_process.LocalQemu(paths), pid, 30)
+    vm_process.stop(paths, log=log)  # whatever is left (nothing, usually) and the runtime files
+    return saved
+
+
+def holds_suspended_state(paths: VmPaths) -> bool:
+    try:
+        return any(name == SUSPEND_TAG for name, _ in snapshot_table(paths.overlay_disk))
+    except (OSError, SnapshotError, struct.error):
+        return False
+
+
+def resume_argv(paths: VmPaths, argv: Sequence[str]) -> list[str] | None:
+    """The command line that resumes a suspended VM (`-loadvm`), or None if its disk holds no
+    suspended state (never suspended, or the state was dropped)."""
+    return [*argv, "-loadvm", SUSPEND_TAG] if holds_suspended_state(paths) else None
+
+
+def drop_suspended_state(paths: VmPaths, *, running: bool, qemu_img: str = "qemu-img") -> None:
+    """Delete the suspended state once the VM runs on (it is stale from then on)."""
+    if running:
+        live = LiveSnapshots(_qmp_of(paths), overlay=paths.overlay_disk)
+        if any(snapshot.name == SUSPEND_TAG for snapshot in live.list()):
+            live._delete(SUSPEND_TAG)
+        return
+    if holds_suspended_state(paths):
+        argv = [qemu_img, "snapshot", "-d", SUSPEND_TAG, str(paths.overlay_disk)]
+        subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+
+
+def _qmp_of(paths: VmPaths) -> Qmp:
+    def qmp(command: str, **arguments: Any) -> object:
+        return vm_process.qmp_execute(paths, command, **arguments)
+
+    return qmp

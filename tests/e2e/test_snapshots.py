@@ -5,13 +5,13 @@ One VM (the small x86_64 test image, no guest layers) lives through:
     up -> save `clean` -> delete one file, write another -> revert: both undone, the same
        QEMU, SSH answers, the guest's clock set, preview shows no changes -> a second revert
        -> bad names, an unknown name, a taken name: refused, nothing changed
-       -> delete -> VM killed: save refused -> destroy leaves nothing
+       -> delete -> nexus:vm.state suspended: QEMU gone, preview quiet, save refused
+       -> running: resumed without a boot, files kept, preview quiet
+       -> suspended again -> destroy leaves nothing
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,7 +21,6 @@ import pytest
 
 from tests.e2e.test_lab import (
     free_port,
-    gone_within,
     lab_config,
     lab_stack,
     port_is_free,
@@ -126,12 +125,36 @@ def test_snapshot_save_revert_delete(tmp_path: Path, image_url: str) -> None:
         assert "deleted snapshot 'clean'" in lab_ok(cli, "snapshot", "delete", "clean")
         assert "no snapshots" in lab_ok(cli, "snapshot", "list")
 
-        # A VM that is down: a save is refused and makes nothing.
-        os.kill(pid, signal.SIGKILL)
-        assert gone_within(pid, 10)
+        # Suspended: the running VM saved into its disk and its QEMU gone; preview is quiet.
+        ssh(outputs, "echo written > /home/nexus/before-suspend && sync")
+        uptime_before = float(ssh(outputs, "cut -d' ' -f1 /proc/uptime"))
+        cli.set_config("nexus:vm.state", "suspended")
+        suspended = cli.up()
+        assert "[vm] suspended in" in suspended.stdout, suspended.stdout
+        assert qemu_processes_of(state_dir) == [], "the host's memory of the VM is freed"
+        assert cli.outputs()["vmPid"] == 0
+        assert_no_changes(cli)
         refused = lab_refused(cli, "snapshot", "save", "later")
         assert "the lab's VM is not running" in refused, refused
-        assert "no snapshots" in lab_ok(cli, "snapshot", "list")
+        assert "_nexus-suspended" in lab_ok(cli, "snapshot", "list")
+
+        # Resumed: no boot (the guest's uptime goes on), the file is there, preview is quiet.
+        cli.set_config("nexus:vm.state", "running")
+        started = time.monotonic()
+        resumed = cli.up()
+        print(f"resume up: {time.monotonic() - started:.1f} s")
+        assert "[vm] resumed in" in resumed.stdout, resumed.stdout
+        outputs = cli.outputs()
+        assert qemu_processes_of(state_dir) == [outputs["vmPid"]]
+        assert ssh(outputs, "cat /home/nexus/before-suspend") == "written"
+        assert float(ssh(outputs, "cut -d' ' -f1 /proc/uptime")) >= uptime_before, "not a reboot"
+        assert_clock_is_the_hosts(outputs)
+        assert "no snapshots" in lab_ok(cli, "snapshot", "list"), "the suspended state is dropped"
+        assert_no_changes(cli)
+
+        # Destroy of a suspended lab leaves nothing (checked below).
+        cli.set_config("nexus:vm.state", "suspended")
+        cli.up()
     finally:
         destroyed = cli.destroy(check=False)
     assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr

@@ -126,9 +126,7 @@ class FakeQemu:
                 if concluded and self.error:
                     entry["error"] = self.error
                 if concluded and not self.error and job["command"] == "snapshot-save":
-                    self.snapshots.append(
-                        {**ENTRY, "name": self._tag(job["id"]), "date-sec": ENTRY["date-sec"] + 9}
-                    )
+                    self.snapshots.append({**ENTRY, "name": self._tag(job["id"]), "date-sec": 1796015875})
                     job["command"] = "done"
                 if concluded and not self.error and job["command"] == "snapshot-delete":
                     self.snapshots = [s for s in self.snapshots if s["name"] != self._tag(job["id"])]
@@ -144,7 +142,7 @@ class FakeQemu:
         raise AssertionError(f"unexpected QMP command {command}")
 
     def _tag(self, job_id: str) -> str:
-        return next(args["tag"] for command, args in self.sent if args.get("job-id") == job_id)
+        return str(next(args["tag"] for command, args in self.sent if args.get("job-id") == job_id))
 
 
 def snapshots_of(qemu: FakeQemu) -> LiveSnapshots:
