@@ -389,9 +389,9 @@ class QemuVm(Lifecycle):
 
     def _resume(self, props: Props) -> Props:
         paths = vm_paths(props)
-        argv = snapshots.resume_argv(paths, props["argv"])
+        argv, why_not = snapshots.resume_argv(paths, props["argv"])
         if argv is None:
-            say("vm", "no suspended state in the disk; booting the VM")
+            say("vm", f"{why_not}; booting the VM")
             return self._restart(props, props)
         vm_process.stop(paths, log=lambda line: say("vm", line))
         vm_process.check_ports_free(vm_network(props), qmp_tcp_port=paths.qmp_tcp_port)

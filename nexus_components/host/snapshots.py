@@ -432,10 +432,28 @@ def holds_suspended_state(paths: VmPaths) -> bool:
         return False
 
 
-def resume_argv(paths: VmPaths, argv: Sequence[str]) -> list[str] | None:
-    """The command line that resumes a suspended VM (`-loadvm`), or None if its disk holds no
-    suspended state (never suspended, or the state was dropped)."""
-    return [*argv, "-loadvm", SUSPEND_TAG] if holds_suspended_state(paths) else None
+def qcow2_virtual_size(overlay: Path) -> int:
+    with overlay.open("rb") as image:
+        header = image.read(_HEADER.size)
+    if len(header) < _HEADER.size or header[:4] != _QCOW2_MAGIC:
+        raise SnapshotError(f"{overlay} is not a qcow2 image")
+    return int(_HEADER.unpack(header)[5])
+
+
+def resume_argv(paths: VmPaths, argv: Sequence[str]) -> tuple[list[str] | None, str]:
+    """The command line that resumes a suspended VM (`-loadvm`), or None and why not: its disk
+    holds no suspended state, or the disk was grown while suspended (loading the state would
+    set it back to its old size)."""
+    if not holds_suspended_state(paths):
+        return None, "no suspended state in the disk"
+    saved_with = snapshot_disk_sizes(paths.overlay_disk).get(SUSPEND_TAG)
+    size = qcow2_virtual_size(paths.overlay_disk)
+    if saved_with is not None and saved_with != size:
+        return None, (
+            f"the disk was grown while suspended ({human_size(saved_with)} -> {human_size(size)}), "
+            "which the saved state cannot follow"
+        )
+    return [*argv, "-loadvm", SUSPEND_TAG], ""
 
 
 def drop_suspended_state(paths: VmPaths, *, running: bool, qemu_img: str = "qemu-img") -> None:

@@ -17,13 +17,18 @@ from nexus_components.cli.snapshot import ssh_target
 from nexus_components.cli.stack import LabOutputs
 from nexus_components.core.errors import VmError
 from nexus_components.core.ssh import SshTarget
+from nexus_components.host.paths import VmPaths
 from nexus_components.host.snapshots import (
+    SUSPEND_TAG,
     LiveSnapshots,
     Snapshot,
     SnapshotError,
     check_name,
+    drop_suspended_state,
     job_state,
     offline_snapshots,
+    qcow2_virtual_size,
+    resume_argv,
     resync_clock_argv,
     snapshot_disk_sizes,
     snapshots_of_image,
@@ -296,3 +301,18 @@ def test_the_cli_finds_ssh_from_the_stack_outputs() -> None:
         },
     )
     assert ssh_target(outputs) == SshTarget("127.0.0.1", 2222, "nexus", Path("/a b/key"))
+
+
+@needs_qemu_img
+def test_resume_needs_the_suspended_state_at_the_disks_size(tmp_path: Path) -> None:
+    paths = VmPaths(tmp_path)
+    qemu_img("create", "-q", "-f", "qcow2", str(paths.overlay_disk), "1G")
+    assert qcow2_virtual_size(paths.overlay_disk) == 1 << 30
+    assert resume_argv(paths, ["qemu"]) == (None, "no suspended state in the disk")
+    qemu_img("snapshot", "-c", SUSPEND_TAG, str(paths.overlay_disk))
+    assert resume_argv(paths, ["qemu"]) == (["qemu", "-loadvm", SUSPEND_TAG], "")
+    qemu_img("resize", "-q", str(paths.overlay_disk), "2G")
+    argv, why_not = resume_argv(paths, ["qemu"])
+    assert argv is None and "the disk was grown while suspended (1.0 GiB -> 2.0 GiB)" in why_not
+    drop_suspended_state(paths, running=False)
+    assert resume_argv(paths, ["qemu"]) == (None, "no suspended state in the disk")
