@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_components.cli.stack import LabOutputs
+from nexus_components.core.runner import close_shared_connection
 from nexus_components.core.ssh import SshTarget
 from nexus_components.host import snapshots, vm_process
 from nexus_components.host.paths import VmPaths
@@ -71,6 +72,9 @@ def run(args: argparse.Namespace, lab: LabOutputs) -> int:
     elif args.action == "revert":
         lab_snapshots.revert(args.name)
         print(f"reverted the lab to snapshot {args.name!r} in {_took(started)}; same QEMU, no reboot")
+        # The guest forgot every TCP connection made since the save: a shared SSH connection
+        # of the guest layers' (or pulumi-docker's) would hang on until its keepalives give up.
+        close_shared_connection(ssh_target(lab))
         if not args.keep_clock:
             _resync_clock(lab)
     else:
