@@ -367,7 +367,11 @@ class QemuVm(Lifecycle):
             running = vm_process.running_pid(vm_paths(olds), recorded_pid(olds)) is not None
             restart = changed(olds, news, self.RESTART_KEYS)
             # A VM that is down, or whose command line changes, is booted as declared first.
-            return self._suspend(olds if running and not restart else self._restart(olds, news))
+            if running and not restart:
+                return self._suspend(
+                    {**news, "pid": olds.get("pid"), "ready_seconds": olds.get("ready_seconds")}
+                )
+            return self._suspend(self._restart(olds, news))
         if suspended(olds):
             return self._resume(news)
         if self._grew_in_place(olds, news):

@@ -340,3 +340,20 @@ def test_vm_diff_suspends_resumes_and_leaves_a_suspended_vm_down(tmp_path: Path)
     legacy = {key: value for key, value in running.items() if key != "state"}
     assert provider.diff(legacy, vm_props(tmp_path, state=None)).changes  # its QEMU is dead here
     assert provider.diff(legacy, suspended).changes
+
+
+def test_a_suspended_vm_records_the_new_inputs_so_the_next_preview_is_quiet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nexus_components.host import snapshots, vm_process
+
+    suspended_dirs: list[Path] = []
+    monkeypatch.setattr(vm_process, "running_pid", lambda paths, pid=None: 4242)
+    monkeypatch.setattr(snapshots, "suspend", lambda paths, log: suspended_dirs.append(paths.state_dir))
+    provider = QemuVm()
+    running = {**vm_props(tmp_path), "pid": 4242, "ready_seconds": 40.0}
+    news = vm_props(tmp_path, state="suspended")
+    recorded = provider.update(running, news)
+    assert suspended_dirs == [tmp_path]
+    assert recorded["state"] == "suspended" and recorded["pid"] == 0 and recorded["ready_seconds"] == 40.0
+    assert not provider.diff(recorded, vm_props(tmp_path, state="suspended")).changes
