@@ -391,6 +391,23 @@ class QemuVm(Lifecycle):
         say("vm", f"suspended in {time.monotonic() - started:.1f} s; QEMU stopped")
         return {**props, "pid": 0}
 
+    @staticmethod
+    def _wait_for_clock(target: ssh.SshTarget, paths: VmPaths, deadline: float) -> None:
+        while True:
+            problem = snapshots.resync_clock(target, timeout=60)
+            if problem is None:
+                return
+            if vm_process.running_pid(paths) is None:
+                raise VmError("QEMU exited while the VM resumed", output=vm_process.serial_tail(paths))
+            if time.monotonic() >= deadline:
+                raise VmError(
+                    f"the resumed VM did not answer SSH in time: {problem}",
+                    output=vm_process.serial_tail(paths),
+                    hint="run `up` again (the saved state is kept); raise nexus:vm.bootTimeoutSeconds "
+                    "if the host is just slow",
+                )
+            time.sleep(0.5)
+
     def _resume(self, props: Props) -> Props:
         paths = vm_paths(props)
         argv, why_not = snapshots.resume_argv(paths, props["argv"])
@@ -409,21 +426,14 @@ class QemuVm(Lifecycle):
             return self._restart(props, props)
         target = _ssh_target(props)
         try:
-            vm_process.wait_until_ready(
-                target,
-                paths,
-                timeout=props["boot_timeout_seconds"],
-                log=lambda line: say("vm", line),
-                fallback_poll_seconds=1.0,
-            )
+            # One SSH login both shows the guest answers and sets its clock (it resumed with
+            # the clock it had when suspended); cloud-init finished before the suspend.
+            self._wait_for_clock(target, paths, started + props["boot_timeout_seconds"])
+            seconds = time.monotonic() - started
             snapshots.drop_suspended_state(paths, running=True)
         except BaseException:
             vm_process.stop(paths, powerdown_timeout=5)
             raise
-        seconds = time.monotonic() - started
-        problem = snapshots.resync_clock(target)
-        if problem:
-            say("vm", f"could not set the guest's clock after the resume: {problem}")
         say("vm", f"resumed in {seconds:.1f} s: {target.interactive_command()}")
         return {**props, "pid": pid, "ready_seconds": round(seconds, 1)}
 
