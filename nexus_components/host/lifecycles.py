@@ -424,6 +424,7 @@ class QemuVm(Lifecycle):
             # Saved by another QEMU or machine type (a change while suspended): boot instead.
             say("vm", f"could not resume ({error.what}); dropping the saved state and booting the VM")
             return self._restart(props, props)
+        say("vm", f"QEMU loaded the saved state in {time.monotonic() - started:.1f} s; waiting for SSH")
         target = _ssh_target(props)
         try:
             # One SSH login both shows the guest answers and sets its clock (it resumed with
