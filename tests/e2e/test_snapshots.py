@@ -12,7 +12,6 @@ One VM (the small x86_64 test image, no guest layers) lives through:
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import time
 from collections.abc import Iterator
@@ -163,36 +162,3 @@ def test_snapshot_save_revert_delete(tmp_path: Path, image_url: str) -> None:
     assert port_is_free(ssh_port) and port_is_free(http_port)
     assert not state_dir.exists()
     assert cli.resources() == []
-
-
-def snapshot_of_the_whole_lab(cli: PulumiCli, state_dir: Path, http_port: int) -> None:
-    """Steps for a lab with every layer up (tests/e2e/test_guest_layers.py's lifecycle calls
-    them): save `clean`; delete a file in the container, write one in the VM, kill the
-    inner VM; revert: all undone, each layer answers without a new boot; twice; delete."""
-    from tests.e2e.test_guest_layers import CONTAINER, INNER_SERIAL, http_get, in_container, inner_qmp_status
-
-    if not (cli.project_dir / "scripts").exists():
-        (cli.project_dir / "scripts").symlink_to(REPO / "scripts")
-    outputs = cli.outputs()
-    vm_pid = outputs["vmPid"]
-    in_container(outputs, "sh", "-c", "echo saved > /root/kept")
-    inner_pid = in_container(outputs, "pgrep", "-o", "qemu-system")
-    boots = in_container(outputs, "grep", "-c", "Linux version", INNER_SERIAL)
-    saved = lab_ok(cli, "snapshot", "save", "clean")
-    assert "saved snapshot 'clean'" in saved
-    for attempt in (1, 2):
-        in_container(outputs, "rm", "/root/kept")
-        ssh(outputs, "echo later > /home/nexus/new")
-        ssh(outputs, shlex.join(["docker", "exec", CONTAINER, "kill", "-9", inner_pid]))
-        reverted = lab_ok(cli, "snapshot", "revert", "clean")
-        assert "reverted the lab to snapshot 'clean'" in reverted
-        assert in_container(outputs, "cat", "/root/kept") == "saved", f"revert {attempt}"
-        assert ssh(outputs, "test -e /home/nexus/new || echo gone") == "gone", f"revert {attempt}"
-        # The inner VM runs on from the save: the same QEMU, no second boot on its console.
-        assert in_container(outputs, "pgrep", "-o", "qemu-system") == inner_pid
-        assert '"status": "running"' in inner_qmp_status(outputs)
-        assert in_container(outputs, "grep", "-c", "Linux version", INNER_SERIAL) == boots
-        assert http_get(http_port)
-        assert qemu_processes_of(state_dir) == [vm_pid], "the same VM QEMU, no reboot"
-    assert_no_changes(cli)
-    assert "deleted snapshot 'clean'" in lab_ok(cli, "snapshot", "delete", "clean")
