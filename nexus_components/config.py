@@ -46,6 +46,8 @@ NAMESPACE = "nexus"
 
 ARCHES = ("x86_64", "aarch64")
 ACCELERATORS = ("auto", "kvm", "hvf", "whpx", "tcg")
+# running: QEMU runs the VM; suspended: its running state is saved in its disk and QEMU stopped.
+VM_STATES = ("running", "suspended")
 
 # Values that end up as QEMU option values or file names: no commas (QEMU's option
 # separator), no whitespace, no shell metacharacters, no path separators.
@@ -127,6 +129,7 @@ SCHEMA: dict[str, Any] = {
                     "description": _PATH_RULE,
                 },
                 "bootTimeoutSeconds": {"type": "integer", "minimum": 30, "maximum": 7200},
+                "state": {"enum": list(VM_STATES)},
             },
         },
         "network": {
@@ -289,6 +292,7 @@ def load_config(
             firmware_code=vm.get("firmwareCode"),
             firmware_vars=vm.get("firmwareVars"),
             boot_timeout_seconds=int(vm.get("bootTimeoutSeconds", 900)),
+            state=vm.get("state", "running"),
         ),
         network=network_config,
         guest=GuestConfig(
@@ -315,6 +319,7 @@ def load_config(
     )
     _check_user_data(config)
     _check_inner_vm_memory(config.vm, config.inner_vm)
+    _check_suspend(config)
     return config
 
 
@@ -461,6 +466,28 @@ def _check_inner_vm_memory(vm: VmConfig, inner_vm: InnerVmConfig) -> None:
         f"nexus:vm.memoryMiB minus the {VM_MIN_MEMORY_MIB} MiB the VM needs for itself, here {at_most}",
         hint=lower + f"raise nexus:vm.memoryMiB to {inner_vm.memory_mib + VM_MIN_MEMORY_MIB} or more",
     )
+
+
+def _check_suspend(config: NexusConfig) -> None:
+    """Suspending covers the VM alone so far: the guest layers' resources look into the VM
+    on every preview, which a suspended VM cannot answer."""
+    if config.vm.state != "suspended":
+        return
+    layers = [
+        key
+        for key, on in (
+            ("nexus:playground.enabled", config.playground.enabled),
+            ("nexus:guest.installPackages", config.guest.install_packages),
+        )
+        if on
+    ]
+    if layers:
+        raise ConfigError(
+            f"nexus:vm.state: got 'suspended' while the guest layers are on ({', '.join(layers)}); "
+            "allowed: 'running' (a lab with guest layers cannot be suspended yet)",
+            hint="set nexus:vm.state back to running; snapshots of the whole running lab work: "
+            "scripts/lab snapshot save NAME",
+        )
 
 
 def _check_user_data(config: NexusConfig) -> None:

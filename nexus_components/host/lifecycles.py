@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from nexus_components.core.errors import NexusError, VmError
 from nexus_components.core.files import remove_quietly
 from nexus_components.core.lifecycle import Created, Diff, Lifecycle, Props, changed, in_preview
 from nexus_components.core.progress import say
-from nexus_components.host import disk, vm_process
+from nexus_components.host import disk, snapshots, vm_process
 from nexus_components.host.paths import (
     DiskRecord,
     StateDirMarker,
@@ -327,6 +328,11 @@ esac
 df -B1 --output=size / | tail -n 1 | tr -d ' '"""
 
 
+def suspended(props: Props) -> bool:
+    """nexus:vm.state is suspended (unset, as in a stack from before it existed: running)."""
+    return props.get("state") == "suspended"
+
+
 class QemuVm(Lifecycle):
     """The QEMU process. `up` returns once SSH answers and cloud-init is done."""
 
@@ -334,13 +340,20 @@ class QemuVm(Lifecycle):
     RESTART_KEYS = ("argv", "ssh_port", "forwards", "bind_address", "username", "private_key", "instance_id")
 
     def create(self, props: Props) -> Created:
-        return Created(props["name"], self._start(props, adopt=True))
+        started = self._start(props, adopt=True)
+        if suspended(props):
+            return Created(props["name"], self._suspend(started))
+        return Created(props["name"], started)
 
     def diff(self, olds: Props, news: Props) -> Diff:
         replaces = changed(olds, news, ("state_dir", "overlay_id"))
         restart = changed(olds, news, self.RESTART_KEYS)
         grown = changed(olds, news, ("disk_size",))
-        if vm_process.running_pid(vm_paths(olds), recorded_pid(olds)) is None:
+        if suspended(olds) != suspended(news):
+            restart.append("state")  # suspended or resumed (update), not restarted
+        elif suspended(news):
+            pass  # meant to be down: its QEMU is not looked for
+        elif vm_process.running_pid(vm_paths(olds), recorded_pid(olds)) is None:
             restart.append("running")  # killed or host rebooted: start it again on the same disk
         elif not (replaces or restart) and "ssh_port" in olds and self._hangs(olds):
             say("vm", "QEMU runs but the guest does not answer on SSH (it hangs); up restarts it")
@@ -355,10 +368,82 @@ class QemuVm(Lifecycle):
         return vm_process.guest_hangs(_ssh_target(olds), login=not in_preview())
 
     def update(self, olds: Props, news: Props) -> Props:
+        if suspended(news):
+            if suspended(olds):
+                return {**news, "pid": 0, "ready_seconds": olds.get("ready_seconds")}
+            running = vm_process.running_pid(vm_paths(olds), recorded_pid(olds)) is not None
+            restart = changed(olds, news, self.RESTART_KEYS)
+            # A VM that is down, or whose command line changes, is booted as declared first.
+            if running and not restart:
+                return self._suspend(
+                    {**news, "pid": olds.get("pid"), "ready_seconds": olds.get("ready_seconds")}
+                )
+            return self._suspend(self._restart(olds, news))
+        if suspended(olds):
+            return self._resume(news)
         if self._grew_in_place(olds, news):
             return {**news, "pid": olds.get("pid"), "ready_seconds": olds.get("ready_seconds")}
+        return self._restart(olds, news)
+
+    def _restart(self, olds: Props, news: Props) -> Props:
         self._stop(olds)
+        # Saved state of a suspension is stale once the VM boots afresh.
+        snapshots.drop_suspended_state(vm_paths(news), running=False)
         return self._start(news)
+
+    @staticmethod
+    def _suspend(props: Props) -> Props:
+        started = time.monotonic()
+        snapshots.suspend(vm_paths(props), log=lambda line: say("vm", line))
+        say("vm", f"suspended in {time.monotonic() - started:.1f} s; QEMU stopped")
+        return {**props, "pid": 0}
+
+    @staticmethod
+    def _wait_for_clock(target: ssh.SshTarget, paths: VmPaths, deadline: float) -> None:
+        while True:
+            problem = snapshots.resync_clock(target, timeout=60)
+            if problem is None:
+                return
+            if vm_process.running_pid(paths) is None:
+                raise VmError("QEMU exited while the VM resumed", output=vm_process.serial_tail(paths))
+            if time.monotonic() >= deadline:
+                raise VmError(
+                    f"the resumed VM did not answer SSH in time: {problem}",
+                    output=vm_process.serial_tail(paths),
+                    hint="run `up` again (the saved state is kept); raise nexus:vm.bootTimeoutSeconds "
+                    "if the host is just slow",
+                )
+            time.sleep(0.5)
+
+    def _resume(self, props: Props) -> Props:
+        paths = vm_paths(props)
+        argv, why_not = snapshots.resume_argv(paths, props["argv"])
+        if argv is None:
+            say("vm", f"{why_not}; booting the VM")
+            return self._restart(props, props)
+        vm_process.stop(paths, log=lambda line: say("vm", line))
+        vm_process.check_ports_free(vm_network(props), qmp_tcp_port=paths.qmp_tcp_port)
+        say("vm", "resuming the suspended VM from its disk")
+        started = time.monotonic()
+        try:
+            pid = vm_process.launch(argv, paths)
+        except VmError as error:
+            # Saved by another QEMU or machine type (a change while suspended): boot instead.
+            say("vm", f"could not resume ({error.what}); dropping the saved state and booting the VM")
+            return self._restart(props, props)
+        say("vm", f"QEMU loaded the saved state in {time.monotonic() - started:.1f} s; waiting for SSH")
+        target = _ssh_target(props)
+        try:
+            # One SSH login both shows the guest answers and sets its clock (it resumed with
+            # the clock it had when suspended); cloud-init finished before the suspend.
+            self._wait_for_clock(target, paths, started + props["boot_timeout_seconds"])
+            seconds = time.monotonic() - started
+            snapshots.drop_suspended_state(paths, running=True)
+        except BaseException:
+            vm_process.stop(paths, powerdown_timeout=5)
+            raise
+        say("vm", f"resumed in {seconds:.1f} s: {target.interactive_command()}")
+        return {**props, "pid": pid, "ready_seconds": round(seconds, 1)}
 
     def _grew_in_place(self, olds: Props, news: Props) -> bool:
         """Only the disk grew (OverlayDisk grew it through QEMU first) and the VM runs: its root

@@ -53,6 +53,7 @@ class VmConfig:
     firmware_code: str | None
     firmware_vars: str | None
     boot_timeout_seconds: int
+    state: str = "running"  # or "suspended" (nexus:vm.state)
 
 
 @dataclass(frozen=True)

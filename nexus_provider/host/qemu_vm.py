@@ -30,6 +30,13 @@ class Accelerator(Enum):
     TCG = "tcg"
 
 
+class VmState(Enum):
+    """Whether QEMU runs the VM, or its running state is saved in its disk and QEMU is stopped."""
+
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+
+
 class BindAddress(Enum):
     """The host address forwarded ports listen on (QEMU's user networking forwards only from IPv4)."""
 
@@ -112,6 +119,11 @@ class QemuVmArgs:
         "partition and file system are grown over SSH, without a restart (a boot grows them by itself).",
         pattern=DISK_SIZE,
         rule=DISK_SIZE_RULE,
+    )
+    state: VmState | None = prop(
+        "running (unset: the same), or suspended: the running VM is saved into its disk (RAM and "
+        "device state) and QEMU stopped, freeing the host's memory and CPU; running again resumes it "
+        "where it was, without a boot."
     )
 
 

@@ -567,3 +567,20 @@ def test_a_disk_smaller_than_the_base_image_names_the_key_and_the_minimum() -> N
         f"nexus:vm.diskSize: got '2G', smaller than the base image's own disk size ({(2 << 30) + 1} bytes); "
         "allowed: at least 3G"
     )
+
+
+def test_vm_state_takes_running_or_suspended_and_suspended_only_without_guest_layers(tmp_path: Path) -> None:
+    host_only = {"guest": {"installPackages": False}, "playground": {"enabled": False}}
+    assert (
+        load_config({**host_only, "vm": {"state": "suspended"}}, stack="s", home=tmp_path).vm.state
+        == "suspended"
+    )
+    assert load_config(host_only, stack="s", home=tmp_path).vm.state == "running"
+    with pytest.raises(
+        ConfigError, match=r"nexus:vm.state: got 'paused'; allowed: one of 'running', 'suspended'"
+    ):
+        load_config({**host_only, "vm": {"state": "paused"}}, stack="s", home=tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        load_config({"vm": {"state": "suspended"}}, stack="s", home=tmp_path)
+    assert "nexus:vm.state: got 'suspended' while the guest layers are on" in str(refused.value)
+    assert "nexus:playground.enabled" in str(refused.value)

@@ -321,3 +321,39 @@ def test_aarch64_gets_its_own_uefi_variable_store(tmp_path: Path) -> None:
     x86.state_dir.mkdir()
     ensure_firmware_vars(x86, None, None)
     assert not x86.firmware_vars.exists()
+
+
+def test_vm_diff_suspends_resumes_and_leaves_a_suspended_vm_down(tmp_path: Path) -> None:
+    provider = QemuVm()
+    running, suspended = vm_props(tmp_path), vm_props(tmp_path, state="suspended")
+    # No QEMU runs: for a suspended VM that is as declared, so preview is quiet.
+    assert not provider.diff(suspended, vm_props(tmp_path, state="suspended")).changes
+    # Suspending and resuming are updates, never replacements.
+    for olds, news in (
+        (running, suspended),
+        (suspended, running),
+        (suspended, vm_props(tmp_path, state=None)),
+    ):
+        diff = provider.diff(olds, news)
+        assert diff.changes and not diff.replaces
+    # A stack from before nexus:vm.state (no such key) counts as running.
+    legacy = {key: value for key, value in running.items() if key != "state"}
+    assert provider.diff(legacy, vm_props(tmp_path, state=None)).changes  # its QEMU is dead here
+    assert provider.diff(legacy, suspended).changes
+
+
+def test_a_suspended_vm_records_the_new_inputs_so_the_next_preview_is_quiet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nexus_components.host import snapshots, vm_process
+
+    suspended_dirs: list[Path] = []
+    monkeypatch.setattr(vm_process, "running_pid", lambda paths, pid=None: 4242)
+    monkeypatch.setattr(snapshots, "suspend", lambda paths, log: suspended_dirs.append(paths.state_dir))
+    provider = QemuVm()
+    running = {**vm_props(tmp_path), "pid": 4242, "ready_seconds": 40.0}
+    news = vm_props(tmp_path, state="suspended")
+    recorded = provider.update(running, news)
+    assert suspended_dirs == [tmp_path]
+    assert recorded["state"] == "suspended" and recorded["pid"] == 0 and recorded["ready_seconds"] == 40.0
+    assert not provider.diff(recorded, vm_props(tmp_path, state="suspended")).changes
