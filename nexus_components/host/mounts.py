@@ -121,16 +121,11 @@ def load_mounts(
             container_paths[container] = f"{key}.container"
         kind = entry.get("type", "auto")
         chosen = auto_type(host_os) if kind == "auto" else kind
-        if chosen is None:
+        if chosen is None or host_os == "windows":
             raise ConfigError(
-                f"{key}.type: got {kind!r}; on a {host_os} host no mount type is available yet "
-                "(QEMU has no 9p there, virtiofs needs Linux)",
+                f"{key}.type: got {kind!r}; on a Windows host no mount type is available yet "
+                "(QEMU has no 9p there, virtiofsd runs on Linux only)",
                 hint="copy files with `scripts/lab cp` instead, or remove the mount",
-            )
-        if chosen == "9p" and host_os == "windows":
-            raise ConfigError(
-                f"{key}.type: got '9p'; QEMU on Windows has no 9p; allowed: auto",
-                hint="copy files with `scripts/lab cp` instead",
             )
         if chosen == "virtiofs" and host_os != "linux":
             raise ConfigError(
