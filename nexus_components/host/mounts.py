@@ -316,9 +316,10 @@ def _no_mount_hint(mount: Mount, index: int) -> str:
 
 
 def as_props(mounts: Sequence[Mount]) -> list[dict[str, Any]]:
-    """The mounts as QemuVm's typed input."""
+    """The mounts as QemuVm's typed input (nested values go by their schema names)."""
     return [
-        {"host": m.host, "vm": m.vm, "type": m.type, "read_only": m.read_only, "container": m.container}
+        {"host": m.host, "vm": m.vm, "type": m.type, "readOnly": m.read_only}
+        | ({"container": m.container} if m.container else {})
         for m in mounts
     ]
 
@@ -329,7 +330,7 @@ def from_props(items: Sequence[Mapping[str, Any]] | None) -> tuple[Mount, ...]:
             host=item["host"],
             vm=item["vm"],
             type=item["type"],
-            read_only=bool(item.get("read_only") or False),
+            read_only=bool(item.get("readOnly") or False),
             container=item.get("container"),
         )
         for item in items or ()

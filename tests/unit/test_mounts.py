@@ -223,3 +223,11 @@ def test_the_guest_script_replaces_only_its_own_fstab_block(tmp_path: Path) -> N
 def test_the_guest_script_says_which_kernel_support_is_missing() -> None:
     script = mounts.guest_script([Mount("/h", "/srv/a", "9p")])
     assert "nexus:mounts[0]: the VM could not mount /srv/a" in script and "9pnet_virtio" in script
+
+
+def test_the_mounts_go_to_qemu_vm_by_their_schema_names_and_back() -> None:
+    items = (Mount("/h/a", "/srv/a", "9p", True, "/work"), Mount("/h/b", "/srv/b", "virtiofs"))
+    props = mounts.as_props(items)
+    assert props[0] == {"host": "/h/a", "vm": "/srv/a", "type": "9p", "readOnly": True, "container": "/work"}
+    assert "container" not in props[1]
+    assert mounts.from_props(props) == items
