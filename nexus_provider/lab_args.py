@@ -279,13 +279,15 @@ class LabInnerVm:
 
 
 class MountTypeChoice(Enum):
-    """How a host folder is shared. auto: 9p on Linux and macOS hosts. 9p: QEMU's own file server
-    (the guest kernel needs 9p: Ubuntu's has it, Debian's cloud kernel has not). virtiofs: virtiofsd,
-    Linux hosts only, the fastest."""
+    """How a host folder is shared. auto: 9p on Linux and macOS hosts, reverse-sshfs on Windows. 9p:
+    QEMU's own file server (the guest kernel needs 9p: Ubuntu's has it, Debian's cloud kernel has
+    not). virtiofs: virtiofsd, Linux hosts only, the fastest. reverse-sshfs: the guest's sshfs, served
+    by this machine's sftp-server over the VM's SSH connection (the guest needs sshfs)."""
 
     AUTO = "auto"
     NINE_P = "9p"
     VIRTIOFS = "virtiofs"
+    REVERSE_SSHFS = "reverse-sshfs"
 
 
 _MOUNT = host_mounts.SCHEMA["items"]["properties"]
@@ -399,6 +401,7 @@ def qemu_vm_inputs(
     instance_id: Any,
     overlay_id: Any,
     virtiofsd: str | None = None,
+    sftp_server: str | None = None,
 ) -> Props:
     vm, network = config.vm, config.network
     aarch64 = vm.arch == Arch.AARCH64.value
@@ -430,6 +433,7 @@ def qemu_vm_inputs(
         # None without mounts, so a lab without them keeps the inputs it had (no restart).
         "mounts": host_mounts.as_props(config.mounts) or None,
         "virtiofsd": virtiofsd,
+        "sftp_server": sftp_server,
     }
 
 

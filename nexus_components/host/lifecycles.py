@@ -27,6 +27,7 @@ from nexus_components.core.files import remove_quietly
 from nexus_components.core.lifecycle import Created, Diff, Lifecycle, Props, changed
 from nexus_components.core.progress import say
 from nexus_components.host import disk, mounts, shares, vm_process
+from nexus_components.host.hostfacts import host_os
 from nexus_components.host.paths import (
     DiskRecord,
     StateDirMarker,
@@ -413,6 +414,7 @@ class QemuVm(Lifecycle):
         vm_process.stop(vm_paths(props), recorded_pid=recorded_pid(props), log=lambda line: say("vm", line))
         # The guest's mounts went with it; host folders are never touched.
         shares.stop_virtiofsd(vm_paths(props))
+        shares.stop_reverse_sshfs(vm_paths(props))
 
     @staticmethod
     def _start(props: Props, *, adopt: bool = False) -> Props:
@@ -461,11 +463,13 @@ class QemuVm(Lifecycle):
             )
             if mount_list:
                 shares.mount_in_guest(target, mount_list)
+                shares.start_reverse_sshfs(paths, target, mount_list, props.get("sftp_server"), host_os())
                 say("vm", f"mounted {len(mount_list)} host folder(s): " + ", ".join(m.vm for m in mount_list))
         except BaseException:
             # Nothing half-made: a VM that never became ready is not left running.
             vm_process.stop(paths, powerdown_timeout=5)
             shares.stop_virtiofsd(paths)
+            shares.stop_reverse_sshfs(paths)
             raise
         say("vm", f"ready after {seconds:.0f} s: {target.interactive_command()}")
         return {**props, "pid": pid, "ready_seconds": round(seconds, 1)}

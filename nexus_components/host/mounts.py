@@ -25,7 +25,9 @@ from typing import Any
 
 from nexus_components.core.errors import ConfigError
 
-TYPES = ("auto", "9p", "virtiofs")
+TYPES = ("auto", "9p", "virtiofs", "reverse-sshfs")
+# Types QEMU serves itself (a device on its command line) and the guest's fstab lists.
+DEVICE_TYPES = ("9p", "virtiofs")
 KEY = "nexus:mounts"
 # Guest paths: absolute, no whitespace (fstab's separator), ':' (Docker's volume separator),
 # ',' (the mount options' separator) or control characters.
@@ -71,9 +73,9 @@ class Mount:
         return f"{TAG_PREFIX}{index}"
 
 
-def auto_type(host_os: str) -> str | None:
-    """What `auto` picks: 9p where QEMU has it (Linux, macOS); none yet on Windows."""
-    return None if host_os == "windows" else "9p"
+def auto_type(host_os: str) -> str:
+    """What `auto` picks: 9p where QEMU has it (Linux, macOS); reverse-sshfs on Windows."""
+    return "reverse-sshfs" if host_os == "windows" else "9p"
 
 
 def load_mounts(
@@ -121,16 +123,15 @@ def load_mounts(
             container_paths[container] = f"{key}.container"
         kind = entry.get("type", "auto")
         chosen = auto_type(host_os) if kind == "auto" else kind
-        if chosen is None or host_os == "windows":
+        if chosen == "9p" and host_os == "windows":
             raise ConfigError(
-                f"{key}.type: got {kind!r}; on a Windows host no mount type is available yet "
-                "(QEMU has no 9p there, virtiofsd runs on Linux only)",
-                hint="copy files with `scripts/lab cp` instead, or remove the mount",
+                f"{key}.type: got '9p'; QEMU on Windows has no 9p; allowed there: auto or reverse-sshfs",
+                hint=f"set {key}.type to auto (reverse-sshfs)",
             )
         if chosen == "virtiofs" and host_os != "linux":
             raise ConfigError(
-                f"{key}.type: got 'virtiofs' on a {host_os} host; allowed there: auto or 9p "
-                "(virtiofsd runs on Linux only)",
+                f"{key}.type: got 'virtiofs' on a {host_os} host; allowed there: auto, 9p or "
+                "reverse-sshfs (virtiofsd runs on Linux only)",
                 hint=f"set {key}.type to auto",
             )
         mounts.append(
@@ -230,7 +231,7 @@ def device_argv(mounts: Sequence[Mount], sockets: Sequence[PurePath | None]) -> 
                 "-device",
                 f"vhost-user-fs-pci,chardev=vfs{index},tag={tag}",
             ]
-        else:
+        elif mount.type != "reverse-sshfs":  # served over SSH, no device
             raise ValueError(f"unknown mount type {mount.type!r}")
     return argv
 
@@ -276,7 +277,8 @@ def guest_script(mounts: Sequence[Mount]) -> str:
     """A shell script, run as root in the VM at each start: the shares go into /etc/fstab (so a
     reboot of the guest mounts them again, before Docker starts), then are mounted now. Every
     value is quoted; guest paths have no spaces (GUEST_PATH) but are quoted anyway."""
-    lines = [FSTAB_BEGIN, *(fstab_line(m, i) for i, m in enumerate(mounts)), FSTAB_END]
+    devices = [(i, m) for i, m in enumerate(mounts) if m.type in DEVICE_TYPES]
+    lines = [FSTAB_BEGIN, *(fstab_line(m, i) for i, m in devices), FSTAB_END]
     steps = [
         "set -eu",
         f"begin={shlex.quote(FSTAB_BEGIN)}",
@@ -294,7 +296,7 @@ def guest_script(mounts: Sequence[Mount]) -> str:
         "rm -f /etc/fstab.nexus-new",
         "systemctl daemon-reload 2>/dev/null || true",
     ]
-    for index, mount in enumerate(mounts):
+    for index, mount in devices:
         path = shlex.quote(mount.vm)
         module = "9pnet_virtio" if mount.type == "9p" else "virtiofs"
         steps += [
@@ -304,6 +306,47 @@ def guest_script(mounts: Sequence[Mount]) -> str:
             f"{{ echo {shlex.quote(_no_mount_hint(mount, index))} >&2; exit 3; }}",
         ]
     return "\n".join(steps) + "\n"
+
+
+# ---------------------------------------------------------------- reverse-sshfs
+
+SFTP_SERVER_CANDIDATES = {
+    "linux": ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/lib/ssh/sftp-server"),
+    "darwin": ("/usr/libexec/sftp-server",),
+    "windows": (r"C:\Windows\System32\OpenSSH\sftp-server.exe",),
+}
+
+
+def sftp_server_argv(binary: str, mount: Mount) -> list[str]:
+    """The host's sftp-server, serving the share over the pipe (-R: read-only mode)."""
+    return [binary, "-e", *(["-R"] if mount.read_only else [])]
+
+
+def sftp_path(host_path: str, host_os: str) -> str:
+    """The host folder as an SFTP path: Windows' OpenSSH serves C:\\x as /C:/x."""
+    if host_os == "windows":
+        return "/" + host_path.replace("\\", "/")
+    return host_path
+
+
+def sshfs_command(mount: Mount, host_os: str) -> str:
+    """The line the guest's shell runs (ssh's remote command): make the folder, then sshfs in the
+    foreground, speaking SFTP over ssh's stdin/stdout (`passive`, sshfs 3.7's `slave`). Run as
+    root with allow_other, so the container's root and every VM user reach it; idmap=user shows
+    the host user's files as the login user's (uid/gid of the login user, read before sudo)."""
+    options = [
+        "passive",
+        "allow_other",
+        "idmap=user",
+        "uid=$(id -u)",
+        "gid=$(id -g)",
+        "ro" if mount.read_only else "rw",
+    ]
+    path = shlex.quote(mount.vm)
+    remote = shlex.quote(":" + sftp_path(mount.host, host_os))
+    # sudo unless the login user is root already.
+    root = 'as=sudo; [ "$(id -u)" = 0 ] && as=; '
+    return root + f"$as mkdir -p {path} && exec $as sshfs -f -o {','.join(options)} {remote} {path}"
 
 
 def _no_mount_hint(mount: Mount, index: int) -> str:

@@ -132,12 +132,23 @@ class VmPaths:
     def virtiofs_log(self, index: int) -> Path:
         return self.state_dir / f"vfs-{index}.log"
 
+    def sshfs_pids(self, index: int) -> Path:
+        # nexus:mounts[index] of type reverse-sshfs: the pids of its ssh and sftp-server.
+        return self.state_dir / f"sshfs-{index}.pids"
+
+    def sshfs_log(self, index: int) -> Path:
+        return self.state_dir / f"sshfs-{index}.log"
+
     def virtiofs_files(self) -> tuple[Path, ...]:
-        return tuple(
-            f(i)
-            for i in range(MAX_MOUNTS)
-            for f in (self.virtiofs_socket, self.virtiofs_pid, self.virtiofs_log)
+        """The per-mount files of nexus:mounts (virtiofs and reverse-sshfs)."""
+        per_mount = (
+            self.virtiofs_socket,
+            self.virtiofs_pid,
+            self.virtiofs_log,
+            self.sshfs_pids,
+            self.sshfs_log,
         )
+        return tuple(f(i) for i in range(MAX_MOUNTS) for f in per_mount)
 
     def runtime_files(self) -> tuple[Path, ...]:
         """Files that only exist while QEMU runs (named as for the inner VM: qemu_process)."""

@@ -138,3 +138,112 @@ def mount_in_guest(target: ssh.SshTarget, items: Sequence[Mount]) -> None:
             output=(result.stderr or result.stdout).strip(),
             hint="the output names the mount; `dmesg` in the VM tells more",
         )
+
+
+# ---------------------------------------------------------------- reverse-sshfs
+
+
+def find_sftp_server(os_name: str) -> str | None:
+    for candidate in mounts.SFTP_SERVER_CANDIDATES.get(os_name, ()):
+        if os.path.exists(candidate):
+            return candidate
+    return shutil.which("sftp-server")
+
+
+def require_sftp_server(items: Sequence[Mount], os_name: str) -> str | None:
+    """The host's sftp-server when a reverse-sshfs mount needs it; refused at preview without."""
+    if not any(m.type == "reverse-sshfs" for m in items):
+        return None
+    found = find_sftp_server(os_name)
+    if found is None:
+        index = next(i for i, m in enumerate(items) if m.type == "reverse-sshfs")
+        raise HostToolError(
+            f"{mounts.KEY}[{index}].type: 'reverse-sshfs' needs OpenSSH's sftp-server on this machine, "
+            "which was not found",
+            hint="install the OpenSSH server package (Debian/Ubuntu: openssh-sftp-server; Windows: the "
+            "OpenSSH optional feature), or choose another type",
+        )
+    return found
+
+
+def start_reverse_sshfs(
+    paths: VmPaths, target: ssh.SshTarget, items: Sequence[Mount], sftp_server: str | None, os_name: str
+) -> None:
+    """Per reverse-sshfs mount, two processes joined by two pipes, detached from us (they outlive
+    `up`): the host's sftp-server and an ssh whose remote command is the guest's sshfs. Both end
+    when the VM goes away (the connection drops) or when stop_reverse_sshfs ends them."""
+    stop_reverse_sshfs(paths)
+    for index, mount in enumerate(items):
+        if mount.type != "reverse-sshfs":
+            continue
+        if sftp_server is None:
+            raise VmError(f"{mounts.KEY}[{index}]: reverse-sshfs needs sftp-server and none was given")
+        to_guest_read, to_guest_write = os.pipe()
+        to_host_read, to_host_write = os.pipe()
+        ssh_argv = [*target.argv(connect_timeout=30), "--", mounts.sshfs_command(mount, os_name)]
+        with open(paths.sshfs_log(index), "wb") as log:
+            guest = subprocess.Popen(
+                ssh_argv, stdin=to_guest_read, stdout=to_host_write, stderr=log, start_new_session=True
+            )
+            server = subprocess.Popen(
+                mounts.sftp_server_argv(sftp_server, mount),
+                stdin=to_host_read,
+                stdout=to_guest_write,
+                stderr=log,
+                start_new_session=True,
+            )
+        for fd in (to_guest_read, to_guest_write, to_host_read, to_host_write):
+            os.close(fd)
+        paths.sshfs_pids(index).write_text(f"{guest.pid} {server.pid}\n")
+        if not _mounted(target, mount.vm, guest):
+            output = paths.sshfs_log(index).read_text(errors="replace").strip()
+            stop_reverse_sshfs(paths)
+            raise VmError(
+                f"{mounts.KEY}[{index}]: the VM did not mount {mount.host} at {mount.vm} with sshfs",
+                command=ssh_argv,
+                output=output,
+                hint="the VM needs sshfs (Debian/Ubuntu: apt-get install sshfs; nexus:guest.packages can add "
+                "it) and FUSE in its kernel",
+            )
+
+
+def _mounted(target: ssh.SshTarget, path: str, guest: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if guest.poll() is not None:
+            return False
+        check = subprocess.run(
+            target.argv(["mountpoint", "-q", path], connect_timeout=30),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        if check.returncode == 0:
+            return True
+        time.sleep(1)
+    return False
+
+
+def stop_reverse_sshfs(paths: VmPaths) -> None:
+    for index in range(MAX_MOUNTS):
+        pid_file = paths.sshfs_pids(index)
+        try:
+            pids = [int(word) for word in pid_file.read_text().split()]
+        except (OSError, ValueError):
+            continue
+        for pid in pids:
+            if _cmdline_has(pid, (b"ssh", b"sftp-server")):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGTERM)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+        remove_quietly(pid_file)
+
+
+def _cmdline_has(pid: int, names: tuple[bytes, ...]) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            program = cmdline.read().split(b"\0")[0]
+    except OSError:
+        return False
+    return any(program.endswith(name) or program.endswith(name + b".exe") for name in names)

@@ -54,11 +54,13 @@ class PortForward:
 
 
 class MountType(Enum):
-    """How a host folder is shared: 9p (QEMU's file server; Linux and macOS hosts) or virtiofs
-    (virtiofsd, Linux hosts)."""
+    """How a host folder is shared: 9p (QEMU's file server; Linux and macOS hosts), virtiofs
+    (virtiofsd, Linux hosts) or reverse-sshfs (the guest's sshfs served by the host's sftp-server
+    over the VM's SSH connection; any host)."""
 
     NINE_P = "9p"
     VIRTIOFS = "virtiofs"
+    REVERSE_SSHFS = "reverse-sshfs"
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,9 @@ class QemuVmArgs:
         "them in its fstab): a change restarts the VM."
     )
     virtiofsd: str | None = prop("virtiofs mounts: the virtiofsd binary (a path); unset otherwise.")
+    sftp_server: str | None = prop(
+        "reverse-sshfs mounts: the host's OpenSSH sftp-server (a path); unset otherwise."
+    )
 
 
 @dataclass(frozen=True)

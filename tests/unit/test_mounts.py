@@ -63,7 +63,11 @@ def test_tilde_is_the_home_folder(tmp_path: Path) -> None:
         ({"host": "dir", "vm": "/srv/../etc"}, "nexus:mounts[0].vm", "without '..'"),
         ({"host": "dir", "vm": "/srv/a b"}, "nexus:mounts[0].vm", "without spaces"),
         ({"host": "dir", "vm": "/srv/a", "container": "/proc"}, "nexus:mounts[0].container", "under /proc"),
-        ({"host": "dir", "vm": "/srv/a", "type": "nfs"}, "nexus:mounts[0].type", "'auto', '9p', 'virtiofs'"),
+        (
+            {"host": "dir", "vm": "/srv/a", "type": "nfs"},
+            "nexus:mounts[0].type",
+            "'auto', '9p', 'virtiofs', 'reverse-sshfs'",
+        ),
         ({"host": "dir", "vm": "/srv/a", "size": 1}, "nexus:mounts[0].size", "unknown key"),
     ],
 )
@@ -100,12 +104,26 @@ def test_auto_is_9p_on_linux_and_macos_hosts(tmp_path: Path) -> None:
         )
 
 
-def test_windows_host_config_has_no_mount_type_yet(tmp_path: Path) -> None:
-    for kind in ("auto", "9p", "virtiofs"):
-        message = refusal(
-            tmp_path, [{"host": str(tmp_path), "vm": "/srv/a", "type": kind}], host_os="windows"
-        )
-        assert "nexus:mounts[0].type" in message and "scripts/lab cp" in message
+def test_windows_host_config_picks_reverse_sshfs_and_refuses_9p_and_virtiofs(tmp_path: Path) -> None:
+    entry = {"host": str(tmp_path), "vm": "/srv/a"}
+    assert load(tmp_path, [entry], host_os="windows").mounts[0].type == "reverse-sshfs"
+    for kind, words in (("9p", "QEMU on Windows has no 9p"), ("virtiofs", "Linux only")):
+        message = refusal(tmp_path, [{**entry, "type": kind}], host_os="windows")
+        assert "nexus:mounts[0].type" in message and words in message, message
+
+
+def test_windows_host_sshfs_command_uses_openssh_paths() -> None:
+    command = mounts.sshfs_command(Mount(r"C:\Users\me\my code", "/srv/code", "reverse-sshfs"), "windows")
+    assert "':/C:/Users/me/my code' /srv/code" in command
+    assert mounts.SFTP_SERVER_CANDIDATES["windows"] == (r"C:\Windows\System32\OpenSSH\sftp-server.exe",)
+
+
+def test_reverse_sshfs_has_no_qemu_device_and_no_fstab_line() -> None:
+    item = Mount("/h/a", "/srv/a", "reverse-sshfs", read_only=True)
+    assert mounts.device_argv((item,), [None]) == []
+    assert "/srv/a" not in mounts.guest_script([item])
+    assert mounts.sftp_server_argv("/usr/lib/openssh/sftp-server", item)[-1] == "-R"
+    assert ",ro " in mounts.sshfs_command(item, "linux")
 
 
 def test_macos_host_config_refuses_virtiofs(tmp_path: Path) -> None:
