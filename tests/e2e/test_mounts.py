@@ -5,9 +5,10 @@ The test image's kernel is Debian's cloud kernel: it has virtiofs (and FUSE) but
 unit-tested, and QEMU accepting it is checked by tests/unit/test_mounts.py's argv tests only.
 
 One VM, in order: up with one read-write mount -> read a host file, write one from the VM ->
-cp a folder named with a space and a `$` in and out -> add a read-only mount (preview shows the
-VM's restart) -> up: both mounts there, the read-only one refuses writes -> destroy: the host
-folders are byte-identical to what they were before destroy.
+cp a folder named with a space and a `$` in and out -> install sshfs in the guest -> add a
+read-only virtiofs mount and a reverse-sshfs one (preview shows the VM's restart) -> up: the
+first mount is back, the read-only one refuses writes, the login user writes through sshfs ->
+destroy: the host folders are byte-identical to what they were before destroy.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def test_host_folders_are_mounted_survive_a_restart_and_destroy_leaves_them_as_t
     frozen.mkdir()
     (frozen / "keep.txt").write_text("read only\n")
     frozen_before = snapshot(frozen)
+    served = tmp_path / "served over ssh"
+    served.mkdir()
+    (served / "hello.txt").write_text("over sftp\n")
 
     cli = lab_stack(tmp_path, "mounts")
     config = lab_config(tmp_path, image_url, free_port(), free_port())
@@ -82,13 +86,19 @@ def test_host_folders_are_mounted_survive_a_restart_and_destroy_leaves_them_as_t
         copy(Endpoint("vm", f"/tmp/{TRICKY}"), Endpoint("host", str(back)), layers)
         assert snapshot(back) == snapshot(source)
 
-        # A second, read-only mount: a change of the VM's command line, so a restart.
-        cli.set_config("nexus:mounts[1].host", str(frozen))
-        cli.set_config("nexus:mounts[1].vm", "/srv/frozen")
-        cli.set_config("nexus:mounts[1].type", "virtiofs")
-        cli.run(
-            "config", "set", "--path", "nexus:mounts[1].readOnly", "true", "--type", "bool", *cli.stack_args()
-        )
+        # reverse-sshfs needs sshfs in the guest (the test image has none; a user adds it with
+        # nexus:guest.packages): from Debian's mirror, over the VM's user network.
+        ssh(outputs, "sudo apt-get update -qq && sudo apt-get install -y -qq sshfs >/dev/null", timeout=600)
+
+        # A read-only virtiofs mount and a reverse-sshfs one: a change of the VM's command line
+        # (the first), so a restart.
+        for index, (host, vm, kind) in enumerate(
+            [(frozen, "/srv/frozen", "virtiofs"), (served, "/srv/served", "reverse-sshfs")], start=1
+        ):
+            cli.set_config(f"nexus:mounts[{index}].host", str(host))
+            cli.set_config(f"nexus:mounts[{index}].vm", vm)
+            cli.set_config(f"nexus:mounts[{index}].type", kind)
+        cli.set_config("nexus:mounts[1].readOnly", "true")
         preview = cli.preview()
         assert "nexus:host:QemuVm" in preview.stdout and "update" in preview.stdout, preview.stdout
         pid = outputs["vmPid"]
@@ -99,6 +109,12 @@ def test_host_folders_are_mounted_survive_a_restart_and_destroy_leaves_them_as_t
         assert ssh(outputs, "cat /srv/frozen/keep.txt") == "read only"
         refused = ssh(outputs, "sudo touch /srv/frozen/new 2>&1 || echo refused")
         assert "Read-only file system" in refused and refused.endswith("refused"), refused
+        # reverse-sshfs: the login user reads and writes; the host sees the host user's file.
+        assert ssh(outputs, "cat '/srv/served/hello.txt'") == "over sftp"
+        ssh(outputs, "echo from the login user > /srv/served/written.txt")
+        assert (served / "written.txt").read_text() == "from the login user\n"
+        assert (served / "written.txt").stat().st_uid == os.getuid()
+        served_before = snapshot(served)
         shared_before = snapshot(shared)
     finally:
         destroyed = cli.destroy(check=False)
@@ -106,3 +122,4 @@ def test_host_folders_are_mounted_survive_a_restart_and_destroy_leaves_them_as_t
     assert qemu_processes_of(state_dir) == []
     assert snapshot(shared) == shared_before
     assert snapshot(frozen) == frozen_before
+    assert snapshot(served) == served_before
