@@ -1,14 +1,17 @@
-"""nexus:mounts and scripts/lab cp on a real VM (the base Debian test image, under TCG).
+"""nexus:mounts and scripts/lab cp on a real lab: the guest-layers test image (Docker baked in)
+under TCG, with the playground container and no inner VM.
 
 The test image's kernel is Debian's cloud kernel: it has virtiofs (and FUSE) but no 9p
 (CONFIG_NET_9P is not set), so the mounts here are virtiofs; 9p's part of the command line is
 unit-tested, and QEMU accepting it is checked by tests/unit/test_mounts.py's argv tests only.
 
-One VM, in order: up with one read-write mount -> read a host file, write one from the VM ->
-cp a folder named with a space and a `$` in and out -> install sshfs in the guest -> add a
-read-only virtiofs mount and a reverse-sshfs one (preview shows the VM's restart) -> up: the
-first mount is back, the read-only one refuses writes, the login user writes through sshfs ->
-destroy: the host folders are byte-identical to what they were before destroy.
+One lab, in order: up with a read-write and a read-only virtiofs mount, both also in the
+container -> a host file read in the VM and the container, a file written in the container
+appears on the host as the host user's -> cp a folder named with a space and a `$` in and out ->
+install sshfs in the guest -> add a reverse-sshfs mount (preview shows QemuVm's update: a
+restart) -> up: the mounts are back in the VM and in the container Docker restarted, the
+read-only one refuses writes in both, the login user writes through sshfs -> destroy: no
+process of the lab is left and the host folders are byte-identical to what they were.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from nexus_components.cli.copy import copy, layers_of
 from nexus_components.cli.stack import LabOutputs
 from nexus_components.cli.transfer import Endpoint
 from nexus_components.host.shares import find_virtiofsd
-from tests.e2e.test_lab import free_port, image_url, lab_config, lab_stack, qemu_processes_of, ssh
+from tests.e2e.test_guest_layers import guest_image_url, in_container, rootfs_tarball
+from tests.e2e.test_lab import free_port, lab_config, lab_stack, qemu_processes_of, ssh
 
-pytestmark = [pytest.mark.engine, pytest.mark.vm]
+pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.guest]
 
-__all__ = ["image_url"]
+__all__ = ["guest_image_url", "rootfs_tarball"]
 
 TRICKY = "my $HOME dir"
 
@@ -45,7 +49,7 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int, bytes]]:
 
 @pytest.mark.skipif(find_virtiofsd() is None, reason="no virtiofsd on this host")
 def test_host_folders_are_mounted_survive_a_restart_and_destroy_leaves_them_as_they_were(
-    tmp_path: Path, image_url: str
+    tmp_path: Path, guest_image_url: str, rootfs_tarball: Path
 ) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -59,17 +63,40 @@ def test_host_folders_are_mounted_survive_a_restart_and_destroy_leaves_them_as_t
     (served / "hello.txt").write_text("over sftp\n")
 
     cli = lab_stack(tmp_path, "mounts")
-    config = lab_config(tmp_path, image_url, free_port(), free_port())
-    config["nexus:mounts"] = [{"host": str(shared), "vm": "/srv/shared", "type": "virtiofs"}]
+    config = lab_config(
+        tmp_path,
+        guest_image_url,
+        free_port(),
+        free_port(),
+        vm={"memoryMiB": 1536, "diskSize": "10G", "bootTimeoutSeconds": 1200},
+        playground={
+            "enabled": True,
+            "rootfsTarball": str(rootfs_tarball),
+            "command": ["sleep", "1000000"],
+            "ports": [],
+            "readyTimeoutSeconds": 900,
+        },
+    )
+    config["nexus:mounts"] = [
+        {"host": str(shared), "vm": "/srv/shared", "container": "/work", "type": "virtiofs"},
+        {
+            "host": str(frozen),
+            "vm": "/srv/frozen",
+            "container": "/frozen",
+            "type": "virtiofs",
+            "readOnly": True,
+        },
+    ]
     cli.init(config)
     state_dir = tmp_path / "state"
     try:
         cli.up()
         outputs = cli.outputs()
         assert ssh(outputs, "cat /srv/shared/from-host.txt") == "hello from the host"
-        # Root in the VM, as the playground container's user is; the host sees the host user's file.
-        ssh(outputs, "echo written in the VM | sudo tee /srv/shared/from-vm.txt >/dev/null")
-        assert (shared / "from-vm.txt").read_text() == "written in the VM\n"
+        assert in_container(outputs, "cat", "/work/from-host.txt") == "hello from the host"
+        # The container's user (root): the host sees the file as the host user's.
+        in_container(outputs, "sh", "-c", "echo written in the container > /work/from-vm.txt")
+        assert (shared / "from-vm.txt").read_text() == "written in the container\n"
         assert (shared / "from-vm.txt").stat().st_uid == os.getuid()
         assert "/srv/shared virtiofs" in ssh(outputs, "grep nexus0 /etc/fstab")
 
@@ -90,24 +117,24 @@ def test_host_folders_are_mounted_survive_a_restart_and_destroy_leaves_them_as_t
         # nexus:guest.packages): from Debian's mirror, over the VM's user network.
         ssh(outputs, "sudo apt-get update -qq && sudo apt-get install -y -qq sshfs >/dev/null", timeout=600)
 
-        # A read-only virtiofs mount and a reverse-sshfs one: a change of the VM's command line
-        # (the first), so a restart.
-        for index, (host, vm, kind) in enumerate(
-            [(frozen, "/srv/frozen", "virtiofs"), (served, "/srv/served", "reverse-sshfs")], start=1
-        ):
-            cli.set_config(f"nexus:mounts[{index}].host", str(host))
-            cli.set_config(f"nexus:mounts[{index}].vm", vm)
-            cli.set_config(f"nexus:mounts[{index}].type", kind)
-        cli.set_config("nexus:mounts[1].readOnly", "true")
+        # A reverse-sshfs mount: a change of the VM's command line (QemuVm's mounts), so a restart.
+        # The container is not replaced: Docker restarts it after the boot mounted the shares.
+        cli.set_config("nexus:mounts[2].host", str(served))
+        cli.set_config("nexus:mounts[2].vm", "/srv/served")
+        cli.set_config("nexus:mounts[2].type", "reverse-sshfs")
         preview = cli.preview()
         assert "nexus:host:QemuVm" in preview.stdout and "update" in preview.stdout, preview.stdout
         pid = outputs["vmPid"]
         cli.up()
         outputs = cli.outputs()
         assert outputs["vmPid"] != pid, "the VM restarted with the new share"
-        assert ssh(outputs, "cat /srv/shared/from-vm.txt") == "written in the VM", "the first mount is back"
+        assert ssh(outputs, "cat /srv/shared/from-vm.txt") == "written in the container", "the mount is back"
+        # Docker restarted the container after the share was mounted (fstab: before docker.service).
+        assert in_container(outputs, "cat", "/work/from-vm.txt") == "written in the container"
         assert ssh(outputs, "cat /srv/frozen/keep.txt") == "read only"
         refused = ssh(outputs, "sudo touch /srv/frozen/new 2>&1 || echo refused")
+        assert "Read-only file system" in refused and refused.endswith("refused"), refused
+        refused = in_container(outputs, "sh", "-c", "touch /frozen/new 2>&1 || echo refused")
         assert "Read-only file system" in refused and refused.endswith("refused"), refused
         # reverse-sshfs: the login user reads and writes; the host sees the host user's file.
         assert ssh(outputs, "cat '/srv/served/hello.txt'") == "over sftp"
