@@ -57,7 +57,7 @@ RESERVED_GUEST_PATHS = ("/proc", "/sys", "/dev", "/run", "/boot", "/etc", "/usr"
 TAG_PREFIX = "nexus"
 FSTAB_BEGIN = "# nexus:mounts begin (written by nexus-nested-vm at each start; edits are lost)"
 FSTAB_END = "# nexus:mounts end"
-MSIZE_9P = 512 * 1024
+MSIZE_9P = 256 * 1024  # what Lima's docs advise at least; kernels cap it per transport
 
 
 @dataclass(frozen=True)

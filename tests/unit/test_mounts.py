@@ -207,7 +207,7 @@ def test_windows_paths_stay_one_option_value() -> None:
 
 def test_the_fstab_lines_mount_before_docker_and_never_block_the_boot() -> None:
     assert mounts.fstab_line(Mount("/h", "/srv/a", "9p", read_only=True), 0) == (
-        "nexus0 /srv/a 9p trans=virtio,version=9p2000.L,msize=524288,cache=mmap,"
+        "nexus0 /srv/a 9p trans=virtio,version=9p2000.L,msize=262144,cache=mmap,"
         "nofail,x-systemd.before=docker.service,ro 0 0"
     )
     assert mounts.fstab_line(Mount("/h", "/srv/b", "virtiofs"), 3) == (
