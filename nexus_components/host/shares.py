@@ -231,13 +231,25 @@ def stop_reverse_sshfs(paths: VmPaths) -> None:
             pids = [int(word) for word in pid_file.read_text().split()]
         except (OSError, ValueError):
             continue
-        for pid in pids:
-            if _cmdline_has(pid, (b"ssh", b"sftp-server")):
+        ours = [pid for pid in pids if _cmdline_has(pid, (b"ssh", b"sftp-server"))]
+        for pid in ours:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for pid in ours:
+            while not _exited(pid, (b"ssh", b"sftp-server")) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not _exited(pid, (b"ssh", b"sftp-server")):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGTERM)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
+                    os.kill(pid, signal.SIGKILL)
         remove_quietly(pid_file)
+
+
+def _exited(pid: int, names: tuple[bytes, ...]) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True  # our own child, reaped
+    return not _cmdline_has(pid, names)
 
 
 def _cmdline_has(pid: int, names: tuple[bytes, ...]) -> bool:
