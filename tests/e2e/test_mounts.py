@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.mount_bench import Share, render
+from bench.mount_bench import run as run_bench
 from nexus_components.cli.copy import copy, layers_of
 from nexus_components.cli.stack import LabOutputs
 from nexus_components.cli.transfer import Endpoint
@@ -106,12 +108,17 @@ def test_host_folders_are_mounted_survive_a_restart_and_destroy_leaves_them_as_t
         (source / "run.sh").write_text("#!/bin/sh\necho hi\n")
         (source / "run.sh").chmod(0o750)
         (source / "sub" / "a $b").write_text("x")
-        layers = layers_of(LabOutputs("mounts", outputs), "vm")
+        layers = layers_of(LabOutputs("mounts", outputs), "vm", "playground")
         copy(Endpoint("host", str(source)), Endpoint("vm", "/tmp"), layers)
         assert ssh(outputs, f"stat -c %a '/tmp/{TRICKY}/run.sh'") == "750"
         back = tmp_path / "back"
         copy(Endpoint("vm", f"/tmp/{TRICKY}"), Endpoint("host", str(back)), layers)
         assert snapshot(back) == snapshot(source)
+        copy(Endpoint("host", str(source)), Endpoint("playground", "/root"), layers)
+        assert in_container(outputs, "stat", "-c", "%a", f"/root/{TRICKY}/run.sh") == "750"
+        from_container = tmp_path / "from container"
+        copy(Endpoint("playground", f"/root/{TRICKY}"), Endpoint("host", str(from_container)), layers)
+        assert snapshot(from_container) == snapshot(source)
 
         # reverse-sshfs needs sshfs in the guest (the test image has none; a user adds it with
         # nexus:guest.packages): from Debian's mirror, over the VM's user network.
@@ -143,6 +150,17 @@ def test_host_folders_are_mounted_survive_a_restart_and_destroy_leaves_them_as_t
         assert (served / "written.txt").stat().st_uid == os.getuid()
         served_before = snapshot(served)
         shared_before = snapshot(shared)
+
+        # The mount bench, smaller than its defaults (64 MiB, 1,000 files) to keep this test short;
+        # it prints its table (run pytest with -s to see it) and leaves the shares as they were.
+        shares = [
+            Share(shared, "/srv/shared", "/work", "virtiofs"),
+            Share(served, "/srv/served", None, "reverse-sshfs"),
+        ]
+        results = run_bench(shares, layers, size_mib=64, files=1000, log=print)
+        print(render(results))
+        assert {(r.workload, r.layer) for r in results} >= {("large", "playground"), ("small", "vm")}
+        assert snapshot(shared) == shared_before and snapshot(served) == served_before
     finally:
         destroyed = cli.destroy(check=False)
     assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
