@@ -25,10 +25,10 @@ SEND = 'set -eu; src=$1; [ -e "$src" ] || { echo "no such file or folder: $src" 
 # source, named $2 inside the archive: unpacked beside $1 in a fresh folder, then renamed.
 RECEIVE = (
     "set -eu; dst=$1; name=$2; "
-    'if [ -d "$dst" ]; then exec tar -C "$dst" -xpf -; fi; '
+    'if [ -d "$dst" ]; then exec tar -C "$dst" --no-same-owner -xpf -; fi; '
     'parent=$(dirname -- "$dst"); mkdir -p -- "$parent"; '
     'tmp=$(mktemp -d "$parent/.nexus-cp.XXXXXX"); '
-    'tar -C "$tmp" -xpf - && mv -- "$tmp/$name" "$dst" && rmdir -- "$tmp" || { rm -rf -- "$tmp"; exit 1; }'
+    'tar -C "$tmp" --no-same-owner -xpf - && mv -- "$tmp/$name" "$dst" && rmdir -- "$tmp" || { rm -rf -- "$tmp"; exit 1; }'
 )
 
 

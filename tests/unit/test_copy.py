@@ -103,3 +103,11 @@ def test_a_single_file_is_copied_to_a_new_name(tmp_path: Path) -> None:
 def test_a_missing_source_is_reported_naming_it(tmp_path: Path) -> None:
     with pytest.raises(NexusError, match="could not read vm:"):
         copy(Endpoint("vm", str(tmp_path / "nope")), Endpoint("host", str(tmp_path / "x")), Layers(FAKE_SSH))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_the_copy_belongs_to_the_receiving_user_not_the_sender(tmp_path: Path) -> None:
+    (tmp_path / "theirs").write_text("x")
+    os.chown(tmp_path / "theirs", 1000, 1000)  # as the VM's login user's file would be
+    copy(Endpoint("vm", str(tmp_path / "theirs")), Endpoint("host", str(tmp_path / "mine")), Layers(FAKE_SSH))
+    assert (tmp_path / "mine").stat().st_uid == os.getuid()
