@@ -28,7 +28,8 @@ RECEIVE = (
     'if [ -d "$dst" ]; then exec tar -C "$dst" --no-same-owner -xpf -; fi; '
     'parent=$(dirname -- "$dst"); mkdir -p -- "$parent"; '
     'tmp=$(mktemp -d "$parent/.nexus-cp.XXXXXX"); '
-    'tar -C "$tmp" --no-same-owner -xpf - && mv -- "$tmp/$name" "$dst" && rmdir -- "$tmp" || { rm -rf -- "$tmp"; exit 1; }'
+    'tar -C "$tmp" --no-same-owner -xpf - && mv -- "$tmp/$name" "$dst" && rmdir -- "$tmp" '
+    '|| { rm -rf -- "$tmp"; exit 1; }'
 )
 
 
