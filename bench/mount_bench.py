@@ -40,7 +40,7 @@ from nexus_components.core.errors import NexusError
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = ".nexus-bench-{pid}"
 # Runs "$@" and prints its wall time in nanoseconds (the layer's own clock).
-TIMED = 's=$(date +%s%N); "$@" >/dev/null; e=$(date +%s%N); echo $((e - s))'
+TIMED = 's=$(date +%s%N); "$@" >/dev/null || exit $?; e=$(date +%s%N); echo $((e - s))'
 LARGE = 'exec sha256sum "$1"'
 SMALL = 'mkdir -p "$2" && tar -xf "$1" -C "$2" && find "$2" -type f -exec cat {} + >/dev/null'
 
@@ -87,13 +87,17 @@ def timed(command: Sequence[str]) -> list[str]:
     return ["sh", "-c", TIMED, "sh", *command]
 
 
-def workload_argv(workload: str, folder: str, layer: str) -> list[str]:
-    """The timed command of one workload, with `folder` the bench folder as the layer sees it."""
+def workload_argv(workload: str, folder: str, layer: str, *, sudo: bool = False) -> list[str]:
+    """The timed command of one workload, with `folder` the bench folder as the layer sees it.
+    `sudo`: as root (the VM's login user may not own the host user's folder; the container's
+    user is root already)."""
     if workload == "large":
-        return timed(["sh", "-c", LARGE, "sh", f"{folder}/large.bin"])
-    if workload == "small":
-        return timed(["sh", "-c", SMALL, "sh", f"{folder}/small.tar", f"{folder}/unpacked-{layer}"])
-    raise ValueError(workload)
+        command = timed(["sh", "-c", LARGE, "sh", f"{folder}/large.bin"])
+    elif workload == "small":
+        command = timed(["sh", "-c", SMALL, "sh", f"{folder}/small.tar", f"{folder}/unpacked-{layer}"])
+    else:
+        raise ValueError(workload)
+    return ["sudo", "-n", *command] if sudo else command
 
 
 def layer_folders(share: Share, name: str) -> dict[str, str]:
@@ -127,7 +131,13 @@ def measure(argv: Sequence[str]) -> float:
 
 
 def run(
-    shares: Sequence[Share], layers: Layers, size_mib: int, files: int, log: Callable[[str], None]
+    shares: Sequence[Share],
+    layers: Layers,
+    size_mib: int,
+    files: int,
+    log: Callable[[str], None],
+    *,
+    vm_sudo: bool = True,
 ) -> list[Result]:
     results: list[Result] = []
     name = BENCH_DIR.format(pid=os.getpid())
@@ -140,7 +150,8 @@ def run(
                 folders = layer_folders(share, name)
                 host = measure(in_layer("host", workload_argv(workload, folders["host"], "host"), layers))
                 for layer in [key for key in folders if key != "host"]:
-                    seconds = measure(in_layer(layer, workload_argv(workload, folders[layer], layer), layers))
+                    argv = workload_argv(workload, folders[layer], layer, sudo=vm_sudo and layer == "vm")
+                    seconds = measure(in_layer(layer, argv, layers))
                     results.append(Result(f"{share.vm} ({share.type})", workload, layer, seconds, host))
                     log(f"  {workload} in {layer}: {seconds:.2f} s (host {host:.2f} s)")
         finally:
