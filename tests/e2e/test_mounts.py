@@ -2,8 +2,8 @@
 under TCG, with the playground container and no inner VM.
 
 The test image's kernel is Debian's cloud kernel: it has virtiofs (and FUSE) but no 9p
-(CONFIG_NET_9P is not set), so the mounts here are virtiofs; 9p's part of the command line is
-unit-tested, and QEMU accepting it is checked by tests/unit/test_mounts.py's argv tests only.
+(CONFIG_NET_9P is not set), so the mounts here are virtiofs and reverse-sshfs; 9p's part of the
+command line is only unit-tested (tests/unit/test_mounts.py).
 
 One lab, in order: up with a read-write and a read-only virtiofs mount, both also in the
 container -> a host file read in the VM and the container, a file written in the container
