@@ -20,6 +20,7 @@ from pulumi.runtime.config import get_config_env
 from nexus_components.config import NAMESPACE, NexusConfig, load_config
 from nexus_components.core.errors import NexusError
 from nexus_components.host.hostfacts import check_before_changes, detect_host, find_qemu_img, host_os
+from nexus_components.host.shares import require_sftp_server, require_virtiofsd
 from nexus_components.interrupt import fail_before_changes, leave_quietly_on_interrupt
 from nexus_components.lab_settings import lab_arguments
 
@@ -90,6 +91,8 @@ try:
     config = load_config(settings, stack=pulumi.get_stack(), home=Path.home(), project_dir=Path.cwd())
     detect_host(config.vm)
     check_before_changes(config, find_qemu_img(config.vm, host_os()))
+    require_virtiofsd(config.mounts)
+    require_sftp_server(config.mounts, host_os())
 except NexusError as error:
     # A clean message without a Python traceback; nothing has been registered yet.
     fail_before_changes(str(error))

@@ -10,6 +10,7 @@ Errors name the key (`nexus:vm.memoryMiB`), the bad value and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -27,9 +28,12 @@ from nexus_components.guest.settings import (
     PLAYGROUND_SCHEMA,
     InnerVmConfig,
     PlaygroundConfig,
+    Volume,
     load_inner_vm,
     load_playground,
 )
+from nexus_components.host import mounts as host_mounts
+from nexus_components.host.hostfacts import host_os as this_host_os
 from nexus_components.host.paths import VmPaths
 from nexus_components.host.settings import (
     GUEST_SSH_PORT,
@@ -209,6 +213,8 @@ SCHEMA: dict[str, Any] = {
         # The guest layers (nexus_components/guest/settings.py).
         "playground": PLAYGROUND_SCHEMA,
         "innerVm": INNER_VM_SCHEMA,
+        # Host folders shared into the VM and the container (nexus_components/host/mounts.py).
+        "mounts": host_mounts.SCHEMA,
     },
 }
 
@@ -231,10 +237,16 @@ class NexusConfig(HostConfig):
 
     playground: PlaygroundConfig = field(default_factory=PlaygroundConfig)
     inner_vm: InnerVmConfig = field(default_factory=InnerVmConfig)
+    mounts: tuple[host_mounts.Mount, ...] = ()
 
 
 def load_config(
-    raw: Mapping[str, Any], *, stack: str, home: Path, project_dir: Path | None = None
+    raw: Mapping[str, Any],
+    *,
+    stack: str,
+    home: Path,
+    project_dir: Path | None = None,
+    host_os: str | None = None,
 ) -> NexusConfig:
     """Validate the `nexus:` namespace and fill in the defaults (the seed's values)."""
     document = {key: value for key, value in raw.items() if value is not None}
@@ -274,6 +286,22 @@ def load_config(
         vm_ports_in_use={
             ("tcp", GUEST_SSH_PORT): "the VM's sshd listens on (nexus:network.sshPort forwards to it)"
         },
+    )
+    mounts = host_mounts.load_mounts(
+        document.get("mounts", []),
+        home=home,
+        base_dir=project_dir or Path.cwd(),
+        host_os=host_os or this_host_os(),
+        playground_enabled=playground.enabled,
+        container_paths_in_use={
+            v.target: f"nexus:playground.volumes[{i}].target" for i, v in enumerate(playground.volumes)
+        },
+    )
+    # A mount's container path is a bind mount of its VM path, like any other playground volume.
+    playground = dataclasses.replace(
+        playground,
+        volumes=playground.volumes
+        + tuple(Volume(m.vm, m.container, m.read_only) for m in mounts if m.container),
     )
     config = NexusConfig(
         stack=stack,
@@ -316,6 +344,7 @@ def load_config(
             home=home,
             base_dir=project_dir or Path.cwd(),
         ),
+        mounts=mounts,
     )
     _check_user_data(config)
     _check_inner_vm_memory(config.vm, config.inner_vm)

@@ -28,6 +28,7 @@ from nexus_components.host.hostfacts import (
     find_qemu_img,
     host_os,
 )
+from nexus_components.host.shares import require_sftp_server, require_virtiofsd
 
 from . import lab_args
 from .declared import PackageResource
@@ -46,6 +47,8 @@ class Lab(pulumi.ComponentResource):
         host = detect_host(config.vm)
         qemu_img = find_qemu_img(config.vm, host_os())
         check_before_changes(config, qemu_img)
+        virtiofsd = require_virtiofsd(config.mounts)
+        sftp_server = require_sftp_server(config.mounts, host_os())
         super().__init__(COMPONENT.pulumi_type, name, None, opts)
         note = accelerator_note(config.vm.accelerator, host.accelerator)
         if note:
@@ -81,7 +84,13 @@ class Lab(pulumi.ComponentResource):
             qemu_vm.RESOURCE,
             f"{name}-vm",
             lab_args.qemu_vm_inputs(
-                config, host, key.output("private_key_path"), seed.output("instance_id"), disk.id
+                config,
+                host,
+                key.output("private_key_path"),
+                seed.output("instance_id"),
+                disk.id,
+                virtiofsd,
+                sftp_server,
             ),
             child(state),
         )

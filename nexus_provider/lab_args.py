@@ -18,6 +18,7 @@ from typing import Any
 from nexus_components import lab_settings
 from nexus_components.config import NexusConfig
 from nexus_components.core.ssh import SshTarget
+from nexus_components.host import mounts as host_mounts
 from nexus_components.host.paths import VmPaths
 from nexus_components.host.qemu_argv import HostFacts, qmp_tcp_port
 
@@ -281,6 +282,38 @@ class LabInnerVm:
     )
 
 
+class MountTypeChoice(Enum):
+    """How a host folder is shared. auto: 9p on Linux and macOS hosts, reverse-sshfs on Windows. 9p:
+    QEMU's own file server (the guest kernel needs 9p: Ubuntu's has it, Debian's cloud kernel has
+    not). virtiofs: virtiofsd, Linux hosts only, the fastest. reverse-sshfs: the guest's sshfs, served
+    by this machine's sftp-server over the VM's SSH connection (the guest needs sshfs)."""
+
+    AUTO = "auto"
+    NINE_P = "9p"
+    VIRTIOFS = "virtiofs"
+    REVERSE_SSHFS = "reverse-sshfs"
+
+
+_MOUNT = host_mounts.SCHEMA["items"]["properties"]
+
+
+@dataclass(frozen=True)
+class LabMount:
+    """A folder on this machine shared into the VM and, with `container`, the playground container
+    (the stack setting nexus:mounts). Mounts never create, change or delete a host file."""
+
+    host: str = ruled(
+        "The folder on this machine (absolute, ~/..., or relative to the project).", _MOUNT["host"]
+    )
+    vm: str = ruled("Where the VM mounts it (not under /proc, /sys, /dev, /etc...).", _MOUNT["vm"])
+    container: str | None = ruled(
+        "Where the playground container sees it (a bind mount of the VM path); unset: not in the container.",
+        _MOUNT["container"],
+    )
+    read_only: bool | None = prop("Read-only in every layer; unset: false.")
+    type: MountTypeChoice | None = prop("How it is shared; unset: auto.")
+
+
 @dataclass(frozen=True)
 class LabArgs:
     image: LabImage | None = prop("The cloud image (the stack setting nexus:image).")
@@ -290,6 +323,7 @@ class LabArgs:
     paths: LabPaths | None = prop("The lab's directories (nexus:paths).")
     playground: LabPlayground | None = prop("The container in the VM (nexus:playground); unset: on.")
     inner_vm: LabInnerVm | None = prop("The VM in the container (nexus:innerVm); unset: off.")
+    mounts: list[LabMount] | None = prop("Host folders shared into the lab (nexus:mounts); unset: none.")
 
 
 @dataclass(frozen=True)
@@ -365,7 +399,13 @@ def overlay_disk_inputs(
 
 
 def qemu_vm_inputs(
-    config: NexusConfig, host: HostFacts, private_key: Any, instance_id: Any, overlay_id: Any
+    config: NexusConfig,
+    host: HostFacts,
+    private_key: Any,
+    instance_id: Any,
+    overlay_id: Any,
+    virtiofsd: str | None = None,
+    sftp_server: str | None = None,
 ) -> Props:
     vm, network = config.vm, config.network
     aarch64 = vm.arch == Arch.AARCH64.value
@@ -396,6 +436,10 @@ def qemu_vm_inputs(
         "disk_size": vm.disk_size,
         # Unset while running: a stack from before nexus:vm.state existed sees no change.
         "state": vm.state if vm.state != "running" else None,
+        # None without mounts, so a lab without them keeps the inputs it had (no restart).
+        "mounts": host_mounts.as_props(config.mounts) or None,
+        "virtiofsd": virtiofsd,
+        "sftp_server": sftp_server,
     }
 
 

@@ -24,6 +24,7 @@ LATER_MODULES = {
     "test_nexus_languages.py": 0.5,
     "test_nexus_lab_typescript.py": 0.5,
     "test_guest_layers.py": 1,
+    "test_mounts.py": 1,  # the guest-layers image too
     "test_inner_vm_image.py": 1,
     "test_arm64.py": 2,
 }

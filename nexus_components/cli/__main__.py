@@ -7,12 +7,12 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from nexus_components.cli import snapshot, stack
+from nexus_components.cli import copy, snapshot, stack
 from nexus_components.core.errors import NexusError
 
 # Each module: add_parser(subparsers) registering a sub-command whose `run` default takes
 # (args, LabOutputs) and returns an exit status.
-COMMANDS: tuple[ModuleType, ...] = (snapshot,)
+COMMANDS: tuple[ModuleType, ...] = (copy, snapshot)
 
 Runner = Callable[[argparse.Namespace, stack.LabOutputs], int]
 

@@ -27,7 +27,8 @@ from nexus_components.core.errors import NexusError, VmError
 from nexus_components.core.files import remove_quietly
 from nexus_components.core.lifecycle import Created, Diff, Lifecycle, Props, changed, in_preview
 from nexus_components.core.progress import say
-from nexus_components.host import disk, snapshots, vm_process
+from nexus_components.host import disk, mounts, shares, snapshots, vm_process
+from nexus_components.host.hostfacts import host_os
 from nexus_components.host.paths import (
     DiskRecord,
     StateDirMarker,
@@ -337,7 +338,16 @@ class QemuVm(Lifecycle):
     """The QEMU process. `up` returns once SSH answers and cloud-init is done."""
 
     has_update = True
-    RESTART_KEYS = ("argv", "ssh_port", "forwards", "bind_address", "username", "private_key", "instance_id")
+    RESTART_KEYS = (
+        "argv",
+        "ssh_port",
+        "forwards",
+        "bind_address",
+        "username",
+        "private_key",
+        "instance_id",
+        "mounts",
+    )
 
     def create(self, props: Props) -> Created:
         started = self._start(props, adopt=True)
@@ -389,7 +399,11 @@ class QemuVm(Lifecycle):
         self._stop(olds)
         # Saved state of a suspension is stale once the VM boots afresh.
         snapshots.drop_suspended_state(vm_paths(news), running=False)
-        return self._start(news)
+        started = self._start(news)
+        if olds.get("mounts") and not news.get("mounts"):
+            # The last mount went: its fstab entry goes too (the VM restarted without the share).
+            shares.mount_in_guest(_ssh_target(news), [])
+        return started
 
     @staticmethod
     def _suspend(props: Props) -> Props:
@@ -490,10 +504,14 @@ class QemuVm(Lifecycle):
     def _stop(props: Props) -> None:
         # The recorded pid finds the VM even if its pid file or state directory is gone.
         vm_process.stop(vm_paths(props), recorded_pid=recorded_pid(props), log=lambda line: say("vm", line))
+        # The guest's mounts went with it; host folders are never touched.
+        shares.stop_virtiofsd(vm_paths(props))
+        shares.stop_reverse_sshfs(vm_paths(props))
 
     @staticmethod
     def _start(props: Props, *, adopt: bool = False) -> Props:
         paths = vm_paths(props)
+        mount_list = mounts.from_props(props.get("mounts"))
         leftover = vm_process.vm_pids(paths)
         # An up killed while the VM booted (Ctrl-C twice) leaves QEMU running with this
         # very command line. Stopping it mid-boot would cut cloud-init's first run short
@@ -521,7 +539,12 @@ class QemuVm(Lifecycle):
             say("vm", f"starting QEMU ({props['accelerator']}, {resources})")
             # The ready line must come from this boot, not from the last one's console.
             remove_quietly(paths.serial_log)
-            pid = vm_process.launch(props["argv"], paths)
+            shares.start_virtiofsd(paths, mount_list, props.get("virtiofsd"))
+            try:
+                pid = vm_process.launch(props["argv"], paths)
+            except BaseException:
+                shares.stop_virtiofsd(paths)
+                raise
         try:
             seconds = vm_process.wait_until_ready(
                 target,
@@ -530,9 +553,15 @@ class QemuVm(Lifecycle):
                 log=lambda line: say("vm", line),
                 ready_line=cloudinit.READY_LINE,
             )
+            if mount_list:
+                shares.mount_in_guest(target, mount_list)
+                shares.start_reverse_sshfs(paths, target, mount_list, props.get("sftp_server"), host_os())
+                say("vm", f"mounted {len(mount_list)} host folder(s): " + ", ".join(m.vm for m in mount_list))
         except BaseException:
             # Nothing half-made: a VM that never became ready is not left running.
             vm_process.stop(paths, powerdown_timeout=5)
+            shares.stop_virtiofsd(paths)
+            shares.stop_reverse_sshfs(paths)
             raise
         say("vm", f"ready after {seconds:.0f} s: {target.interactive_command()}")
         return {**props, "pid": pid, "ready_seconds": round(seconds, 1)}

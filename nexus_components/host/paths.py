@@ -28,6 +28,8 @@ STATE_DIR_KEY = "nexus:paths.stateDir"
 # state was upgraded (scripts/upgrade-stack), which then writes 2.
 STATE_FORMAT = 2
 UPGRADE_COMMAND = "scripts/upgrade-stack"
+# nexus:mounts holds at most this many entries (config.py's schema).
+MAX_MOUNTS = 16
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,34 @@ class VmPaths:
     def bench_chart(self) -> Path:
         return self.state_dir / "bench-layers.svg"
 
+    def virtiofs_socket(self, index: int) -> Path:
+        # nexus:mounts[index] of type virtiofs: virtiofsd's vhost-user socket (short: sun_path).
+        return self.state_dir / f"vfs-{index}.sock"
+
+    def virtiofs_pid(self, index: int) -> Path:
+        return self.state_dir / f"vfs-{index}.pid"
+
+    def virtiofs_log(self, index: int) -> Path:
+        return self.state_dir / f"vfs-{index}.log"
+
+    def sshfs_pids(self, index: int) -> Path:
+        # nexus:mounts[index] of type reverse-sshfs: the pids of its ssh and sftp-server.
+        return self.state_dir / f"sshfs-{index}.pids"
+
+    def sshfs_log(self, index: int) -> Path:
+        return self.state_dir / f"sshfs-{index}.log"
+
+    def virtiofs_files(self) -> tuple[Path, ...]:
+        """The per-mount files of nexus:mounts (virtiofs and reverse-sshfs)."""
+        per_mount = (
+            self.virtiofs_socket,
+            self.virtiofs_pid,
+            self.virtiofs_log,
+            self.sshfs_pids,
+            self.sshfs_log,
+        )
+        return tuple(f(i) for i in range(MAX_MOUNTS) for f in per_mount)
+
     def runtime_files(self) -> tuple[Path, ...]:
         """Files that only exist while QEMU runs (named as for the inner VM: qemu_process)."""
         return runtime_files(self.state_dir)
@@ -128,6 +158,7 @@ class VmPaths:
         """Every file the stack may create, deepest first, for a complete teardown."""
         return (
             *self.runtime_files(),
+            *self.virtiofs_files(),
             self.serial_log,
             self.qemu_log,
             self.connect_script,

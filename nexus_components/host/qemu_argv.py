@@ -6,11 +6,13 @@ Nothing here looks at the machine: `HostFacts` carries what was detected (see
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 
 from nexus_components.core.errors import ConfigError
-from nexus_components.host.paths import VmPaths
+from nexus_components.host import mounts as host_mounts
+from nexus_components.host.paths import MAX_MOUNTS, VmPaths
 from nexus_components.host.settings import HostConfig, NetworkConfig, PortForward, VmConfig
 
 
@@ -34,6 +36,8 @@ class VmFiles:
     firmware_vars: PurePath
     qmp_socket: PurePath | None  # None on Windows: QMP goes over TCP there
     qmp_tcp_port: int | None = None
+    # virtiofsd's socket for nexus:mounts[i] (virtiofs mounts only use theirs).
+    virtiofs_sockets: tuple[PurePath, ...] = ()
 
     @classmethod
     def of(cls, paths: VmPaths) -> VmFiles:
@@ -45,6 +49,7 @@ class VmFiles:
             firmware_vars=paths.firmware_vars,
             qmp_socket=None if paths.qmp_tcp_port else paths.qmp_socket,
             qmp_tcp_port=paths.qmp_tcp_port,
+            virtiofs_sockets=tuple(paths.virtiofs_socket(i) for i in range(MAX_MOUNTS)),
         )
 
 
@@ -120,15 +125,32 @@ def qemu_opt_value(value: object) -> str:
     return str(value).replace(",", ",,")
 
 
+def _virtiofs_sockets(mounts: Sequence[host_mounts.Mount], files: VmFiles) -> list[PurePath | None]:
+    if len(mounts) > MAX_MOUNTS:
+        raise ConfigError(f"nexus:mounts: {len(mounts)} entries; allowed: at most {MAX_MOUNTS}")
+    return [
+        files.virtiofs_sockets[i] if m.type == "virtiofs" and files.virtiofs_sockets else None
+        for i, m in enumerate(mounts)
+    ]
+
+
 def hostfwd_rules(bind_address: str, forwards: tuple[PortForward, ...]) -> list[str]:
     return [f"hostfwd={f.protocol}:{bind_address}:{f.host}-:{f.guest}" for f in forwards]
 
 
-def build_qemu_argv(config: HostConfig, host: HostFacts, files: VmFiles) -> list[str]:
-    return qemu_argv(GuestMachine.of(config.vm), config.network, host, files)
+def build_qemu_argv(
+    config: HostConfig, host: HostFacts, files: VmFiles, mounts: Sequence[host_mounts.Mount] = ()
+) -> list[str]:
+    return qemu_argv(GuestMachine.of(config.vm), config.network, host, files, mounts)
 
 
-def qemu_argv(vm: GuestMachine, network: NetworkConfig, host: HostFacts, files: VmFiles) -> list[str]:
+def qemu_argv(
+    vm: GuestMachine,
+    network: NetworkConfig,
+    host: HostFacts,
+    files: VmFiles,
+    mounts: Sequence[host_mounts.Mount] = (),
+) -> list[str]:
     """Every argument QEMU gets, in layers: machine, resources, firmware, disks, net, control."""
     if host.accelerator == "auto":
         raise ValueError("resolve the accelerator before building the command line")
@@ -143,6 +165,7 @@ def qemu_argv(vm: GuestMachine, network: NetworkConfig, host: HostFacts, files: 
         str(vm.cpus),
         "-m",
         f"{vm.memory_mib}M",
+        *host_mounts.memory_backend_argv(mounts, vm.memory_mib),
     ]
     cpu = vm.cpu_model or default_cpu_model(vm.arch, host.accelerator)
     if cpu:
@@ -179,6 +202,8 @@ def qemu_argv(vm: GuestMachine, network: NetworkConfig, host: HostFacts, files: 
         "virtio-net-pci,netdev=net0",
         "-device",
         "virtio-rng-pci",
+        # The host folders of nexus:mounts (mounted by the guest at each start: lifecycles.py).
+        *host_mounts.device_argv(mounts, _virtiofs_sockets(mounts, files)),
         "-serial",
         # -serial file: takes the rest of the string literally; no comma escaping here.
         f"file:{files.serial_log}",

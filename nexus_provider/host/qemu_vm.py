@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from nexus_components.core.lifecycle import Props
-from nexus_components.host import lifecycles
+from nexus_components.host import lifecycles, mounts
 from nexus_components.host.hostfacts import host_os
 from nexus_components.host.qemu_argv import GuestMachine, HostFacts, VmFiles, default_qemu_binary, qemu_argv
 
@@ -58,6 +58,33 @@ class PortForward:
     host: int = port("The port on the host.")
     guest: int = port("The port in the guest.")
     protocol: Protocol = prop("tcp or udp.")
+
+
+class MountType(Enum):
+    """How a host folder is shared: 9p (QEMU's file server; Linux and macOS hosts), virtiofs
+    (virtiofsd, Linux hosts) or reverse-sshfs (the guest's sshfs served by the host's sftp-server
+    over the VM's SSH connection; any host)."""
+
+    NINE_P = "9p"
+    VIRTIOFS = "virtiofs"
+    REVERSE_SSHFS = "reverse-sshfs"
+
+
+@dataclass(frozen=True)
+class VmMount:
+    """A host folder the VM mounts at each start (nexus:mounts, with its type resolved)."""
+
+    host: str = absolute_path("The folder on this machine.")
+    vm: str = prop("Where the VM mounts it.", pattern=mounts.GUEST_PATH, rule=mounts.GUEST_PATH_RULE)
+    type: MountType = prop("How it is shared.")
+    read_only: bool | None = prop(
+        "Mounted read-only (and served read-only where the type can); unset: false."
+    )
+    container: str | None = prop(
+        "Where the playground container bind-mounts the VM path (informational here).",
+        pattern=mounts.GUEST_PATH,
+        rule=mounts.GUEST_PATH_RULE,
+    )
 
 
 @dataclass(frozen=True)
@@ -125,6 +152,14 @@ class QemuVmArgs:
         "device state) and QEMU stopped, freeing the host's memory and CPU; running again resumes it "
         "where it was, without a boot."
     )
+    mounts: list[VmMount] | None = prop(
+        "Host folders shared into the VM (QEMU devices; the guest mounts them at each start and lists "
+        "them in its fstab): a change restarts the VM."
+    )
+    virtiofsd: str | None = prop("virtiofs mounts: the virtiofsd binary (a path); unset otherwise.")
+    sftp_server: str | None = prop(
+        "reverse-sshfs mounts: the host's OpenSSH sftp-server (a path); unset otherwise."
+    )
 
 
 @dataclass(frozen=True)
@@ -158,6 +193,7 @@ _COMMAND_LINE_INPUTS = (
     "ssh_port",
     "forwards",
     "qmp_tcp_port",
+    "mounts",
 )
 
 
@@ -183,7 +219,13 @@ def _with_command_line(props: Props) -> Props:
         firmware_code=props.get("firmware_code"),
         firmware_vars_template=props.get("firmware_vars_template"),
     )
-    argv = qemu_argv(machine, network, host, VmFiles.of(lifecycles.vm_paths(props)))
+    argv = qemu_argv(
+        machine,
+        network,
+        host,
+        VmFiles.of(lifecycles.vm_paths(props)),
+        mounts.from_props(props.get("mounts")),
+    )
     return {**props, "argv": argv, "ssh_host": network.ssh_host}
 
 

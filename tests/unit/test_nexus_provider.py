@@ -336,6 +336,7 @@ def test_the_lab_is_a_component_in_the_schema_whose_settings_reuse_the_host_type
         "paths",
         "playground",
         "innerVm",
+        "mounts",
     }
     assert {"sshCommand", "sshPort", "privateKeyPath", "vmPid", "stateDir"} <= set(lab["properties"])
     assert "dockerVersion" not in lab["required"] and "vmReadySeconds" in lab["required"]

@@ -21,6 +21,7 @@ import pytest
 from nexus_components.core.errors import ConfigError
 from nexus_components.core.ssh import SshTarget, connect_script, generate_key_pair, ssh_config_entry
 from nexus_components.host.paths import (
+    MAX_MOUNTS,
     STATE_FORMAT,
     StateDirMarker,
     VmPaths,
@@ -210,8 +211,10 @@ def test_all_files_covers_every_property_naming_a_file(tmp_path: Path) -> None:
     }
     dirs = set(paths.all_dirs())
     assert dirs == {paths.state_dir, paths.ssh_dir}
-    assert set(paths.all_files()) == named - dirs
-    assert len(paths.all_files()) == len(set(paths.all_files())) == 17
+    shares = set(paths.virtiofs_files())
+    assert len(shares) == 5 * MAX_MOUNTS and paths.virtiofs_socket(0) in shares
+    assert set(paths.all_files()) == (named | shares) - dirs
+    assert len(paths.all_files()) == len(set(paths.all_files())) == 17 + 5 * MAX_MOUNTS
     assert set(paths.runtime_files()) <= set(paths.all_files())
     assert all(path.is_relative_to(paths.state_dir) for path in paths.all_files())
 
