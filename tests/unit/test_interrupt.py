@@ -29,9 +29,15 @@ PROGRAM = textwrap.dedent(
     loop = asyncio.new_event_loop()
     never = threading.Event()
 
-    async def register():
+    def wait():
+        # Said from the worker, so the signal lands while the loop waits on it: said before
+        # run_in_executor, it could land inside the executor's submit, whose half-started
+        # worker then kept `executor.shutdown(wait=True)` waiting (seen once in CI).
         print("waiting", flush=True)
-        await loop.run_in_executor(executor, never.wait)
+        never.wait()
+
+    async def register():
+        await loop.run_in_executor(executor, wait)
 
     try:
         loop.run_until_complete(register())
