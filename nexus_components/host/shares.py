@@ -9,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from nexus_components.core import ssh
 from nexus_components.core.errors import HostToolError, VmError
@@ -87,15 +87,7 @@ def stop_virtiofsd(paths: VmPaths) -> None:
             pid = int(pid_file.read_text().strip())
         except (OSError, ValueError):
             continue
-        if _is_virtiofsd(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            while not _gone(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if not _gone(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        _end([pid], _is_virtiofsd)
         for stale in (pid_file, paths.virtiofs_socket(index)):
             remove_quietly(stale)
 
@@ -106,15 +98,6 @@ def _is_virtiofsd(pid: int) -> bool:
             return b"virtiofsd" in cmdline.read().split(b"\0")[0]
     except OSError:
         return False
-
-
-def _gone(pid: int) -> bool:
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return True  # our own child, reaped
-    except ChildProcessError:
-        pass
-    return not _is_virtiofsd(pid)
 
 
 def mount_in_guest(target: ssh.SshTarget, items: Sequence[Mount]) -> None:
@@ -231,25 +214,31 @@ def stop_reverse_sshfs(paths: VmPaths) -> None:
             pids = [int(word) for word in pid_file.read_text().split()]
         except (OSError, ValueError):
             continue
-        ours = [pid for pid in pids if _cmdline_has(pid, (b"ssh", b"sftp-server"))]
-        for pid in ours:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for pid in ours:
-            while not _exited(pid, (b"ssh", b"sftp-server")) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if not _exited(pid, (b"ssh", b"sftp-server")):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+        _end(pids, lambda pid: _cmdline_has(pid, (b"ssh", b"sftp-server")))
         remove_quietly(pid_file)
 
 
-def _exited(pid: int, names: tuple[bytes, ...]) -> bool:
+def _end(pids: Sequence[int], is_ours: Callable[[int], bool]) -> None:
+    """SIGTERM those of `pids` that are still the stack's processes (a pid file can outlive
+    its process, and the pid be reused), give them 5 s, then SIGKILL what is left."""
+    ours = [pid for pid in pids if is_ours(pid)]
+    for pid in ours:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    for pid in ours:
+        while not _exited(pid, is_ours) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _exited(pid, is_ours):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _exited(pid: int, is_ours: Callable[[int], bool]) -> bool:
     with contextlib.suppress(ChildProcessError):
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return True  # our own child, reaped
-    return not _cmdline_has(pid, names)
+    return not is_ours(pid)
 
 
 def _cmdline_has(pid: int, names: tuple[bytes, ...]) -> bool:
