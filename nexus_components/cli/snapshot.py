@@ -53,8 +53,10 @@ def run(args: argparse.Namespace, lab: LabOutputs) -> int:
     running = vm_process.running_pid(paths, recorded_pid) is not None
     started = time.monotonic()
     if args.action == "list":
-        listed = snapshots.lab_snapshots(paths, recorded_pid).list() if running else None
-        if listed is None:
+        if running:
+            with snapshots.lab_snapshots(paths, recorded_pid) as live:
+                listed = live.list()
+        else:
             listed = snapshots.offline_snapshots(paths.overlay_disk)
             print("(the VM is not running)")
         print(snapshots.table(listed))
@@ -64,13 +66,14 @@ def run(args: argparse.Namespace, lab: LabOutputs) -> int:
         snapshots.delete_offline(paths.overlay_disk, args.name)
         print(f"deleted snapshot {args.name!r} ({_took(started)})")
         return 0
-    lab_snapshots = snapshots.lab_snapshots(paths, recorded_pid)
     if args.action == "save":
-        saved = lab_snapshots.save(args.name, replace=args.replace, disk_only=args.disk_only)
+        with snapshots.lab_snapshots(paths, recorded_pid) as live:
+            saved = live.save(args.name, replace=args.replace, disk_only=args.disk_only)
         what = f"{snapshots.human_size(saved.vm_state_bytes)} of VM state" if saved.live else "disk only"
         print(f"saved snapshot {saved.name!r} ({what}) in {_took(started)}")
     elif args.action == "revert":
-        lab_snapshots.revert(args.name)
+        with snapshots.lab_snapshots(paths, recorded_pid) as live:
+            live.revert(args.name)
         print(f"reverted the lab to snapshot {args.name!r} in {_took(started)}; same QEMU, no reboot")
         # The guest forgot every TCP connection made since the save: a shared SSH connection
         # of the guest layers' (or pulumi-docker's) would hang on until its keepalives give up.
@@ -78,7 +81,8 @@ def run(args: argparse.Namespace, lab: LabOutputs) -> int:
         if not args.keep_clock:
             _resync_clock(lab)
     else:
-        lab_snapshots.delete(args.name)
+        with snapshots.lab_snapshots(paths, recorded_pid) as live:
+            live.delete(args.name)
         print(f"deleted snapshot {args.name!r} ({_took(started)})")
     return 0
 

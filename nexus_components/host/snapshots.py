@@ -24,7 +24,7 @@ import re
 import struct
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -354,16 +354,18 @@ def snapshot_table(overlay: Path) -> list[tuple[str, int | None]]:
 # ------------------------------------------------------------------ a stack's VM
 
 
-def lab_snapshots(paths: VmPaths, recorded_pid: int | None = None) -> LiveSnapshots:
-    """The snapshots of a stack's running VM; a clear error if it is not running."""
+@contextlib.contextmanager
+def lab_snapshots(paths: VmPaths, recorded_pid: int | None = None) -> Iterator[LiveSnapshots]:
+    """The snapshots of a stack's running VM, over one QMP connection; a clear error if it
+    is not running."""
     if vm_process.running_pid(paths, recorded_pid) is None:
         raise SnapshotError(
             f"the lab's VM is not running (no QEMU for {paths.state_dir}); snapshots are taken of "
             "and reverted into a running lab",
             hint="start it with `up`, then try again",
         )
-
-    return LiveSnapshots(_qmp_of(paths), overlay=paths.overlay_disk)
+    with vm_process.qmp_session(paths) as qmp:
+        yield LiveSnapshots(qmp, overlay=paths.overlay_disk)
 
 
 def delete_offline(overlay: Path, name: str, qemu_img: str = "qemu-img") -> Snapshot:
@@ -413,7 +415,8 @@ def resync_clock(target: SshTarget, *, timeout: float = 60.0) -> str | None:
 def suspend(paths: VmPaths, *, log: Callable[[str], None] = lambda _: None) -> Snapshot:
     """Save the running VM into its disk (SUSPEND_TAG) and end its QEMU, freeing its memory
     and CPU; `resume_argv` starts it again from there."""
-    saved = LiveSnapshots(_qmp_of(paths), overlay=paths.overlay_disk)._save(SUSPEND_TAG, replace=True)
+    with vm_process.qmp_session(paths) as qmp:
+        saved = LiveSnapshots(qmp, overlay=paths.overlay_disk)._save(SUSPEND_TAG, replace=True)
     log(f"saved the running lab into its disk ({human_size(saved.vm_state_bytes)} of VM state)")
     # The guest's state is saved: no ACPI power-off (the guest would shut down), just quit.
     pid = vm_process.running_pid(paths)
@@ -459,17 +462,11 @@ def resume_argv(paths: VmPaths, argv: Sequence[str]) -> tuple[list[str] | None, 
 def drop_suspended_state(paths: VmPaths, *, running: bool, qemu_img: str = "qemu-img") -> None:
     """Delete the suspended state once the VM runs on (it is stale from then on)."""
     if running:
-        live = LiveSnapshots(_qmp_of(paths), overlay=paths.overlay_disk)
-        if any(snapshot.name == SUSPEND_TAG for snapshot in live.list()):
-            live._delete(SUSPEND_TAG)
+        with vm_process.qmp_session(paths) as qmp:
+            live = LiveSnapshots(qmp, overlay=paths.overlay_disk)
+            if any(snapshot.name == SUSPEND_TAG for snapshot in live.list()):
+                live._delete(SUSPEND_TAG)
         return
     if holds_suspended_state(paths):
         argv = [qemu_img, "snapshot", "-d", SUSPEND_TAG, str(paths.overlay_disk)]
         subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-
-
-def _qmp_of(paths: VmPaths) -> Qmp:
-    def qmp(command: str, **arguments: Any) -> object:
-        return vm_process.qmp_execute(paths, command, **arguments)
-
-    return qmp

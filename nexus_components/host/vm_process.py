@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -486,32 +486,62 @@ def qmp_execute(paths: VmPaths, command: str, **arguments: object) -> object:
     Returns QMP's `return` value; raises VmError when QEMU refuses, is gone, or does
     not answer within QMP_TIMEOUT_SECONDS.
     """
-    from qemu.qmp import ExecuteError, QMPClient
+    with qmp_session(paths) as qmp:
+        return qmp(command, **arguments)
 
-    async def call() -> object:
-        client = QMPClient("nexus")
+
+@contextlib.contextmanager
+def qmp_session(paths: VmPaths) -> Iterator[Callable[..., object]]:
+    """One QMP connection to the VM's QEMU for a run of commands (a snapshot job and its
+    polling): `qmp(command, **arguments)` returns QMP's `return` value, each call bounded
+    by QMP_TIMEOUT_SECONDS; VmError as for `qmp_execute`.
+
+    One connection, not one per command: QEMU broadcasts events (a job's status changes,
+    STOP, RESUME) and one emitted while a client connects can reach it ahead of the
+    greeting, which the client then cannot read (kata-containers/govmm#90)."""
+    from qemu.qmp import ConnectError, ExecuteError, QMPClient
+    from qemu.qmp.qmp_client import GreetingError
+
+    loop = asyncio.new_event_loop()
+    client = QMPClient("nexus")
+
+    def run(awaitable: Awaitable[object], what: str) -> object:
         try:
-            await asyncio.wait_for(client.connect(paths.qmp_address), QMP_TIMEOUT_SECONDS)
-            return await asyncio.wait_for(
-                client.execute(command, dict(arguments) or None), QMP_TIMEOUT_SECONDS
-            )
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), QMP_TIMEOUT_SECONDS)
+            return loop.run_until_complete(asyncio.wait_for(awaitable, QMP_TIMEOUT_SECONDS))
+        except ExecuteError as error:
+            raise VmError(f"QEMU refused the QMP command {what!r}: {error}") from error
+        except (asyncio.TimeoutError, TimeoutError) as error:
+            raise VmError(
+                f"QMP {what}: QEMU did not answer within {QMP_TIMEOUT_SECONDS:.0f} s",
+                hint=f"QEMU may be stopped or hung (QMP at {paths.qmp_address})",
+            ) from error
+        except Exception as error:
+            raise VmError(
+                f"QMP {what} failed: {error}", hint=f"is QEMU running (QMP at {paths.qmp_address})?"
+            ) from error
+
+    async def connect() -> None:
+        nonlocal client
+        try:
+            await client.connect(paths.qmp_address)
+        except ConnectError as error:
+            if not isinstance(error.exc, GreetingError):
+                raise
+            # An event read ahead of the greeting (see above) is consumed now: once more.
+            client = QMPClient("nexus")
+            await client.connect(paths.qmp_address)
 
     try:
-        return asyncio.run(call())
-    except ExecuteError as error:
-        raise VmError(f"QEMU refused the QMP command {command!r}: {error}") from error
-    except (asyncio.TimeoutError, TimeoutError) as error:
-        raise VmError(
-            f"QMP command {command!r}: QEMU did not answer within {QMP_TIMEOUT_SECONDS:.0f} s",
-            hint=f"QEMU may be stopped or hung (QMP at {paths.qmp_address})",
-        ) from error
-    except Exception as error:
-        raise VmError(
-            f"QMP command {command!r} failed: {error}", hint=f"is QEMU running (QMP at {paths.qmp_address})?"
-        ) from error
+        run(connect(), "connection")
+
+        def qmp(command: str, **arguments: object) -> object:
+            return run(client.execute(command, dict(arguments) or None), f"command {command!r}")
+
+        yield qmp
+    finally:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(asyncio.wait_for(client.disconnect(), QMP_TIMEOUT_SECONDS))
+        loop.close()
 
 
 def block_resize(paths: VmPaths, device: str, size_bytes: int) -> None:

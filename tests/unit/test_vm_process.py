@@ -38,6 +38,7 @@ from nexus_components.host.vm_process import (
     process_alive,
     process_command_line,
     qmp_execute,
+    qmp_session,
     running_pid,
     stop,
     wait_until_ready,
@@ -393,3 +394,60 @@ def test_create_waits_for_the_qemu_an_interrupted_up_left_booting(
     assert f"QEMU (pid {leftover}) already runs this VM with this command line; waiting for it" in progress
     assert "starting QEMU" not in progress, "no second QEMU on the same disk"
     assert gone(leftover), "and it is not left running once the wait failed"
+
+
+def _fake_qmp_server(socket_path: Path, first_message: dict[str, Any], log: list[str]) -> threading.Thread:
+    """A QMP server whose first client reads `first_message` ahead of the greeting (as a
+    QEMU event can be); every later client is greeted and answered."""
+    import json
+
+    greeting = {
+        "QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": ""}, "capabilities": []}
+    }
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(socket_path))
+    server.listen()
+
+    def serve() -> None:
+        decoder = json.JSONDecoder()
+        for number in (1, 2):
+            connection, _ = server.accept()
+            with connection:
+                opening = [first_message, greeting] if number == 1 else [greeting]
+                connection.sendall(b"".join(json.dumps(message).encode() + b"\r\n" for message in opening))
+                pending = ""
+                while chunk := connection.recv(4096):
+                    pending += chunk.decode()
+                    while pending.strip():  # QMP is a stream of JSON objects, no line framing
+                        try:
+                            request, end = decoder.raw_decode(pending.lstrip())
+                        except json.JSONDecodeError:
+                            break  # the rest of it is still on its way
+                        pending = pending.lstrip()[end:]
+                        log.append(f"{number}:{request['execute']}")
+                        answer = {"status": "running"} if request["execute"] == "query-status" else {}
+                        reply = {"return": answer, "id": request.get("id")}
+                        connection.sendall(json.dumps(reply).encode() + b"\r\n")
+        server.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_an_event_ahead_of_the_greeting_does_not_fail_the_command(tmp_path: Path) -> None:
+    """QEMU can send an event (a job's status change, STOP, RESUME) before it greets a client
+    that connects just then: the command still gets through, on a second connection."""
+    paths = VmPaths(tmp_path)
+    event = {
+        "event": "JOB_STATUS_CHANGE",
+        "data": {"status": "concluded", "id": "nexus-load"},
+        "timestamp": {},
+    }
+    log: list[str] = []
+    server = _fake_qmp_server(paths.qmp_socket, event, log)
+    with qmp_session(paths) as qmp:
+        assert qmp("query-status") == {"status": "running"}
+        assert qmp("query-status") == {"status": "running"}
+    server.join(timeout=10)
+    assert log == ["2:qmp_capabilities", "2:query-status", "2:query-status"]
