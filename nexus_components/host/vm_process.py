@@ -16,8 +16,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -336,7 +338,7 @@ def guest_hangs(
     is a login that fails: only silence is. The login costs most of a second under TCG;
     the banner alone a fifth.
     """
-    banner = _ssh_banner(target.host, target.port, banner_timeout)
+    banner = _early_banner(target.host, target.port) or _ssh_banner(target.host, target.port, banner_timeout)
     if banner != "greets" or not login:
         return banner == "silent"
     argv = target.argv(["true"], connect_timeout=max(1, int(banner_timeout)))
@@ -347,6 +349,34 @@ def guest_hangs(
     except subprocess.TimeoutExpired:
         return True
     return False
+
+
+# A preview's drift check reads the running VM's SSH banner (a fifth of a second under TCG):
+# the Lab starts that read as it begins, so it runs while the Lab's other resources are
+# checked. A read is used once, and only while fresh.
+_EARLY_BANNER_FRESH_SECONDS = 10.0
+_early_banners: dict[tuple[str, int], tuple[float, Future[str]]] = {}
+_early_banners_lock = threading.Lock()
+
+
+def read_banner_early(host: str, port: int, timeout: float = BANNER_TIMEOUT_SECONDS) -> None:
+    """Start reading the SSH banner at host:port; the next `guest_hangs` for it takes the result."""
+    future: Future[str] = Future()
+
+    def read() -> None:
+        future.set_result(_ssh_banner(host, port, timeout))
+
+    with _early_banners_lock:
+        _early_banners[(host, port)] = (time.monotonic(), future)
+    threading.Thread(target=read, name="nexus-ssh-banner", daemon=True).start()
+
+
+def _early_banner(host: str, port: int) -> str | None:
+    with _early_banners_lock:
+        started, future = _early_banners.pop((host, port), (0.0, None))
+    if future is None or time.monotonic() - started > _EARLY_BANNER_FRESH_SECONDS:
+        return None
+    return future.result()
 
 
 def _ssh_banner(host: str, port: int, timeout: float) -> str:
