@@ -13,6 +13,12 @@ The resources' work runs in the provider processes, which this signal does not r
 the program has nothing to finish: it flushes what it printed and ends the process
 without unwinding, so no Python code runs after the signal.
 
+Python runs a signal's handler in the main thread. The kernel may hand the signal to any
+thread, though, and one taken by a worker thread (the SDK's calls to the engine run in
+them) does not wake a main thread asleep in the event loop's wait: the program then sat
+until the language host killed it. So a thread of ours also listens on Python's wakeup
+fd, which hears of every handled signal whichever thread takes it.
+
 Both ways out use the language host's "the program already showed the user an actionable
 message" status, so Pulumi does not add "program exited with non-zero exit code: 1" under
 a message that already says what to do.
@@ -24,6 +30,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from types import FrameType
 from typing import NoReturn
 
@@ -35,6 +42,18 @@ EXIT_STATUS = 32
 
 def leave_quietly_on_interrupt() -> None:
     signal.signal(signal.SIGINT, _leave)
+    if sys.platform == "win32":  # a wakeup fd must be a socket there; no worker takes SIGINT
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    threading.Thread(target=_listen, args=(read_end,), name="nexus-sigint", daemon=True).start()
+
+
+def _listen(read_end: int) -> None:
+    while received := os.read(read_end, 64):
+        if signal.SIGINT in received:
+            _leave(signal.SIGINT, None)
 
 
 def _leave(signum: int, frame: FrameType | None) -> NoReturn:
