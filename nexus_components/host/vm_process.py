@@ -539,7 +539,7 @@ def qmp_session(paths: VmPaths) -> Iterator[Callable[..., object]]:
         try:
             return loop.run_until_complete(asyncio.wait_for(awaitable, QMP_TIMEOUT_SECONDS))
         except ExecuteError as error:
-            raise VmError(f"QEMU refused the QMP command {what!r}: {error}") from error
+            raise VmError(f"QEMU refused the QMP {what}: {error}") from error
         except (asyncio.TimeoutError, TimeoutError) as error:
             raise VmError(
                 f"QMP {what}: QEMU did not answer within {QMP_TIMEOUT_SECONDS:.0f} s",

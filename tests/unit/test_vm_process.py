@@ -426,7 +426,10 @@ def _fake_qmp_server(socket_path: Path, first_message: dict[str, Any], log: list
                         pending = pending.lstrip()[end:]
                         log.append(f"{number}:{request['execute']}")
                         answer = {"status": "running"} if request["execute"] == "query-status" else {}
-                        reply = {"return": answer, "id": request.get("id")}
+                        reply: dict[str, Any] = {"return": answer, "id": request.get("id")}
+                        if request["execute"] == "no-such-command":
+                            refusal = {"class": "CommandNotFound", "desc": "The command was not found"}
+                            reply = {"error": refusal, "id": request.get("id")}
                         connection.sendall(json.dumps(reply).encode() + b"\r\n")
         server.close()
 
@@ -448,6 +451,10 @@ def test_an_event_ahead_of_the_greeting_does_not_fail_the_command(tmp_path: Path
     server = _fake_qmp_server(paths.qmp_socket, event, log)
     with qmp_session(paths) as qmp:
         assert qmp("query-status") == {"status": "running"}
+        with pytest.raises(
+            VmError, match=r"^QEMU refused the QMP command 'no-such-command': The command was not found"
+        ):
+            qmp("no-such-command")
         assert qmp("query-status") == {"status": "running"}
     server.join(timeout=10)
-    assert log == ["2:qmp_capabilities", "2:query-status", "2:query-status"]
+    assert log == ["2:qmp_capabilities", "2:query-status", "2:no-such-command", "2:query-status"]
