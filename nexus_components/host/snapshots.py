@@ -415,13 +415,14 @@ def resync_clock(target: SshTarget, *, timeout: float = 60.0) -> str | None:
 def suspend(paths: VmPaths, *, log: Callable[[str], None] = lambda _: None) -> Snapshot:
     """Save the running VM into its disk (SUSPEND_TAG) and end its QEMU, freeing its memory
     and CPU; `resume_argv` starts it again from there."""
+    pid = vm_process.running_pid(paths)
     with vm_process.qmp_session(paths) as qmp:
         saved = LiveSnapshots(qmp, overlay=paths.overlay_disk)._save(SUSPEND_TAG, replace=True)
-    log(f"saved the running lab into its disk ({human_size(saved.vm_state_bytes)} of VM state)")
-    # The guest's state is saved: no ACPI power-off (the guest would shut down), just quit.
-    pid = vm_process.running_pid(paths)
-    with contextlib.suppress(VmError):  # it may end before it answers
-        vm_process.qmp_execute(paths, "quit")
+        log(f"saved the running lab into its disk ({human_size(saved.vm_state_bytes)} of VM state)")
+        # The guest's state is saved: no ACPI power-off (the guest would shut down), just quit,
+        # on the same connection (a new one right after the job could meet its events first).
+        with contextlib.suppress(VmError):  # it may end before it answers
+            qmp("quit")
     if pid is not None:
         gone_within(vm_process.LocalQemu(paths), pid, 30)
     vm_process.stop(paths, log=log)  # whatever is left (nothing, usually) and the runtime files
