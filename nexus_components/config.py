@@ -348,7 +348,6 @@ def load_config(
     )
     _check_user_data(config)
     _check_inner_vm_memory(config.vm, config.inner_vm)
-    _check_suspend(config)
     return config
 
 
@@ -495,28 +494,6 @@ def _check_inner_vm_memory(vm: VmConfig, inner_vm: InnerVmConfig) -> None:
         f"nexus:vm.memoryMiB minus the {VM_MIN_MEMORY_MIB} MiB the VM needs for itself, here {at_most}",
         hint=lower + f"raise nexus:vm.memoryMiB to {inner_vm.memory_mib + VM_MIN_MEMORY_MIB} or more",
     )
-
-
-def _check_suspend(config: NexusConfig) -> None:
-    """Suspending covers the VM alone so far: the guest layers' resources look into the VM
-    on every preview, which a suspended VM cannot answer."""
-    if config.vm.state != "suspended":
-        return
-    layers = [
-        key
-        for key, on in (
-            ("nexus:playground.enabled", config.playground.enabled),
-            ("nexus:guest.installPackages", config.guest.install_packages),
-        )
-        if on
-    ]
-    if layers:
-        raise ConfigError(
-            f"nexus:vm.state: got 'suspended' while the guest layers are on ({', '.join(layers)}); "
-            "allowed: 'running' (a lab with guest layers cannot be suspended yet)",
-            hint="set nexus:vm.state back to running; snapshots of the whole running lab work: "
-            "scripts/lab snapshot save NAME",
-        )
 
 
 def _check_user_data(config: NexusConfig) -> None:

@@ -87,6 +87,8 @@ class GuestAccess:
     ssh_port: int
     username: str
     private_key_path: pulumi.Output[str]
+    # nexus:vm.state: a suspended VM is not looked into.
+    vm_state: str
 
     def props(self) -> dict[str, Any]:
         return {
@@ -94,6 +96,7 @@ class GuestAccess:
             "ssh_port": self.ssh_port,
             "username": self.username,
             "private_key": self.private_key_path,
+            "vm_state": self.vm_state,
         }
 
     def target(self, private_key: str) -> SshTarget:
@@ -185,6 +188,7 @@ class Playground(pulumi.ComponentResource):
                     for i, path in enumerate(settings.devices)
                 ],
                 "docker_host": args.engine.docker_host,
+                "settings_digest": playground.settings_digest(settings),
             },
             _child(self, depends_on=after_engine),
         )
@@ -433,7 +437,11 @@ class GuestLayers(pulumi.ComponentResource):
         config = args.config
         lab = args.lab
         access = GuestAccess(
-            config.network.ssh_host, config.network.ssh_port, config.guest.username, lab.private_key_path
+            config.network.ssh_host,
+            config.network.ssh_port,
+            config.guest.username,
+            lab.private_key_path,
+            config.vm.state,
         )
         # The root file system grows with the disk in the host layer (nexus:host:QemuVm).
         self.outputs: dict[str, Any] = {}

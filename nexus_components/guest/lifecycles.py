@@ -58,6 +58,10 @@ RunnerFor = Callable[[Props], CommandRunner]
 
 ENGINE_LAYER = "Docker engine"
 PLAYGROUND_LAYER = "playground"
+# The stack settings each layer's resources are made of, as errors name them.
+PLAYGROUND_KEY = "nexus:playground"
+INNER_VM_KEY = "nexus:innerVm"
+SETTINGS_IN_WORDS = {"settings_digest": "env, command, volumes, restart or privileged"}
 
 
 def ssh_target(props: Props) -> SshTarget:
@@ -82,11 +86,33 @@ def ssh_runner(props: Props) -> SshRunner:
     return SshRunner(ssh_target(props))
 
 
+def vm_suspended(props: Props) -> bool:
+    """nexus:vm.state is suspended: QEMU is stopped, the running lab saved in the VM's disk."""
+    return props.get("vm_state") == "suspended"
+
+
 class GuestLifecycle(Lifecycle):
     """A guest resource's lifecycle: it reaches the VM through `runner_for(props)`."""
 
     def __init__(self, runner_for: RunnerFor = ssh_runner) -> None:
         self.runner_for = runner_for
+
+    @staticmethod
+    def suspended(section: str, olds: Props, news: Props, keys: tuple[str, ...]) -> bool:
+        """Whether the VM is suspended, so `diff` does not look into it: nothing there can
+        answer, and the `up` that resumes it looks again. A change to `keys` then needs the
+        VM running: refused (at `preview` too), naming the setting."""
+        if not vm_suspended(news):
+            return False
+        differs = [SETTINGS_IN_WORDS.get(key, key) for key in changed(olds, news, keys)]
+        if differs:
+            raise GuestError(
+                f"{section} changed ({', '.join(differs)}) while nexus:vm.state is suspended; "
+                "the change needs the VM running",
+                hint="set nexus:vm.state to running with the change (that `up` resumes the lab, then "
+                "makes it), or set the change back",
+            )
+        return True
 
 
 # --------------------------------------------------------------------------- Docker engine
@@ -211,6 +237,9 @@ class DockerEngine(GuestLifecycle):
         return Created(props["docker_host"], engine_ready(self.runner_for(props), props))
 
     def diff(self, olds: Props, news: Props) -> Diff:
+        if vm_suspended(news):
+            # QEMU stopped (its pid 0): the `up` that resumes it waits for Docker again.
+            return Diff(False)
         differs = changed(olds, news, self.KEYS)
         if not differs and not self._answers(olds):
             # Stopped, or the VM is down: wait for it again (starting a stopped daemon).
@@ -314,6 +343,8 @@ class ContainerPresence(GuestLifecycle):
         return Created(f"{props['container']}-{secrets.token_hex(4)}", {**props, "removed": removed})
 
     def diff(self, olds: Props, news: Props) -> Diff:
+        if self.suspended(PLAYGROUND_KEY, olds, news, ("container",)):
+            return Diff(False)
         replaces = changed(olds, news, ("container",))
         if replaces:
             return Diff(True, replaces)
@@ -401,8 +432,12 @@ class ContainerPreflight(GuestLifecycle):
         return Created(props["container"], props)
 
     def diff(self, olds: Props, news: Props) -> Diff:
+        # A state from before the digest: taken as it is, not as a change.
+        keys = (*self.KEYS, "settings_digest") if "settings_digest" in olds else self.KEYS
+        if self.suspended(PLAYGROUND_KEY, olds, news, keys):
+            return Diff(False)
         self._refuse_problems(news)
-        return Diff(bool(changed(olds, news, self.KEYS)))
+        return Diff(bool(changed(olds, news, keys)))
 
     def update(self, olds: Props, news: Props) -> Props:
         return news  # `diff` has just checked
@@ -516,6 +551,8 @@ class TarballImage(GuestLifecycle):
         return Created(outs["tag"], outs)
 
     def diff(self, olds: Props, news: Props) -> Diff:
+        if self.suspended(PLAYGROUND_KEY, olds, news, self.REPLACE_KEYS):
+            return Diff(False)
         replaces = changed(olds, news, self.REPLACE_KEYS)
         if replaces:
             return Diff(True, replaces)
@@ -572,6 +609,8 @@ class InnerImageCopy(GuestLifecycle):
         return Created(outs["digest"], outs)
 
     def diff(self, olds: Props, news: Props) -> Diff:
+        if self.suspended(INNER_VM_KEY, olds, news, self.KEYS):
+            return Diff(False)
         replaces = changed(olds, news, self.KEYS)
         changes = list(replaces)
         if not replaces:
@@ -733,6 +772,8 @@ class InnerVm(GuestLifecycle):
         return Created(f"{props['container']}/{props['name']}", self._start(props))
 
     def diff(self, olds: Props, news: Props) -> Diff:
+        if self.suspended(INNER_VM_KEY, olds, news, ("container", "name", *self.RESTART_KEYS)):
+            return Diff(False)
         replaces = changed(olds, news, ("container", "name"))
         restart = changed(olds, news, self.RESTART_KEYS)
         if not replaces and not restart and self._machine(olds).pid() is None:

@@ -9,6 +9,7 @@ growing the root file system, a fixed script). No Pulumi import; unit-tested dir
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -140,6 +141,19 @@ def devices(config: PlaygroundConfig, *, pass_kvm: bool) -> list[str]:
     if pass_kvm and KVM_DEVICE not in chosen:
         chosen.append(KVM_DEVICE)
     return chosen
+
+
+def settings_digest(config: PlaygroundConfig) -> str:
+    """A digest of the container's settings that neither the preflight's ports and devices
+    nor the image cover: what a change of which pulumi-docker applies to the container."""
+    settings = {
+        "env": dict(sorted(config.env.items())),
+        "command": list(config.command),
+        "volumes": [[v.source, v.target, v.read_only] for v in config.volumes],
+        "restart": config.restart,
+        "privileged": config.privileged,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def ports_by_container_port(ports: tuple[PublishedPort, ...]) -> dict[int, int]:

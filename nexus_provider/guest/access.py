@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..host.qemu_vm import VmState
 from ..settings import setting
 from ..spec import absolute_path, port, prop
 
@@ -27,6 +28,10 @@ class VmAccess:
     private_key: str = absolute_path(
         "The private key's file the VM is reached with (SshKey's `privateKeyPath`): its path, never its "
         "content, is kept in the state."
+    )
+    vm_state: VmState | None = prop(
+        "The VM's declared state (QemuVm's `state`; unset: running). While it is suspended nothing in the "
+        "VM is looked at, and a change to this resource is refused: it needs the VM running."
     )
 
 

@@ -39,6 +39,12 @@ class ContainerPreflightArgs(VmAccess):
     ports: list[WantedVmPort] = prop("The VM ports the new container publishes.")
     devices: list[WantedDevice] = prop("The devices the new container is given.")
     docker_host: str = docker_host()
+    settings_digest: str | None = prop(
+        "A digest of the container's other settings (env, command, volumes, restart, privileged): while the "
+        "VM is suspended a change to them is refused here, before pulumi-docker tries to reach the VM.",
+        pattern="[0-9a-f]{64}",
+        rule="a SHA-256 in hex",
+    )
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,10 @@ Debian's cloud kernel inside the container with KVM (nested SVM under TCG). One 
 lives through:
 
     up -> HTTP through host -> VM -> container -> inner VM checks -> no-op up
+       -> snapshot save; a file deleted in the container, one written in the VM, the inner
+          VM killed; revert (twice): all undone, the same QEMUs, no second inner boot
+       -> suspended: QEMU gone, preview quiet, a change to a layer refused; resumed: every
+          layer as it was, the same inner QEMU
        -> container removed by hand: preview shows it, up restores it
        -> container stopped by hand: up starts the same container again, files kept
        -> Docker daemon stopped in the VM: up starts it
@@ -45,6 +49,7 @@ from nexus_components.host.paths import VmPaths
 from nexus_components.state_upgrade import drop_pending_creates
 from tests.e2e.test_bench_layers import bench_layers
 from tests.e2e.test_lab import free_port, gone_within, lab_config, lab_stack, qemu_processes_of, ssh
+from tests.e2e.test_snapshots import assert_no_changes, lab_ok
 from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving
 from tests.support.playground_rootfs import (
@@ -57,7 +62,7 @@ from tests.support.playground_rootfs import (
     ensure_playground_rootfs,
 )
 from tests.support.processes import running
-from tests.support.pulumi_cli import PulumiCli
+from tests.support.pulumi_cli import REPO, PulumiCli
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.guest]
 
@@ -218,6 +223,78 @@ def up_interrupted_at_the_container(cli: PulumiCli) -> tuple[int, str]:
     return returncode, output
 
 
+def inner_vm_now(outputs: dict[str, Any]) -> tuple[str, str]:
+    """The inner QEMU's pid and how many times its kernel booted (its console's banners)."""
+    pid = in_container(outputs, "pgrep", "-o", "qemu-system")
+    return pid, in_container(outputs, "grep", "-c", "Linux version", INNER_SERIAL)
+
+
+def assert_every_layer_runs_on(outputs: dict[str, Any], http_port: int, inner_vm: tuple[str, str]) -> None:
+    """The container serves, and the inner VM is the same QEMU, running, with no second boot."""
+    assert http_get(http_port, "/env.txt") == GREETING
+    assert inner_vm_now(outputs) == inner_vm, "the same inner QEMU, no second boot on its console"
+    assert '"status": "running"' in inner_qmp_status(outputs)
+
+
+def snapshot_of_the_whole_lab(cli: PulumiCli, state_dir: Path, http_port: int) -> None:
+    """Save `clean`; delete a file in the container, write one in the VM, kill the inner
+    VM; revert: all undone, each layer answers without a new boot; twice; delete."""
+    if not (cli.project_dir / "scripts").exists():
+        (cli.project_dir / "scripts").symlink_to(REPO / "scripts")
+    outputs = cli.outputs()
+    vm_pid = outputs["vmPid"]
+    in_container(outputs, "sh", "-c", "echo saved > /root/kept")
+    inner_vm = inner_vm_now(outputs)
+    started = time.monotonic()
+    assert "saved snapshot 'clean'" in lab_ok(cli, "snapshot", "save", "clean")
+    print(f"snapshot save, every layer: {time.monotonic() - started:.1f} s")
+    for attempt in (1, 2):
+        in_container(outputs, "rm", "/root/kept")
+        ssh(outputs, "echo later > /home/nexus/new")
+        ssh(outputs, shlex.join(["docker", "exec", CONTAINER, "kill", "-9", inner_vm[0]]))
+        started = time.monotonic()
+        assert "reverted the lab to snapshot 'clean'" in lab_ok(cli, "snapshot", "revert", "clean")
+        print(f"snapshot revert {attempt}, every layer: {time.monotonic() - started:.1f} s")
+        assert in_container(outputs, "cat", "/root/kept") == "saved", f"revert {attempt}"
+        assert ssh(outputs, "test -e /home/nexus/new || echo gone") == "gone", f"revert {attempt}"
+        assert_every_layer_runs_on(outputs, http_port, inner_vm)
+        assert qemu_processes_of(state_dir) == [vm_pid], "the same VM QEMU, no reboot"
+    assert_no_changes(cli)
+    assert "deleted snapshot 'clean'" in lab_ok(cli, "snapshot", "delete", "clean")
+
+
+def suspend_and_resume_the_whole_lab(cli: PulumiCli, state_dir: Path, http_port: int) -> int:
+    """nexus:vm.state suspended: QEMU gone, preview quiet, a change to a layer refused;
+    running: every layer resumes as it was. Returns the resumed VM's pid."""
+    outputs = cli.outputs()
+    in_container(outputs, "sh", "-c", "echo before > /root/before-suspend")
+    inner_vm = inner_vm_now(outputs)
+    cli.set_config("nexus:vm.state", "suspended")
+    suspended = cli.up()
+    assert "[vm] suspended in" in suspended.stdout, suspended.stdout
+    assert qemu_processes_of(state_dir) == [], "the host's memory of the VM is freed"
+    assert cli.outputs()["vmPid"] == 0
+    assert_no_changes(cli)
+    cli.set_config("nexus:innerVm.memoryMiB", "320")
+    refused = cli.run("preview", *cli.stack_args(), check=False)
+    message = refused.stdout + refused.stderr
+    assert refused.returncode != 0, message
+    assert "nexus:innerVm changed (memory_mib) while nexus:vm.state is suspended" in message, message
+    cli.set_config("nexus:innerVm.memoryMiB", "256")
+
+    cli.set_config("nexus:vm.state", "running")
+    started = time.monotonic()
+    resumed = cli.up()
+    print(f"resume up, every layer: {time.monotonic() - started:.1f} s")
+    assert "[vm] resumed in" in resumed.stdout, resumed.stdout
+    outputs = cli.outputs()
+    assert qemu_processes_of(state_dir) == [outputs["vmPid"]]
+    assert in_container(outputs, "cat", "/root/before-suspend") == "before"
+    assert_every_layer_runs_on(outputs, http_port, inner_vm)
+    assert_no_changes(cli)
+    return int(outputs["vmPid"])
+
+
 def container_id(outputs: dict[str, Any]) -> str:
     return ssh(outputs, shlex.join(["docker", "inspect", "--format", "{{.Id}}", CONTAINER]))
 
@@ -285,6 +362,12 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
                 cell = cells[(workload.name, "container")]
                 assert cell["median"] and cell["median"] > 0, cell
         assert in_container(outputs, "sh", "-c", "ls /tmp | grep -c nexus-bench || true") == "0"
+
+        # The whole running lab, undoable and suspendable: the VM's RAM holds the container
+        # and the inner VM, so a revert or a resume brings all three back without a boot.
+        snapshot_of_the_whole_lab(cli, state_dir, http_port)
+        vm_pid = suspend_and_resume_the_whole_lab(cli, state_dir, http_port)
+        outputs = cli.outputs()
 
         # A container removed by hand: preview shows it (no refresh needed), up brings it
         # (and the inner VM) back. That up gets one Ctrl-C as it starts creating the

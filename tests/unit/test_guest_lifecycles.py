@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from nexus_components.guest.inner_vm_machine import (
     ContainerQemu,
     InnerVmMachine,
 )
-from nexus_components.guest.settings import InnerVmConfig, PublishedPort
+from nexus_components.guest.settings import InnerVmConfig, PlaygroundConfig, PublishedPort
 from tests.support.fake_runner import Answer, ScriptedRunner, hung_vm
 
 REPO = Path(__file__).resolve().parents[2]
@@ -634,6 +635,86 @@ def test_an_inner_vm_that_died_is_started_again_and_a_new_name_is_a_new_one() ->
     assert diff.changes and not diff.replaces
     renamed = lifecycles.InnerVm(runner_for=lambda _props: qemu_in_container("4242"))
     assert renamed.diff(INNER_PROPS, {**INNER_PROPS, "name": "other"}).replaces == ["name"]
+
+
+# --------------------------------------------------------------------------- a suspended VM
+
+
+def suspended(props: dict[str, object], **change: object) -> dict[str, object]:
+    return {**props, **change, "vm_state": "suspended"}
+
+
+def nothing_answers() -> ScriptedRunner:
+    """A suspended VM: QEMU is stopped, so SSH gets no answer (and must not be tried)."""
+    return ScriptedRunner(hung_vm)
+
+
+@pytest.mark.parametrize(
+    ("make", "props"),
+    [
+        (lambda runner: lifecycles.DockerEngine(runner_for=lambda _props: runner), ENGINE_PROPS),
+        (lambda runner: lifecycles.ContainerPresence(runner_for=lambda _props: runner), PRESENCE_PROPS),
+        (lambda runner: lifecycles.ContainerPreflight(runner_for=lambda _props: runner), PRESENCE_PROPS),
+        (lambda runner: lifecycles.InnerVm(runner_for=lambda _props: runner), INNER_PROPS),
+    ],
+    ids=["Docker engine", "container presence", "container preflight", "inner VM"],
+)
+def test_a_suspended_vm_is_not_looked_into_and_shows_no_change(make: Any, props: dict[str, object]) -> None:
+    runner = nothing_answers()
+    lifecycle = make(runner)
+    assert not lifecycle.diff(props, suspended(props)).changes
+    assert runner.calls == [], "nothing is run in a suspended VM"
+
+
+def test_suspending_changes_the_vms_pid_without_a_wait_for_docker() -> None:
+    runner = nothing_answers()
+    engine_lifecycle = lifecycles.DockerEngine(runner_for=lambda _props: runner)
+    olds = {**ENGINE_PROPS, "vm_pid": 4242, "instance_id": "i-1"}
+    assert not engine_lifecycle.diff(olds, suspended(olds, vm_pid=0)).changes
+    # Resumed: a new QEMU, so the daemon is waited for again.
+    assert engine_lifecycle.diff(olds, {**olds, "vm_pid": 4343, "vm_state": "running"}).changes
+
+
+def test_a_change_to_a_layer_of_a_suspended_vm_is_refused_naming_its_settings() -> None:
+    inner_vm = lifecycles.InnerVm(runner_for=lambda _props: nothing_answers())
+    with pytest.raises(GuestError) as caught:
+        inner_vm.diff(INNER_PROPS, suspended(INNER_PROPS, memory_mib=512.0))
+    message = one_line(str(caught.value))
+    assert message.startswith(
+        "nexus:innerVm changed (memory_mib) while nexus:vm.state is suspended; "
+        "the change needs the VM running"
+    ), message
+    assert "set nexus:vm.state to running with the change" in message, message
+    presence = lifecycles.ContainerPresence(runner_for=lambda _props: nothing_answers())
+    with pytest.raises(GuestError, match=r"^nexus:playground changed \(container\) while nexus:vm.state"):
+        presence.diff(PRESENCE_PROPS, suspended(PRESENCE_PROPS, container="other"))
+
+
+def test_a_container_setting_only_pulumi_docker_applies_is_refused_while_suspended_too() -> None:
+    """Its env, say: the preflight sees it through the settings' digest, at `preview`."""
+    before = PlaygroundConfig(env={"GREETING": "hello"})
+    after = PlaygroundConfig(env={"GREETING": "hello, world"})
+    assert playground.settings_digest(before) == playground.settings_digest(
+        PlaygroundConfig(env={"GREETING": "hello"})
+    )
+    assert playground.settings_digest(before) != playground.settings_digest(after)
+    olds = {
+        **PRESENCE_PROPS,
+        "ports": [],
+        "devices": [],
+        "settings_digest": playground.settings_digest(before),
+    }
+    news = {**olds, "settings_digest": playground.settings_digest(after)}
+    preflight_lifecycle = lifecycles.ContainerPreflight(runner_for=lambda _props: nothing_answers())
+    with pytest.raises(
+        GuestError,
+        match=r"^nexus:playground changed \(env, command, volumes, restart or privileged\) while",
+    ):
+        preflight_lifecycle.diff(olds, suspended(news))
+    running = lifecycles.ContainerPreflight(runner_for=lambda _props: ScriptedRunner(lambda _argv: (0, "")))
+    assert running.diff(olds, news).changes  # recorded, so a later suspended diff compares the latest
+    legacy = {key: value for key, value in olds.items() if key != "settings_digest"}
+    assert not running.diff(legacy, news).changes, "a state from before the digest is not a change"
 
 
 # --------------------------------------------------------------------------- helper scripts
