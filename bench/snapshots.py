@@ -1,10 +1,13 @@
 """Wall-clock figures of lab snapshots and suspend/resume through the real engine, under TCG.
 
-One host-only lab (the x86_64 test image), its guest RAM dirtied first (`--fill-mib` of
-random data in /dev/shm, so the saved state is not mostly zero pages):
+One lab, host-only (the x86_64 test image) or, with `--layers all`, with every layer (the
+guest-layers test image, the playground container and the inner VM, as in
+tests/e2e/test_guest_layers.py), its guest RAM dirtied first (`--fill-mib` of random data in
+/dev/shm, so the saved state is not mostly zero pages):
 
-  cold up   `pulumi up` of a fresh stack (image cached) until SSH answers and cloud-init is
-            done: the baseline, measured in the same run
+  cold up   `pulumi up` of a fresh stack (images cached) until SSH answers and cloud-init is
+            done (and, with every layer, the container and the inner VM run): the baseline,
+            measured in the same run
   no-op up  a second `pulumi up` with nothing to change: the engine's own cost
   save      `scripts/lab snapshot save` (each round replaces the last one)
   revert    `scripts/lab snapshot revert`, the guest's clock set over SSH included
@@ -14,8 +17,8 @@ random data in /dev/shm, so the saved state is not mostly zero pages):
 Goals (issue 18): revert of a 2 GiB-RAM lab within 10 s under TCG here; resume >= 10x
 faster than a cold up to the same layers. Figures only: nothing here asserts a time.
 
-Run: .venv/bin/python -m bench.snapshots [--memory-mib 2048] [--fill-mib 512] [--rounds 3]
-(needs scripts/setup --dev and the test image; boots one VM: take the VM test lock).
+Run: .venv/bin/python -m bench.snapshots [--layers host|all] [--memory-mib 2048] [--fill-mib 512]
+[--rounds 3] (needs scripts/setup --dev and the test images; boots one VM: take the VM test lock).
 """
 
 from __future__ import annotations
@@ -29,10 +32,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nexus_components.core.ssh import SshTarget
+from nexus_components.host.paths import VmPaths
+from tests.e2e.test_guest_layers import guest_config
 from tests.e2e.test_lab import free_port, lab_config, lab_stack, ssh
 from tests.e2e.test_snapshots import lab
-from tests.support.debian_image import IMAGE_NAME, ensure_test_image
+from tests.support.debian_image import BASE, GUEST_LAYERS, IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving
+from tests.support.playground_rootfs import ensure_playground_rootfs
 from tests.support.pulumi_cli import REPO, PulumiCli
 
 
@@ -53,6 +60,7 @@ def lab_step(cli: PulumiCli, *args: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", choices=("host", "all"), default="host")
     parser.add_argument("--memory-mib", type=int, default=2048)
     parser.add_argument("--fill-mib", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
@@ -64,14 +72,25 @@ def main() -> None:
         figures.setdefault(name, []).append(seconds)
         print(f"  {name}: {seconds:.1f} s", flush=True)
 
+    every_layer = args.layers == "all"
     with (
         tempfile.TemporaryDirectory(prefix="bench-snapshots-") as scratch,
-        serving(ensure_test_image(), IMAGE_NAME) as url,
+        serving(ensure_test_image(recipe=GUEST_LAYERS if every_layer else BASE), IMAGE_NAME) as url,
     ):
         tmp = Path(scratch)
         cli = lab_stack(tmp, "bench")
         (cli.project_dir / "scripts").symlink_to(REPO / "scripts")
-        cli.init(lab_config(tmp, url, free_port(), free_port(), vm={"memoryMiB": args.memory_mib}))
+        ports = free_port(), free_port()
+        config = (
+            guest_config(tmp, url, ensure_playground_rootfs(), *ports)
+            if every_layer
+            else lab_config(tmp, url, *ports)
+        )
+        config["nexus:vm"] = {**config.get("nexus:vm", {}), "memoryMiB": args.memory_mib}
+        if every_layer:
+            # A nested KVM guest can stall the VM: PulumiCli.up heals that (and counts it).
+            cli.guest = SshTarget("127.0.0.1", ports[0], "nexus", VmPaths(tmp / "state").ssh_private_key)
+        cli.init(config)
         try:
             record("cold up", timed(cli.up))
             record("no-op up", timed(cli.up))
@@ -108,7 +127,7 @@ def main() -> None:
 
     median = {name: statistics.median(values) for name, values in figures.items()}
     print(
-        f"\nmedians over {args.rounds} round(s), {args.memory_mib} MiB guest RAM, "
+        f"\nmedians over {args.rounds} round(s), layers: {args.layers}, {args.memory_mib} MiB guest RAM, "
         f"{args.fill_mib} MiB dirtied:"
     )
     for name, value in median.items():
@@ -121,6 +140,7 @@ def main() -> None:
     )
     print(f"  save / no-op up:   {median['save'] / median['no-op up']:.2f}")
     print(f"  resume / no-op up: {median['resume'] / median['no-op up']:.2f}")
+    print(f"VMs that hung and were restarted by an up (each one costs a boot): {cli.heals}")
 
 
 if __name__ == "__main__":
