@@ -6,6 +6,7 @@ under test, not booting a guest (tests/e2e does that).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from nexus_components.config import load_config
 from nexus_components.core.errors import VmError
 from nexus_components.core.seed_iso import write_seed_iso
 from nexus_components.core.ssh import SshTarget
+from nexus_components.host import vm_process
 from nexus_components.host.lifecycles import QemuVm
 from nexus_components.host.paths import VmPaths
 from nexus_components.host.qemu_argv import HostFacts, VmFiles, build_qemu_argv
@@ -107,9 +109,12 @@ def test_launch_then_stop_leaves_nothing_running(tmp_path: Path, daemonize: bool
     assert not paths.pid_file.exists() and not paths.qmp_socket.exists()
 
 
-def test_a_frozen_qemu_is_stopped_without_hanging_on_its_silent_monitor(tmp_path: Path) -> None:
+def test_a_frozen_qemu_is_stopped_without_hanging_on_its_silent_monitor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SIGSTOP freezes QEMU's monitor too: its socket accepts but never greets. The ladder
     must give up on QMP within its bound and go on to signals (SIGKILL ends a stopped process)."""
+    monkeypatch.setattr(vm_process, "QMP_TIMEOUT_SECONDS", 2.0)  # the bound, shorter
     paths = VmPaths(tmp_path)
     pid = launch(paused_vm_argv(paths, daemonize=True), paths)
     os.kill(pid, signal.SIGSTOP)
@@ -128,8 +133,12 @@ def test_a_frozen_qemu_is_stopped_without_hanging_on_its_silent_monitor(tmp_path
     assert not paths.pid_file.exists() and not paths.qmp_socket.exists()
 
 
-def test_a_guest_that_sends_no_ssh_banner_hangs_one_that_refuses_does_not(tmp_path: Path) -> None:
+def test_a_guest_that_sends_no_ssh_banner_hangs_one_that_refuses_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A paused guest: QEMU's user network accepts the forwarded connection, nothing answers."""
+    # The drift check's own wait for a banner, shorter (20 s in use).
+    monkeypatch.setattr(vm_process, "guest_hangs", functools.partial(guest_hangs, banner_timeout=3))
     paths = VmPaths(tmp_path)
     argv = paused_vm_argv(paths, daemonize=True)
     ssh_port = int(re.search(r"hostfwd=tcp:[0-9.]*:(\d+)-:22", " ".join(argv)).group(1))  # type: ignore[union-attr]
