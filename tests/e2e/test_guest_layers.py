@@ -45,6 +45,7 @@ import pytest
 
 from bench.layer_overhead.results import WORKLOADS
 from nexus_components.core.ssh import SshTarget
+from nexus_components.guest import inner_vm as inner
 from nexus_components.host.paths import VmPaths
 from nexus_components.state_upgrade import drop_pending_creates
 from tests.e2e.test_bench_layers import bench_layers
@@ -225,7 +226,8 @@ def up_interrupted_at_the_container(cli: PulumiCli) -> tuple[int, str]:
 
 def inner_vm_now(outputs: dict[str, Any]) -> tuple[str, str]:
     """The inner QEMU's pid and how many times its kernel booted (its console's banners)."""
-    pid = in_container(outputs, "pgrep", "-o", "qemu-system")
+    pid = ssh(outputs, shlex.join(inner.running_pid(CONTAINER, inner.InnerVmPaths("inner").pid_file)))
+    assert pid.isdigit(), f"no inner QEMU runs: {pid!r}"
     return pid, in_container(outputs, "grep", "-c", "Linux version", INNER_SERIAL)
 
 
@@ -251,7 +253,7 @@ def snapshot_of_the_whole_lab(cli: PulumiCli, state_dir: Path, http_port: int) -
     for attempt in (1, 2):
         in_container(outputs, "rm", "/root/kept")
         ssh(outputs, "echo later > /home/nexus/new")
-        ssh(outputs, shlex.join(["docker", "exec", CONTAINER, "kill", "-9", inner_vm[0]]))
+        in_container(outputs, "sh", "-c", 'kill -9 "$1"', "sh", inner_vm[0])
         started = time.monotonic()
         assert "reverted the lab to snapshot 'clean'" in lab_ok(cli, "snapshot", "revert", "clean")
         print(f"snapshot revert {attempt}, every layer: {time.monotonic() - started:.1f} s")
