@@ -50,7 +50,7 @@ from nexus_components.host.paths import VmPaths
 from nexus_components.state_upgrade import drop_pending_creates
 from tests.e2e.test_bench_layers import bench_layers
 from tests.e2e.test_lab import free_port, gone_within, lab_config, lab_stack, qemu_processes_of, ssh
-from tests.e2e.test_snapshots import assert_no_changes, lab_ok
+from tests.e2e.test_snapshots import assert_no_changes, lab_ok, resume, suspend
 from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving
 from tests.support.playground_rootfs import (
@@ -271,12 +271,7 @@ def suspend_and_resume_the_whole_lab(cli: PulumiCli, state_dir: Path, http_port:
     outputs = cli.outputs()
     in_container(outputs, "sh", "-c", "echo before > /root/before-suspend")
     inner_vm = inner_vm_now(outputs)
-    cli.set_config("nexus:vm.state", "suspended")
-    suspended = cli.up()
-    assert "[vm] suspended in" in suspended.stdout, suspended.stdout
-    assert qemu_processes_of(state_dir) == [], "the host's memory of the VM is freed"
-    assert cli.outputs()["vmPid"] == 0
-    assert_no_changes(cli)
+    suspend(cli, state_dir)
     cli.set_config("nexus:innerVm.memoryMiB", "320")
     refused = cli.run("preview", *cli.stack_args(), check=False)
     message = refused.stdout + refused.stderr
@@ -284,13 +279,7 @@ def suspend_and_resume_the_whole_lab(cli: PulumiCli, state_dir: Path, http_port:
     assert "nexus:innerVm changed (memory_mib) while nexus:vm.state is suspended" in message, message
     cli.set_config("nexus:innerVm.memoryMiB", "256")
 
-    cli.set_config("nexus:vm.state", "running")
-    started = time.monotonic()
-    resumed = cli.up()
-    print(f"resume up, every layer: {time.monotonic() - started:.1f} s")
-    assert "[vm] resumed in" in resumed.stdout, resumed.stdout
-    outputs = cli.outputs()
-    assert qemu_processes_of(state_dir) == [outputs["vmPid"]]
+    outputs = resume(cli, state_dir, "every layer")
     assert in_container(outputs, "cat", "/root/before-suspend") == "before"
     assert_every_layer_runs_on(outputs, http_port, inner_vm)
     assert_no_changes(cli)

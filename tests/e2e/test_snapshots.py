@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,6 +74,28 @@ def assert_no_changes(cli: PulumiCli) -> None:
         assert change not in preview.stdout, preview.stdout
 
 
+def suspend(cli: PulumiCli, state_dir: Path) -> None:
+    """nexus:vm.state suspended: the running VM saved into its disk, its QEMU gone, preview quiet."""
+    cli.set_config("nexus:vm.state", "suspended")
+    suspended = cli.up()
+    assert "[vm] suspended in" in suspended.stdout, suspended.stdout
+    assert qemu_processes_of(state_dir) == [], "the host's memory of the VM is freed"
+    assert cli.outputs()["vmPid"] == 0
+    assert_no_changes(cli)
+
+
+def resume(cli: PulumiCli, state_dir: Path, what: str) -> dict[str, Any]:
+    """nexus:vm.state running again: resumed (not booted) by one `up`; the stack's outputs."""
+    cli.set_config("nexus:vm.state", "running")
+    started = time.monotonic()
+    resumed = cli.up()
+    print(f"resume up, {what}: {time.monotonic() - started:.1f} s")
+    assert "[vm] resumed in" in resumed.stdout, resumed.stdout
+    outputs = cli.outputs()
+    assert qemu_processes_of(state_dir) == [outputs["vmPid"]]
+    return outputs
+
+
 def assert_clock_is_the_hosts(outputs: dict[str, object]) -> None:
     guest = int(ssh(outputs, "date -u +%s"))
     assert abs(guest - time.time()) < 5, f"guest clock {guest}, host {time.time():.0f}"
@@ -128,24 +151,13 @@ def test_snapshot_save_revert_delete(tmp_path: Path, image_url: str) -> None:
         # Suspended: the running VM saved into its disk and its QEMU gone; preview is quiet.
         ssh(outputs, "echo written > /home/nexus/before-suspend && sync")
         uptime_before = float(ssh(outputs, "cut -d' ' -f1 /proc/uptime"))
-        cli.set_config("nexus:vm.state", "suspended")
-        suspended = cli.up()
-        assert "[vm] suspended in" in suspended.stdout, suspended.stdout
-        assert qemu_processes_of(state_dir) == [], "the host's memory of the VM is freed"
-        assert cli.outputs()["vmPid"] == 0
-        assert_no_changes(cli)
+        suspend(cli, state_dir)
         refused = lab_refused(cli, "snapshot", "save", "later")
         assert "the lab's VM is not running" in refused, refused
         assert "_nexus-suspended" in lab_ok(cli, "snapshot", "list")
 
         # Resumed: no boot (the guest's uptime goes on), the file is there, preview is quiet.
-        cli.set_config("nexus:vm.state", "running")
-        started = time.monotonic()
-        resumed = cli.up()
-        print(f"resume up: {time.monotonic() - started:.1f} s")
-        assert "[vm] resumed in" in resumed.stdout, resumed.stdout
-        outputs = cli.outputs()
-        assert qemu_processes_of(state_dir) == [outputs["vmPid"]]
+        outputs = resume(cli, state_dir, "VM only")
         assert ssh(outputs, "cat /home/nexus/before-suspend") == "written"
         assert float(ssh(outputs, "cut -d' ' -f1 /proc/uptime")) >= uptime_before, "not a reboot"
         assert_clock_is_the_hosts(outputs)
