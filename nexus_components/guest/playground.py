@@ -144,8 +144,8 @@ def devices(config: PlaygroundConfig, *, pass_kvm: bool) -> list[str]:
 
 
 def settings_digest(config: PlaygroundConfig) -> str:
-    """A digest of the container's settings that neither the preflight's ports and devices
-    nor the image cover: what a change of which pulumi-docker applies to the container."""
+    """A digest of the container's settings that pulumi-docker alone applies (neither the
+    preflight's ports and devices nor the image cover them)."""
     settings = {
         "env": dict(sorted(config.env.items())),
         "command": list(config.command),
