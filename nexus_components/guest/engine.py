@@ -27,8 +27,25 @@ START_DOCKER = ("sudo", "-n", "systemctl", "start", "docker")
 DOCKER_JOURNAL_TAIL = ("sudo", "-n", "journalctl", "--unit", "docker", "--lines", "15", "--no-pager")
 # The login user's own access, which pulumi-docker's ssh:// connection needs.
 DOCKER_AS_USER = ("docker", "version", "--format", "{{.Server.Version}}")
+# The guest kernel's boot id: the same one after QEMU changed means the VM was resumed from
+# its saved memory (a suspension, a snapshot), not booted.
+BOOT_ID = ("cat", "/proc/sys/kernel/random/boot_id")
+# Both in one login, for a VM that should have resumed: `exec "$@"` runs DOCKER_AS_USER's words.
+BOOT_ID_AND_DOCKER_AS_USER = (
+    "sh",
+    "-c",
+    'cat /proc/sys/kernel/random/boot_id && exec "$@"',
+    "sh",
+    *DOCKER_AS_USER,
+)
 KVM_OK = ("sudo", "-n", "kvm-ok")
 LIBVIRT_VERSION = ("sudo", "-n", "libvirtd", "--version")
+
+
+def boot_id_and_version(stdout: str) -> tuple[str, str]:
+    """BOOT_ID_AND_DOCKER_AS_USER's answer -> (boot id, Docker server version); "" for a part missing."""
+    lines = [line.strip() for line in stdout.strip().splitlines()]
+    return (lines[0] if lines else "", lines[1] if len(lines) > 1 else "")
 
 
 def join_docker_group(username: str) -> tuple[str, ...]:

@@ -250,10 +250,26 @@ class DockerEngine(GuestLifecycle):
         return Diff(bool(differs))
 
     def update(self, olds: Props, news: Props) -> Props:
+        if olds.get("boot_id") and changed(olds, news, self.KEYS) == ["vm_pid"]:
+            resumed = self._resumed(olds, news)
+            if resumed is not None:
+                return resumed
         return engine_ready(self.runner_for(news), news)
 
     def read(self, id_: str, props: Props) -> Props:
         return {**props, "answers": self._answers(props)}
+
+    def _resumed(self, olds: Props, news: Props) -> Props | None:
+        """A new QEMU whose guest runs on from the same boot (resumed from a suspension or
+        a snapshot): the daemon, kvm-ok and libvirt are as they were when last found ready,
+        so one login that finds the daemon answering replaces the wait. None otherwise."""
+        answer = self.runner_for(news).run(engine.BOOT_ID_AND_DOCKER_AS_USER, timeout=60)
+        boot_id, version = engine.boot_id_and_version(answer.stdout) if answer.ok else ("", "")
+        if boot_id != olds["boot_id"] or not version:
+            return None
+        say("docker", f"Docker {version} answers: the VM resumed from the same boot, nothing to wait for")
+        found = {key: olds[key] for key in ENGINE_FINDINGS if key in olds}
+        return {**news, **found, "docker_version": version, "answers": True}
 
     def delete(self, props: Props) -> None:
         # Docker is part of the VM and goes with it. This is the last guest layer to go:
@@ -263,6 +279,10 @@ class DockerEngine(GuestLifecycle):
     def _answers(self, props: Props) -> bool:
         result = self.runner_for(props).run(engine.DOCKER_AS_USER, timeout=60)
         return result.ok and bool(result.stdout.strip())
+
+
+# What engine_ready finds in the VM, kept as they were when the VM resumes from the same boot.
+ENGINE_FINDINGS = ("kvm_usable", "kvm_verdict", "libvirt_version", "ready_seconds", "boot_id")
 
 
 def engine_ready(runner: CommandRunner, props: Props) -> Props:
@@ -288,13 +308,14 @@ def engine_ready(runner: CommandRunner, props: Props) -> Props:
         )
         # Groups are read at login: sessions over the shared connection would not see it.
         close_shared_connection(ssh_target(props))
-        check(
+        user_access = check(
             runner.run(engine.DOCKER_AS_USER, timeout=60),
             layer=ENGINE_LAYER,
             what="reach the Docker daemon as the login user",
             hint="ssh in and run `docker version`",
         )
-    version = runner.run(engine.DOCKER_AS_USER, timeout=60).stdout.strip()
+    version = user_access.stdout.strip()
+    boot_id = runner.run(engine.BOOT_ID, timeout=60)
     kvm_ok = runner.run(engine.KVM_OK, timeout=60)
     verdict = engine.parse_kvm_ok(kvm_ok.returncode, kvm_ok.output)
     libvirt = runner.run(engine.LIBVIRT_VERSION, timeout=60)
@@ -307,6 +328,7 @@ def engine_ready(runner: CommandRunner, props: Props) -> Props:
         "libvirt_version": engine.parse_libvirt_version(libvirt.returncode, libvirt.output),
         "ready_seconds": round(seconds, 1),
         "answers": True,
+        "boot_id": boot_id.stdout.strip() if boot_id.ok else None,
     }
 
 

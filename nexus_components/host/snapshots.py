@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from nexus_components.core.errors import VmError
 from nexus_components.core.qemu_process import gone_within
+from nexus_components.core.runner import SshRunner
 from nexus_components.core.ssh import SshTarget
 from nexus_components.host import vm_process
 from nexus_components.host.paths import VmPaths
@@ -388,24 +389,25 @@ def delete_offline(overlay: Path, name: str, qemu_img: str = "qemu-img") -> Snap
 # ------------------------------------------------------------------ the guest's clock after a revert
 
 
-def resync_clock_argv(target: SshTarget, now: float) -> list[str]:
-    """The ssh command that sets the guest's clock to the host's `now`.
+def resync_clock_command(now: float) -> list[str]:
+    """The command that sets the guest's clock to the host's `now`, run in the VM over SSH.
 
     A reverted guest resumes with the clock it had when the snapshot was taken (its
     timekeeping is part of the saved state), so it runs behind by the time since then;
     the container shares the VM's kernel clock and is set with it."""
-    return target.argv(["sudo", "-n", "date", "-u", "-s", f"@{now:.3f}"], connect_timeout=30)
+    return ["sudo", "-n", "date", "-u", "-s", f"@{now:.3f}"]
 
 
 def resync_clock(target: SshTarget, *, timeout: float = 60.0) -> str | None:
-    """Set the guest's clock from the host's; None when done, else why it could not."""
-    argv = resync_clock_argv(target, time.time())
-    try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
+    """Set the guest's clock from the host's; None when done, else why it could not.
+
+    Over the connection the guest layers share: the login it makes is the one their
+    next steps use (one SSH handshake, seconds under TCG, instead of two)."""
+    result = SshRunner(target, connect_timeout=30).run(resync_clock_command(time.time()), timeout=timeout)
+    if result.returncode == 124:
         return f"ssh did not finish within {timeout:.0f} s"
-    if result.returncode != 0:
-        return (result.stderr or result.stdout).strip() or f"ssh exited with status {result.returncode}"
+    if not result.ok:
+        return result.output or f"ssh exited with status {result.returncode}"
     return None
 
 

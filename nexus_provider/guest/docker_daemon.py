@@ -35,6 +35,11 @@ class DockerDaemonState:
     libvirt_version: str = prop("libvirtd's version in the VM, or what is missing.")
     ready_seconds: float = prop("How long the wait for cloud-init and the daemon took.")
     answers: bool | None = prop("Whether the daemon answered the login user when last looked at.")
+    boot_id: str | None = prop(
+        "The VM kernel's boot id when the daemon was last found ready: when QEMU changes but the boot "
+        "id does not (the VM resumed from a suspension), one login that finds the daemon answering "
+        "replaces the wait."
+    )
 
 
 RESOURCE = ResourceSpec(

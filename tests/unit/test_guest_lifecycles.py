@@ -189,8 +189,9 @@ class DockerVm:
     `starts`: `systemctl start docker` succeeds; `stays_up`: the daemon then keeps running
     (else it dies at once, as one with a broken configuration does)."""
 
-    def __init__(self, *, starts: bool = True, stays_up: bool = True) -> None:
-        self.running = False
+    def __init__(self, *, starts: bool = True, stays_up: bool = True, running: bool = False) -> None:
+        self.running = running
+        self.boot_id = "0b1d0b1d-0000-4000-8000-000000000001"
         self.start_attempts = 0
         self.starts = starts
         self.stays_up = stays_up
@@ -217,6 +218,12 @@ class DockerVm:
             )
         if argv in (engine.DOCKER_SERVER_VERSION, engine.DOCKER_AS_USER):
             return (0, "20.10.24\n") if self.running else (1, "", DAEMON_DOWN)
+        if argv == engine.BOOT_ID:
+            return 0, f"{self.boot_id}\n"
+        if argv == engine.BOOT_ID_AND_DOCKER_AS_USER:
+            return (
+                (0, f"{self.boot_id}\n20.10.24\n") if self.running else (1, f"{self.boot_id}\n", DAEMON_DOWN)
+            )
         if argv == engine.KVM_OK:
             return 0, "INFO: /dev/kvm exists\nKVM acceleration can be used\n"
         if argv == engine.LIBVIRT_VERSION:
@@ -231,6 +238,49 @@ def test_a_stopped_docker_daemon_is_started_once_and_up_carries_on() -> None:
     assert time.monotonic() - started < 10  # not readyTimeoutSeconds
     assert outs["docker_version"] == "20.10.24" and outs["kvm_usable"] is True
     assert len(vm.runner.ran(*engine.START_DOCKER)) == 1
+
+
+def resumed_engine(vm: DockerVm, *, olds: dict[str, Any]) -> dict[str, Any]:
+    """DockerEngine.update after QEMU changed (its pid), from a state made by `olds`."""
+    news = {**ENGINE_PROPS, "docker_host": "ssh://nexus@127.0.0.1:2222", "vm_pid": 2, "instance_id": "i"}
+    return lifecycles.DockerEngine(runner_for=lambda _props: vm.runner).update({**news, **olds}, news)
+
+
+def test_a_vm_resumed_from_the_same_boot_is_not_waited_for_again() -> None:
+    vm = DockerVm(running=True)
+    ready = lifecycles.engine_ready(vm.runner, ENGINE_PROPS)
+    assert ready["boot_id"] == vm.boot_id
+    vm.runner.calls.clear()
+    outs = resumed_engine(vm, olds={**ready, "vm_pid": 1, "kvm_verdict": "as found before the suspend"})
+    assert vm.runner.calls == [engine.BOOT_ID_AND_DOCKER_AS_USER]  # one login, no cloud-init wait
+    assert outs["vm_pid"] == 2 and outs["docker_version"] == "20.10.24"
+    assert outs["kvm_verdict"] == "as found before the suspend" and outs["boot_id"] == vm.boot_id
+
+
+@pytest.mark.parametrize(
+    "olds",
+    [
+        {"boot_id": "another-boot"},  # the VM booted again (a restart, not a resume)
+        {},  # a state from before boot ids: waited for as before
+    ],
+)
+def test_a_vm_that_booted_again_or_an_older_state_is_waited_for(olds: dict[str, Any]) -> None:
+    vm = DockerVm(running=True)
+    outs = resumed_engine(vm, olds={"vm_pid": 1, **olds})
+    assert vm.runner.ran(*engine.CLOUD_INIT_STATUS) and outs["boot_id"] == vm.boot_id
+
+
+def test_a_resumed_vm_whose_daemon_does_not_answer_is_waited_for_and_its_daemon_started() -> None:
+    vm = DockerVm(running=False)
+    outs = resumed_engine(vm, olds={"vm_pid": 1, "boot_id": vm.boot_id})
+    assert len(vm.runner.ran(*engine.START_DOCKER)) == 1 and outs["answers"] is True
+
+
+def test_the_boot_id_script_is_valid_sh_and_runs_its_words_as_data() -> None:
+    script = engine.BOOT_ID_AND_DOCKER_AS_USER[: -len(engine.DOCKER_AS_USER)]
+    result = subprocess.run([*script, "printf", "%s\\n", "a; b"], capture_output=True, text=True, check=True)
+    boot_id, second = engine.boot_id_and_version(result.stdout)
+    assert boot_id == Path("/proc/sys/kernel/random/boot_id").read_text().strip() and second == "a; b"
 
 
 def test_a_daemon_that_cannot_be_started_fails_at_once_with_the_command_and_its_output() -> None:

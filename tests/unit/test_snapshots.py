@@ -29,7 +29,7 @@ from nexus_components.host.snapshots import (
     offline_snapshots,
     qcow2_virtual_size,
     resume_argv,
-    resync_clock_argv,
+    resync_clock_command,
     snapshot_disk_sizes,
     snapshots_of_image,
     table,
@@ -286,9 +286,8 @@ def test_not_a_qcow2_image_is_said(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the clock, the CLI
 
 
-def test_the_clock_is_set_through_ssh_with_quoted_arguments() -> None:
-    argv = resync_clock_argv(SshTarget("127.0.0.1", 2222, "nexus", Path("/k")), 1796015866.5)
-    assert argv[-2:] == ["--", "sudo -n date -u -s @1796015866.500"]
+def test_the_clock_is_set_to_the_hosts_time_in_utc() -> None:
+    assert resync_clock_command(1796015866.5) == ["sudo", "-n", "date", "-u", "-s", "@1796015866.500"]
 
 
 def test_the_cli_finds_ssh_from_the_stack_outputs() -> None:
