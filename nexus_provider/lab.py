@@ -21,7 +21,7 @@ import pulumi
 
 from nexus_components import host_inputs
 from nexus_components.config import load_config
-from nexus_components.host import vm_process
+from nexus_components.host import ssh_banner
 from nexus_components.host.hostfacts import (
     accelerator_note,
     check_before_changes,
@@ -54,7 +54,7 @@ class Lab(pulumi.ComponentResource):
         if pulumi.runtime.is_dry_run():
             # The VM's drift check reads its SSH banner: started now, it is read by the time
             # the engine gets to the VM.
-            vm_process.read_banner_early(config.network.ssh_host, config.network.ssh_port)
+            ssh_banner.read_early(config.network.ssh_host, config.network.ssh_port)
         note = accelerator_note(config.vm.accelerator, host.accelerator)
         if note:
             pulumi.log.warn(note, resource=self)

@@ -16,10 +16,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from nexus_components.core.errors import VmError
 from nexus_components.core.files import remove_quietly
 from nexus_components.core.qemu_process import GRACE_SECONDS, Log, gone_within, shut_down
 from nexus_components.core.ssh import SshTarget
+from nexus_components.host import ssh_banner
 from nexus_components.host.paths import VmPaths
 from nexus_components.host.settings import NetworkConfig, PortForward
 
@@ -316,9 +315,7 @@ def wait_until_ready(
             probe.wait()
 
 
-# A guest that runs sends SSH's banner at once; one that hangs (its kernel stuck while
-# QEMU's user network still accepts the connection) never does.
-BANNER_TIMEOUT_SECONDS = 20.0
+BANNER_TIMEOUT_SECONDS = ssh_banner.TIMEOUT_SECONDS
 # A guest can still greet (its sshd on a CPU that runs) while a CPU stuck in its kernel
 # keeps every login from running a command.
 COMMAND_TIMEOUT_SECONDS = 60.0
@@ -338,9 +335,10 @@ def guest_hangs(
     is a login that fails: only silence is. The login costs most of a second under TCG;
     the banner alone a fifth.
     """
-    banner = _early_banner(target.host, target.port) or _ssh_banner(target.host, target.port, banner_timeout)
-    if banner != "greets" or not login:
-        return banner == "silent"
+    host, port = target.host, target.port
+    banner = ssh_banner.take(host, port) or ssh_banner.read(host, port, banner_timeout)
+    if banner != ssh_banner.GREETS or not login:
+        return banner == ssh_banner.SILENT
     argv = target.argv(["true"], connect_timeout=max(1, int(banner_timeout)))
     try:
         subprocess.run(
@@ -349,49 +347,6 @@ def guest_hangs(
     except subprocess.TimeoutExpired:
         return True
     return False
-
-
-# A preview's drift check reads the running VM's SSH banner (a fifth of a second under TCG):
-# the Lab starts that read as it begins, so it runs while the Lab's other resources are
-# checked. A read is used once, and only while fresh.
-_EARLY_BANNER_FRESH_SECONDS = 10.0
-_early_banners: dict[tuple[str, int], tuple[float, Future[str]]] = {}
-_early_banners_lock = threading.Lock()
-
-
-def read_banner_early(host: str, port: int, timeout: float = BANNER_TIMEOUT_SECONDS) -> None:
-    """Start reading the SSH banner at host:port; the next `guest_hangs` for it takes the result."""
-    future: Future[str] = Future()
-
-    def read() -> None:
-        future.set_result(_ssh_banner(host, port, timeout))
-
-    with _early_banners_lock:
-        _early_banners[(host, port)] = (time.monotonic(), future)
-    threading.Thread(target=read, name="nexus-ssh-banner", daemon=True).start()
-
-
-def _early_banner(host: str, port: int) -> str | None:
-    with _early_banners_lock:
-        started, future = _early_banners.pop((host, port), (0.0, None))
-    if future is None or time.monotonic() - started > _EARLY_BANNER_FRESH_SECONDS:
-        return None
-    return future.result()
-
-
-def _ssh_banner(host: str, port: int, timeout: float) -> str:
-    """ "greets", "silent" (connected, nothing came in time) or "closed" (refused, or closed)."""
-    try:
-        connection = socket.create_connection((host, port), timeout=timeout)
-    except OSError:
-        return "closed"
-    with connection:
-        try:
-            return "greets" if connection.recv(4) else "closed"
-        except TimeoutError:
-            return "silent"
-        except OSError:
-            return "closed"
 
 
 def _engine_lineage(proc: Path = Path("/proc")) -> tuple[int, int | None]:
