@@ -66,6 +66,9 @@ class PulumiCli:
     stack: str
     config_file: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Another backend than the file one in backend_dir, e.g. an s3:// bucket several users
+    # share; backend_dir then holds this user's PULUMI_HOME alone.
+    backend_url: str | None = None
     # The VM's SSH, for stacks that start a nested KVM guest inside a TCG VM: on some
     # hosts that guest stalls the VM now and then (QEMU's nested SVM under TCG), which is
     # not what a test is about. Then a failed `up` is run once more, as a user would, and
@@ -79,7 +82,7 @@ class PulumiCli:
         env = dict(os.environ)
         env.update(
             PATH=f"{toolchain_bin()}{os.pathsep}{env['PATH']}",
-            PULUMI_BACKEND_URL=self.backend_dir.as_uri(),
+            PULUMI_BACKEND_URL=self.backend_url or self.backend_dir.as_uri(),
             PULUMI_CONFIG_PASSPHRASE="nexus-tests",
             PULUMI_SKIP_UPDATE_CHECK="true",
             PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
