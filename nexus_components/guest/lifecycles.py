@@ -798,7 +798,7 @@ class InnerVm(GuestLifecycle):
             return Diff(False)
         replaces = changed(olds, news, ("container", "name"))
         restart = changed(olds, news, self.RESTART_KEYS)
-        if not replaces and not restart and self._machine(olds).pid() is None:
+        if not replaces and not restart and not self._runs(olds):
             restart.append("running")  # QEMU died, or the container restarted
         return Diff(bool(replaces or restart), replaces, delete_before_replace=True)
 
@@ -828,6 +828,16 @@ class InnerVm(GuestLifecycle):
             return  # the container (and every process in it) is already gone
         machine.stop()
         machine.runner.run(inner.remove_files(machine.container, [machine.paths.dir]), timeout=120)
+
+    def _runs(self, props: Props) -> bool:
+        machine = self._machine(props)
+        if props.get("container_id"):
+            found = machine.runner.run(
+                inner.qemu_runs_in(props["container_id"], machine.paths.pid_file), timeout=60
+            )
+            if found.returncode in (inner.RUNS, inner.DOES_NOT_RUN):
+                return found.returncode == inner.RUNS
+        return machine.pid() is not None
 
     def _machine(self, props: Props) -> InnerVmMachine:
         return InnerVmMachine(

@@ -4,15 +4,17 @@ The `nexus` provider runs these for its nexus:guest:* resources."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 
 from nexus_components.core.runner import GuestError, LocalRunner
 from nexus_components.guest import engine, inner_vm_machine, lifecycles, playground, preflight
+from nexus_components.guest import inner_vm as inner
 from nexus_components.guest.inner_vm_machine import (
     INNER_VM_STALLED,
     INNER_VM_STALLED_HINT,
@@ -656,9 +658,17 @@ def test_the_inner_vm_settings_come_back_from_the_state_as_they_were() -> None:
     assert config.image is None and config.iso is None
 
 
-def qemu_in_container(pid: str) -> ScriptedRunner:
-    """A container whose inner QEMU runs (`pid`) or not (""): only the pid is read."""
-    return ScriptedRunner(lambda argv: (0, pid) if any("pid" in word for word in argv) else (0, ""))
+def qemu_in_container(pid: str, *, cgroup_found: bool = True) -> ScriptedRunner:
+    """A container whose inner QEMU runs (`pid`) or not (""), seen from the VM through the
+    container's cgroup (`cgroup_found`) or, without it, from inside the container."""
+    looked_up_from_the_vm = inner.qemu_runs_in("c" * 64, PurePosixPath("/x"))[:3]
+
+    def answer(argv: tuple[str, ...]) -> Answer:
+        if argv[:3] == tuple(looked_up_from_the_vm):
+            return (2, "") if not cgroup_found else ((0, "") if pid else (1, ""))
+        return (0, pid) if any("pid" in word for word in argv) else (0, "")
+
+    return ScriptedRunner(answer)
 
 
 @pytest.mark.parametrize(
@@ -677,6 +687,42 @@ def test_the_inner_vm_restarts_for_a_new_setting_or_container(
     inner_vm = lifecycles.InnerVm(runner_for=lambda _props: qemu_in_container("4242"))
     diff = inner_vm.diff(INNER_PROPS, {**INNER_PROPS, **change})
     assert diff.changes is restarts and not diff.replaces
+
+
+@pytest.mark.parametrize("cgroup_found", [True, False], ids=["seen from the VM", "asked in the container"])
+@pytest.mark.parametrize("pid", ["4242", ""], ids=["running", "dead"])
+def test_whether_the_inner_qemu_runs_is_read_from_the_vm_without_docker_exec(
+    cgroup_found: bool, pid: str
+) -> None:
+    runner = qemu_in_container(pid, cgroup_found=cgroup_found)
+    diff = lifecycles.InnerVm(runner_for=lambda _props: runner).diff(INNER_PROPS, INNER_PROPS)
+    assert diff.changes is (pid == "")
+    assert bool(runner.ran("docker", "exec")) is not cgroup_found
+
+
+def test_the_cgroup_script_finds_the_qemu_that_names_its_pid_file(tmp_path: Path) -> None:
+    pid_file = PurePosixPath(tmp_path / "inner" / "qemu.pid")
+    # A process whose command line names the pid file, as the inner QEMU's does.
+    qemu = subprocess.Popen(["sh", "-c", "sleep 60", "sh", str(pid_file)])
+    try:
+        listed, other, missing = (
+            tmp_path / "listed.procs",
+            tmp_path / "other.procs",
+            tmp_path / "missing.procs",
+        )
+        listed.write_text(f"{os.getpid()}\n{qemu.pid}\n")
+        other.write_text(f"{os.getpid()}\n")
+
+        def status(*procs: Path) -> int:
+            script = inner.qemu_runs_in("c" * 64, pid_file)[:5]  # sh -c SCRIPT sh PID_FILE
+            return subprocess.run([*script, *map(str, procs)], check=False).returncode
+
+        assert status(missing, listed) == inner.RUNS  # the first list found is read
+        assert status(other, listed) == inner.DOES_NOT_RUN
+        assert status(missing) not in (inner.RUNS, inner.DOES_NOT_RUN)
+    finally:
+        qemu.kill()
+        qemu.wait()
 
 
 def test_an_inner_vm_that_died_is_started_again_and_a_new_name_is_a_new_one() -> None:
