@@ -11,6 +11,8 @@ plugin starts a read before it imports anything else.
 from __future__ import annotations
 
 import socket
+import struct
+import sys
 import threading
 import time
 
@@ -27,6 +29,11 @@ def read(host: str, port: int, timeout: float = TIMEOUT_SECONDS) -> str:
         connection = socket.create_connection((host, port), timeout=timeout)
     except OSError:
         return CLOSED
+    # Closed with a reset: neither side keeps the connection in TIME_WAIT, not even when QEMU
+    # exits while the read waits (a destroy or restart right after the plugin starts one),
+    # which would otherwise hold the VM's SSH port for a minute after the VM is gone.
+    linger = struct.pack("HH" if sys.platform == "win32" else "ii", 1, 0)  # on, after 0 s
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
     with connection:
         try:
             return GREETS if connection.recv(4) else CLOSED

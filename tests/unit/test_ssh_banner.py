@@ -58,6 +58,20 @@ def test_nothing_listening_is_closed_not_silent() -> None:
     assert ssh_banner.read("127.0.0.1", port, timeout=2) == ssh_banner.CLOSED
 
 
+def test_a_read_the_vm_cuts_short_leaves_no_connection_on_its_port() -> None:
+    """QEMU exits while the read waits for the banner (a destroy right after the plugin's
+    start): the port is free at once, for a listener without SO_REUSEADDR too."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    ssh_banner.read_early("127.0.0.1", port)
+    accepted, _ = listener.accept()
+    listener.close()
+    accepted.close()  # the VM's side goes first, as when its QEMU exits
+    assert ssh_banner.take("127.0.0.1", port) == ssh_banner.CLOSED
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))
+
+
 def engine_config(**settings: object) -> str:
     """PULUMI_CONFIG as the engine gives it to the plugin: each value JSON text."""
     return json.dumps({key: json.dumps(value) for key, value in settings.items()})
