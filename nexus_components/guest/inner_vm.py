@@ -202,14 +202,15 @@ CGROUP_PROCS = (
     "/sys/fs/cgroup/system.slice/docker-{id}.scope/cgroup.procs",
     "/sys/fs/cgroup/docker/{id}/cgroup.procs",
 )
-# qemu_runs_in's exit statuses.
-RUNS, DOES_NOT_RUN = 0, 1
+# qemu_runs_in's exit statuses (SSH's own failure is 255).
+RUNS, DOES_NOT_RUN, PROCESS_LIST_NOT_FOUND = 0, 1, 2
 
 
 def qemu_runs_in(container_id: str, pid_file: PurePosixPath) -> list[str]:
     """Exits RUNS when a process of the container runs this VM's QEMU (its command line names
-    the pid file), DOES_NOT_RUN when none does, anything else when the container's process list
-    is not found (then `running_pid` asks inside the container).
+    the pid file), DOES_NOT_RUN when none does, PROCESS_LIST_NOT_FOUND when the container's
+    process list is not where Docker's cgroup drivers put it (then `running_pid` asks inside
+    the container).
 
     Read from the VM's side, as the login user: no `docker exec`, which costs over a second
     under TCG (the Docker CLI, then runc entering the container), on every preview and up."""

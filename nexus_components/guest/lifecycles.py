@@ -835,8 +835,8 @@ class InnerVm(GuestLifecycle):
             found = machine.runner.run(
                 inner.qemu_runs_in(props["container_id"], machine.paths.pid_file), timeout=60
             )
-            if found.returncode in (inner.RUNS, inner.DOES_NOT_RUN):
-                return found.returncode == inner.RUNS
+            if found.returncode != inner.PROCESS_LIST_NOT_FOUND:
+                return found.returncode == inner.RUNS  # a VM that does not answer: as before, not running
         return machine.pid() is not None
 
     def _machine(self, props: Props) -> InnerVmMachine:

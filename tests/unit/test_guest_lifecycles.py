@@ -719,10 +719,16 @@ def test_the_cgroup_script_finds_the_qemu_that_names_its_pid_file(tmp_path: Path
 
         assert status(missing, listed) == inner.RUNS  # the first list found is read
         assert status(other, listed) == inner.DOES_NOT_RUN
-        assert status(missing) not in (inner.RUNS, inner.DOES_NOT_RUN)
+        assert status(missing) == inner.PROCESS_LIST_NOT_FOUND
     finally:
         qemu.kill()
         qemu.wait()
+
+
+def test_an_inner_vm_in_a_vm_that_does_not_answer_is_asked_once() -> None:
+    runner = ScriptedRunner(hung_vm)
+    diff = lifecycles.InnerVm(runner_for=lambda _props: runner).diff(INNER_PROPS, INNER_PROPS)
+    assert diff.changes and len(runner.calls) == 1  # no second wait through docker exec
 
 
 def test_an_inner_vm_that_died_is_started_again_and_a_new_name_is_a_new_one() -> None:
