@@ -25,6 +25,8 @@ from nexus_components.core.ssh import CONNECT_TIMEOUT_SECONDS, SshTarget
 
 # OpenSSH's exit status when it could not connect or authenticate.
 SSH_UNREACHABLE = 255
+# A command that ran out of time: what timeout(1) reports, so callers see one convention.
+TIMED_OUT = 124
 OUTPUT_TAIL_LINES = 25
 
 
@@ -96,7 +98,7 @@ def _execute(
         partial = (error.stdout or b"") + (error.stderr or b"")
         return CommandResult(
             tuple(shown_argv),
-            124,  # what timeout(1) reports, so callers see one convention
+            TIMED_OUT,
             partial.decode(errors="replace"),
             f"\n(timed out after {timeout:.0f} s)",
             time.monotonic() - started,
@@ -198,7 +200,7 @@ class SshRunner:
 
 def unreachable(result: CommandResult) -> bool:
     """SSH could not connect, or the VM stopped answering within the command's bound."""
-    return result.returncode in (SSH_UNREACHABLE, 124)
+    return result.returncode in (SSH_UNREACHABLE, TIMED_OUT)
 
 
 def check(result: CommandResult, *, layer: str, what: str, hint: str, where: str = "the VM") -> CommandResult:

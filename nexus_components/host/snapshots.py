@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from nexus_components.core.errors import VmError
 from nexus_components.core.qemu_process import gone_within
-from nexus_components.core.runner import SshRunner
+from nexus_components.core.runner import TIMED_OUT, SshRunner
 from nexus_components.core.ssh import SshTarget
 from nexus_components.host import vm_process
 from nexus_components.host.paths import VmPaths
@@ -404,7 +404,7 @@ def resync_clock(target: SshTarget, *, timeout: float = 60.0) -> str | None:
     Over the connection the guest layers share: the login it makes is the one their
     next steps use (one SSH handshake, seconds under TCG, instead of two)."""
     result = SshRunner(target, connect_timeout=30).run(resync_clock_command(time.time()), timeout=timeout)
-    if result.returncode == 124:
+    if result.returncode == TIMED_OUT:
         return f"ssh did not finish within {timeout:.0f} s"
     if not result.ok:
         return result.output or f"ssh exited with status {result.returncode}"
