@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import NexusConfig
+from .host import mounts as host_mounts
 
 Props = dict[str, Any]
 
@@ -41,7 +42,8 @@ def cloud_init_seed_inputs(config: NexusConfig, public_key: Any) -> Props:
         "hostname": guest.hostname,
         "arch": config.vm.arch,
         "install_packages": guest.install_packages,
-        "packages": list(guest.packages),
+        # A reverse-sshfs share needs sshfs in the VM: the seed installs it with the rest.
+        "packages": list(dict.fromkeys([*guest.packages, *host_mounts.guest_packages(config.mounts)])),
         "user_data": dict(guest.user_data),
         "public_key": public_key,
     }

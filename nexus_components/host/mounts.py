@@ -329,11 +329,28 @@ def sftp_path(host_path: str, host_os: str) -> str:
     return host_path
 
 
-def sshfs_command(mount: Mount, host_os: str) -> str:
+NO_SSHFS_EXIT = 127  # the shell's "command not found"
+SSHFS_INSTALL_STEP = (
+    "install sshfs in the VM: sudo apt-get install sshfs (or list it in nexus:guest.packages)"
+)
+
+
+def no_sshfs_message(index: int) -> str:
+    return f"{KEY}[{index}]: type reverse-sshfs needs sshfs in the VM and it has none; {SSHFS_INSTALL_STEP}"
+
+
+def guest_packages(mounts: Sequence[Mount]) -> tuple[str, ...]:
+    """What the VM's seed installs for the shares: sshfs for reverse-sshfs (9p and virtiofs are
+    the kernel's)."""
+    return ("sshfs",) if any(m.type == "reverse-sshfs" for m in mounts) else ()
+
+
+def sshfs_command(mount: Mount, host_os: str, index: int) -> str:
     """The line the guest's shell runs (ssh's remote command): make the folder, then sshfs in the
     foreground, speaking SFTP over ssh's stdin/stdout (`passive`, sshfs 3.7's `slave`). Run as
     root with allow_other, so the container's root and every VM user reach it; idmap=user shows
-    the host user's files as the login user's (uid/gid of the login user, read before sudo)."""
+    the host user's files as the login user's (uid/gid of the login user, read before sudo).
+    A guest without sshfs says so, naming the mount, and exits NO_SSHFS_EXIT."""
     options = [
         "passive",
         "allow_other",
@@ -346,7 +363,11 @@ def sshfs_command(mount: Mount, host_os: str) -> str:
     remote = shlex.quote(":" + sftp_path(mount.host, host_os))
     # sudo unless the login user is root already.
     root = 'as=sudo; [ "$(id -u)" = 0 ] && as=; '
-    return root + f"$as mkdir -p {path} && exec $as sshfs -f -o {','.join(options)} {remote} {path}"
+    check = (
+        f"command -v sshfs >/dev/null 2>&1 || "
+        f"{{ echo {shlex.quote(no_sshfs_message(index))} >&2; exit {NO_SSHFS_EXIT}; }}; "
+    )
+    return check + root + f"$as mkdir -p {path} && exec $as sshfs -f -o {','.join(options)} {remote} {path}"
 
 
 def _no_mount_hint(mount: Mount, index: int) -> str:

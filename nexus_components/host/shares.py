@@ -163,7 +163,7 @@ def start_reverse_sshfs(
             raise VmError(f"{mounts.KEY}[{index}]: reverse-sshfs needs sftp-server and none was given")
         to_guest_read, to_guest_write = os.pipe()
         to_host_read, to_host_write = os.pipe()
-        ssh_argv = [*target.argv(connect_timeout=30), "--", mounts.sshfs_command(mount, os_name)]
+        ssh_argv = [*target.argv(connect_timeout=30), "--", mounts.sshfs_command(mount, os_name, index)]
         with open(paths.sshfs_log(index), "wb") as log:
             guest = subprocess.Popen(
                 ssh_argv, stdin=to_guest_read, stdout=to_host_write, stderr=log, start_new_session=True
@@ -181,12 +181,18 @@ def start_reverse_sshfs(
         if not _mounted(target, mount.vm, guest):
             output = paths.sshfs_log(index).read_text(errors="replace").strip()
             stop_reverse_sshfs(paths)
+            if mounts.no_sshfs_message(index) in output:
+                raise VmError(
+                    f"{mounts.no_sshfs_message(index)} (it would mount {mount.host} at {mount.vm})",
+                    hint="the seed installs sshfs with nexus:guest.installPackages true; else "
+                    + mounts.SSHFS_INSTALL_STEP
+                    + ", then run up again",
+                )
             raise VmError(
                 f"{mounts.KEY}[{index}]: the VM did not mount {mount.host} at {mount.vm} with sshfs",
                 command=ssh_argv,
                 output=output,
-                hint="the VM needs sshfs (Debian/Ubuntu: apt-get install sshfs; nexus:guest.packages can add "
-                "it) and FUSE in its kernel",
+                hint="the VM needs FUSE in its kernel and sshfs (" + mounts.SSHFS_INSTALL_STEP + ")",
             )
 
 

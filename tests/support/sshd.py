@@ -13,7 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +55,7 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float =
 
 
 @contextmanager
-def running_sshd(workdir: Path) -> Iterator[Sshd]:
+def running_sshd(workdir: Path, extra_config: Sequence[str] = ()) -> Iterator[Sshd]:
     workdir.mkdir(parents=True, exist_ok=True)
     host_key, client_key = workdir / "host_ed25519", workdir / "client_ed25519"
     for key in (host_key, client_key):
@@ -78,6 +78,7 @@ def running_sshd(workdir: Path) -> Iterator[Sshd]:
                 "StrictModes no",
                 "UsePAM no",
                 "Subsystem sftp internal-sftp",
+                *extra_config,
                 "",
             )
         )

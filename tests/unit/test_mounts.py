@@ -3,13 +3,17 @@ virtiofsd's argv, and the guest's fstab block."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import pytest
+import yaml
 
+from nexus_components import host_inputs
 from nexus_components.config import load_config
+from nexus_components.core import cloudinit
 from nexus_components.core.errors import ConfigError
 from nexus_components.host import mounts
 from nexus_components.host.mounts import Mount
@@ -113,7 +117,7 @@ def test_windows_host_config_picks_reverse_sshfs_and_refuses_9p_and_virtiofs(tmp
 
 
 def test_windows_host_sshfs_command_uses_openssh_paths() -> None:
-    command = mounts.sshfs_command(Mount(r"C:\Users\me\my code", "/srv/code", "reverse-sshfs"), "windows")
+    command = mounts.sshfs_command(Mount(r"C:\Users\me\my code", "/srv/code", "reverse-sshfs"), "windows", 0)
     assert "':/C:/Users/me/my code' /srv/code" in command
     assert mounts.SFTP_SERVER_CANDIDATES["windows"] == (r"C:\Windows\System32\OpenSSH\sftp-server.exe",)
 
@@ -123,7 +127,7 @@ def test_reverse_sshfs_has_no_qemu_device_and_no_fstab_line() -> None:
     assert mounts.device_argv((item,), [None]) == []
     assert "/srv/a" not in mounts.guest_script([item])
     assert mounts.sftp_server_argv("/usr/lib/openssh/sftp-server", item)[-1] == "-R"
-    assert ",ro " in mounts.sshfs_command(item, "linux")
+    assert ",ro " in mounts.sshfs_command(item, "linux", 0)
 
 
 def test_macos_host_config_refuses_virtiofs(tmp_path: Path) -> None:
@@ -249,3 +253,46 @@ def test_the_mounts_go_to_qemu_vm_by_their_schema_names_and_back() -> None:
     assert props[0] == {"host": "/h/a", "vm": "/srv/a", "type": "9p", "readOnly": True, "container": "/work"}
     assert "container" not in props[1]
     assert mounts.from_props(props) == items
+
+
+def seed_packages_of(config: Any) -> list[str]:
+    """The packages the VM's cloud-init seed installs, as the seed resource renders them."""
+    props = host_inputs.cloud_init_seed_inputs(config, "ssh-ed25519 AAAA test")
+    spec = cloudinit.CloudInitSpec(
+        username=props["username"],
+        ssh_public_key=props["public_key"],
+        hostname=props["hostname"],
+        guest_arch=props["arch"],
+        install_packages=props["install_packages"],
+        extra_packages=tuple(props["packages"]),
+    )
+    document = yaml.safe_load(cloudinit.render_user_data(spec))
+    return list(document.get("packages", []))
+
+
+def test_a_reverse_sshfs_mount_makes_the_seed_install_sshfs_once(tmp_path: Path) -> None:
+    entry = {"host": str(tmp_path), "vm": "/srv/a", "type": "reverse-sshfs"}
+    packages = seed_packages_of(load(tmp_path, [entry], guest={"packages": ["sshfs", "htop"]}))
+    assert packages.count("sshfs") == 1 and "htop" in packages
+    assert "sshfs" in seed_packages_of(load(tmp_path, [entry]))
+    assert "sshfs" not in seed_packages_of(load(tmp_path, [{**entry, "type": "9p"}]))
+
+
+def test_a_guest_without_sshfs_is_told_which_mount_needs_it_and_how_to_install_it(tmp_path: Path) -> None:
+    # A PATH with a shell's basics and no sshfs, as in a VM that never installed it.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("id", "mkdir"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    item = Mount("/h/a", str(tmp_path / "mnt"), "reverse-sshfs")
+    ran = subprocess.run(
+        ["/bin/sh", "-c", mounts.sshfs_command(item, "linux", 2)],
+        env={"PATH": str(bin_dir)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ran.returncode == mounts.NO_SSHFS_EXIT
+    assert "nexus:mounts[2]: type reverse-sshfs needs sshfs in the VM" in ran.stderr
+    assert "sudo apt-get install sshfs" in ran.stderr
+    assert not (tmp_path / "mnt").exists(), "nothing is made before the check"

@@ -82,3 +82,21 @@ def test_a_guest_without_the_folder_reports_what_failed(tmp_path: Path) -> None:
         item = Mount(str(tmp_path / "gone"), str(tmp_path / "mnt"), "reverse-sshfs")
         with pytest.raises(NexusError, match=r"nexus:mounts\[0\]: the VM did not mount"):
             shares.start_reverse_sshfs(paths, target, [item], shares.find_sftp_server("linux"), "linux")
+
+
+def test_a_guest_without_sshfs_is_told_to_install_it_naming_the_mount(tmp_path: Path) -> None:
+    # The stand-in guest's sessions get a PATH with a shell's basics and no sshfs.
+    bin_dir = tmp_path / "guest-bin"
+    bin_dir.mkdir()
+    for tool in ("id", "mkdir", "sh", "mountpoint"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    paths = VmPaths(tmp_path)
+    with running_sshd(tmp_path / "sshd", [f"SetEnv PATH={bin_dir}"]) as sshd:
+        target = SshTarget(sshd.host, sshd.port, sshd.user, sshd.private_key)
+        item = Mount(str(tmp_path), str(tmp_path / "mnt"), "reverse-sshfs")
+        with pytest.raises(NexusError) as caught:
+            shares.start_reverse_sshfs(paths, target, [item], shares.find_sftp_server("linux"), "linux")
+    message = str(caught.value)
+    assert "nexus:mounts[0]: type reverse-sshfs needs sshfs in the VM" in message, message
+    assert "sudo apt-get install sshfs" in message, message
+    assert not paths.sshfs_pids(0).exists()
