@@ -15,7 +15,8 @@ from tests.support.pulumi_cli import HEALS
 
 # End-to-end modules by the test image they boot, in the order tests.support.prebuild builds
 # those images in the background on a full run: the x86_64 image's tests first, then the
-# guest-layers image's, the arm64 image's last (built through qemu-user, it takes longest).
+# generic-kernel image's, the guest-layers image's, the arm64 image's last (built through
+# qemu-user, it takes longest).
 # Each image gets the run time of the modules before it to finish building.
 # The modules that need the Node.js and YAML language hosts (scripts/setup --langs, which
 # scripts/test also runs in the background) come after the x86_64 image's, for the same reason.
@@ -23,6 +24,7 @@ LATER_MODULES = {
     "test_setup.py": 0.5,
     "test_nexus_languages.py": 0.5,
     "test_nexus_lab_typescript.py": 0.5,
+    "test_ninep.py": 0.75,  # the generic-kernel image, built after the x86_64 one
     "test_guest_layers.py": 1,
     "test_mounts.py": 1,  # the guest-layers image too
     "test_inner_vm_image.py": 1,

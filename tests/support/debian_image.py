@@ -7,9 +7,11 @@ disk BIOS-bootable with extlinux, then convert it to a compressed qcow2. It boot
 like a real cloud image and is configured by a cloud-init NoCloud seed (volume label
 ``cidata``).
 
-Two recipes share this code: ``BASE`` (the host layers' tests) and ``GUEST_LAYERS``, which
-also bakes in the seed's guest packages (Docker, QEMU, libvirt, cpu-checker) and Debian's
-``docker-registry``, so the guest-layer tests do not spend minutes in ``apt-get`` under TCG.
+Three recipes share this code: ``BASE`` (the host layers' tests), ``GUEST_LAYERS``, which
+also bakes in the seed's guest packages (Docker, QEMU, libvirt, cpu-checker), sshfs and Debian's
+``docker-registry``, so the guest-layer tests do not spend minutes in ``apt-get`` under TCG, and
+``GENERIC``, ``BASE`` with Debian's generic kernel instead of the cloud one: the cloud kernel
+has no 9p, so the 9p shares' test boots this one.
 
 The result is cached under ``<cache_root>/<recipe version>/``: ``debian-12-nexus-test.qcow2``,
 ``SHA256SUMS`` (``sha256sum`` format) and a ``.complete`` marker written last. A build runs in a
@@ -96,6 +98,7 @@ GUEST_LAYER_PACKAGES: tuple[str, ...] = (
     "libvirt-clients",
     "cpu-checker",
     "docker-registry",
+    "sshfs",  # reverse-sshfs mounts (the seed installs it too; baked in to spare apt under TCG)
 )
 
 ROOT_LABEL = "rootfs"
@@ -115,7 +118,16 @@ class Recipe:
 
 BASE = Recipe(RECIPE_VERSION, PACKAGES, RAW_SIZE)
 # Bump the version whenever anything that ends up in this image changes.
-GUEST_LAYERS = Recipe("debian12-guest-r2", PACKAGES + GUEST_LAYER_PACKAGES, 4 * 1024**3)
+GUEST_LAYERS = Recipe("debian12-guest-r3", PACKAGES + GUEST_LAYER_PACKAGES, 4 * 1024**3)
+# Debian's generic kernel: unlike the cloud one it has 9p (modules 9p, 9pnet, 9pnet_virtio).
+# Its initramfs keeps initramfs-tools' default MODULES=most: MODULES=dep would look at the
+# build's loop device, not the VM's virtio disk, and leave virtio_blk out.
+GENERIC = Recipe(
+    "debian12-generic-r1",
+    tuple("linux-image-amd64" if package == "linux-image-cloud-amd64" else package for package in PACKAGES),
+    RAW_SIZE,
+)
+RECIPES = {"base": BASE, "guest": GUEST_LAYERS, "generic": GENERIC}
 # Kernel messages at warning level and above only; systemd's status lines and cloud-init's
 # banners still reach the serial console, so a serial log shows how far the boot got.
 KERNEL_ARGS = f"root=LABEL={ROOT_LABEL} ro console=ttyS0,115200n8 loglevel=4"
@@ -483,6 +495,8 @@ def _build_image(work: Path, log: Log, recipe: Recipe) -> None:
 
 
 if __name__ == "__main__":
-    # `python -m tests.support.debian_image [guest]`: build or reuse one recipe's image.
-    chosen = GUEST_LAYERS if sys.argv[1:] == ["guest"] else BASE
-    print(ensure_test_image(recipe=chosen))
+    # `python -m tests.support.debian_image [base|guest|generic]`: build or reuse one recipe's image.
+    name = sys.argv[1] if len(sys.argv) > 1 else "base"
+    if name not in RECIPES or len(sys.argv) > 2:
+        sys.exit(f"usage: python -m tests.support.debian_image [{'|'.join(RECIPES)}] (got {sys.argv[1:]})")
+    print(ensure_test_image(recipe=RECIPES[name]))

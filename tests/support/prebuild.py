@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.arm64_image import ensure_arm64_test_image
-from tests.support.debian_image import GUEST_LAYERS, ensure_test_image
+from tests.support.debian_image import GENERIC, GUEST_LAYERS, ensure_test_image
 from tests.support.playground_rootfs import ensure_playground_image_tarball
 
 
@@ -30,6 +30,7 @@ def log(line: str) -> None:
 
 ARTEFACTS: tuple[tuple[str, Callable[[], Path]], ...] = (
     ("x86_64 test image", lambda: ensure_test_image(log=log)),
+    ("generic-kernel test image", lambda: ensure_test_image(log=log, recipe=GENERIC)),
     ("guest-layers test image", lambda: ensure_test_image(log=log, recipe=GUEST_LAYERS)),
     ("playground rootfs and image archive", lambda: ensure_playground_image_tarball(log=log)),
     ("arm64 test image", lambda: ensure_arm64_test_image(log=log)),
