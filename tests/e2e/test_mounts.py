@@ -2,13 +2,14 @@
 under TCG, with the playground container and no inner VM.
 
 The test image's kernel is Debian's cloud kernel: it has virtiofs (and FUSE) but no 9p
-(CONFIG_NET_9P is not set), so the mounts here are virtiofs and reverse-sshfs; 9p's part of the
-command line is only unit-tested (tests/unit/test_mounts.py).
+(CONFIG_NET_9P is not set), so the mounts here are virtiofs and reverse-sshfs; 9p has its own
+test on the generic-kernel image (test_ninep.py). The image has sshfs baked in, as the seed
+installs it for a reverse-sshfs mount (this stack skips the seed's package step).
 
 One lab, in order: up with a read-write and a read-only virtiofs mount, both also in the
 container -> a host file read in the VM and the container, a file written in the container
 appears on the host as the host user's -> cp a folder named with a space and a `$` in and out ->
-install sshfs in the guest -> add a reverse-sshfs mount (preview shows QemuVm's update: a
+add a reverse-sshfs mount (preview shows QemuVm's update: a
 restart) -> up: the mounts are back in the VM and in the container Docker restarted, the
 read-only one refuses writes in both, the login user writes through sshfs -> destroy: no
 process of the lab is left and the host folders are byte-identical to what they were.
@@ -119,10 +120,6 @@ def test_host_folders_are_mounted_survive_a_restart_and_destroy_leaves_them_as_t
         from_container = tmp_path / "from container"
         copy(Endpoint("playground", f"/root/{TRICKY}"), Endpoint("host", str(from_container)), layers)
         assert snapshot(from_container) == snapshot(source)
-
-        # reverse-sshfs needs sshfs in the guest (the test image has none; a user adds it with
-        # nexus:guest.packages): from Debian's mirror, over the VM's user network.
-        ssh(outputs, "sudo apt-get update -qq && sudo apt-get install -y -qq sshfs >/dev/null", timeout=600)
 
         # A reverse-sshfs mount: a change of the VM's command line (QemuVm's mounts), so a restart.
         # The container is not replaced: Docker restarts it after the boot mounted the shares.
