@@ -90,6 +90,10 @@ def test_9p_shares_mount_refuse_writes_when_read_only_come_back_after_a_restart(
         assert outputs["vmPid"] != pid, "the VM restarted"
         assert ssh(outputs, "cat /srv/shared/from-vm.txt") == "from the login user"
         assert ssh(outputs, "grep -c ' 9p ' /etc/fstab") == "2"
+        # The boot mounted it from fstab (systemd's own mount job), not only up's guest script:
+        # so a reboot inside the guest mounts the shares too.
+        boot_log = ssh(outputs, "sudo journalctl -b -o cat -u srv-shared.mount -u srv-frozen.mount")
+        assert "Mounted srv-shared.mount" in boot_log and "Mounted srv-frozen.mount" in boot_log, boot_log
         refused = ssh(outputs, "sudo touch /srv/frozen/new 2>&1 || echo refused")
         assert "Read-only file system" in refused and refused.endswith("refused"), refused
     finally:
