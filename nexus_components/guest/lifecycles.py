@@ -51,7 +51,7 @@ from . import engine, inner_image, playground, preflight
 from . import inner_vm as inner
 from .inner_vm import IMAGES_DIR
 from .inner_vm_machine import InnerVmMachine, container_presence, container_status
-from .settings import InnerImage, InnerVmConfig, PortToGuest
+from .settings import InnerImage, InnerShare, InnerVmConfig, PortToGuest
 
 Props = dict[str, Any]
 RunnerFor = Callable[[Props], CommandRunner]
@@ -755,6 +755,7 @@ INNER_VM_KEYS = (
     "forwards",
     "powerdown_timeout_seconds",
     "boot_timeout_seconds",
+    "shares",
 )
 
 
@@ -780,6 +781,10 @@ def inner_vm_config(props: Props) -> InnerVmConfig:
         ),
         powerdown_timeout_seconds=int(props["powerdown_timeout_seconds"]),
         boot_timeout_seconds=int(props["boot_timeout_seconds"]),
+        shares=tuple(
+            InnerShare(s["tag"], s["source"], s["path"], bool(s.get("readOnly") or False))
+            for s in props.get("shares") or []
+        ),
     )
 
 
