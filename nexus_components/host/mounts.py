@@ -406,11 +406,11 @@ def _no_mount_hint(mount: Mount, index: int) -> str:
 
 
 def as_props(mounts: Sequence[Mount]) -> list[dict[str, Any]]:
-    """The mounts as QemuVm's typed input (nested values go by their schema names)."""
+    """The mounts as QemuVm's typed input (nested values go by their schema names). Without
+    `innerVm`: the inner VM's shares are InnerQemu's input, and changing one leaves the VM be."""
     return [
         {"host": m.host, "vm": m.vm, "type": m.type, "readOnly": m.read_only}
         | ({"container": m.container} if m.container else {})
-        | ({"innerVm": m.inner_vm} if m.inner_vm else {})
         for m in mounts
     ]
 
@@ -423,7 +423,6 @@ def from_props(items: Sequence[Mapping[str, Any]] | None) -> tuple[Mount, ...]:
             type=item["type"],
             read_only=bool(item.get("readOnly") or False),
             container=item.get("container"),
-            inner_vm=item.get("innerVm"),
         )
         for item in items or ()
     )
