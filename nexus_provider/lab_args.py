@@ -312,8 +312,8 @@ class LabMount:
         _MOUNT["container"],
     )
     inner_vm: str | None = ruled(
-        "Where the inner VM sees it (9p from the container path, which it needs, as does the inner VM); "
-        "unset: not in the inner VM.",
+        "Where the inner VM sees it: 9p from the container path (needs container and the inner VM "
+        "enabled); unset: not in the inner VM.",
         _MOUNT["innerVm"],
     )
     read_only: bool | None = prop("Read-only in every layer; unset: false.")
