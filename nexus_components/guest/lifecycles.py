@@ -61,7 +61,11 @@ PLAYGROUND_LAYER = "playground"
 # The stack settings each layer's resources are made of, as errors name them.
 PLAYGROUND_KEY = "nexus:playground"
 INNER_VM_KEY = "nexus:innerVm"
-SETTINGS_IN_WORDS = {"settings_digest": "env, command, volumes, restart or privileged"}
+SETTINGS_IN_WORDS = {
+    "settings_digest": "env, command, volumes, restart or privileged",
+    # The inner VM's shares are set in nexus:mounts, not nexus:innerVm.
+    "shares": "its shares, nexus:mounts[*].innerVm",
+}
 
 
 def ssh_target(props: Props) -> SshTarget:

@@ -13,6 +13,7 @@ import yaml
 
 from nexus_components.config import load_config
 from nexus_components.core.errors import ConfigError
+from nexus_components.core.runner import GuestError
 from nexus_components.guest import inner_image, inner_vm, lifecycles
 from nexus_components.guest.settings import InnerImage, InnerShare, InnerVmConfig
 from nexus_components.host import mounts
@@ -152,6 +153,12 @@ def test_the_shares_come_back_from_the_state_and_a_change_restarts_the_inner_vm(
     }
     assert lifecycles.inner_vm_config(props).shares == (InnerShare("nexus0", "/work", "/mnt/work", True),)
     assert "shares" in lifecycles.InnerVm.RESTART_KEYS
+    # A suspended VM cannot restart its inner VM: the refusal names where the shares are set.
+    suspended = {**props, "vm_state": "suspended"}
+    with pytest.raises(GuestError, match=r"changed \(its shares, nexus:mounts\[\*\]\.innerVm\)"):
+        lifecycles.InnerVm(runner_for=lambda _props: None).diff(  # type: ignore[arg-type,return-value]
+            suspended, {**suspended, "shares": []}
+        )
 
 
 # --- the inner VM's seed (a cloud image)
