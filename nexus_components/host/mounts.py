@@ -471,8 +471,9 @@ def inner_fstab_line(share: InnerShare) -> str:
 def inner_fstab_script(shares: Sequence[InnerShare]) -> str:
     """A shell script the inner VM's seed runs as root at each boot (cloud-init's bootcmd): the
     shares go into /etc/fstab (nofail: a missing share never stops the boot), then are mounted.
-    A share that cannot be mounted says why on the console; the boot goes on."""
-    steps = ["set -u", *_fstab_block_steps([inner_fstab_line(s) for s in shares])]
+    A share that cannot be mounted says why on the console; the boot goes on (each mount is
+    in an `||` list, which `set -e` lets fail; a failed fstab step stops before fstab changes)."""
+    steps = ["set -eu", *_fstab_block_steps([inner_fstab_line(s) for s in shares])]
     for share in shares:
         path = shlex.quote(share.path)
         hint = (
