@@ -296,6 +296,7 @@ def load_config(
         container_paths_in_use={
             v.target: f"nexus:playground.volumes[{i}].target" for i, v in enumerate(playground.volumes)
         },
+        inner_vm_enabled=bool(document.get("innerVm", {}).get("enabled", False)),
     )
     # A mount's container path is a bind mount of its VM path, like any other playground volume.
     playground = dataclasses.replace(
@@ -337,12 +338,15 @@ def load_config(
             "cacheDir", paths.get("cacheDir"), home / ".cache" / "nexus-nested-vm" / "images", home
         ),
         playground=playground,
-        inner_vm=load_inner_vm(
-            document.get("innerVm", {}),
-            playground,
-            guest_username=guest.get("username", "ubuntu"),
-            home=home,
-            base_dir=project_dir or Path.cwd(),
+        inner_vm=dataclasses.replace(
+            load_inner_vm(
+                document.get("innerVm", {}),
+                playground,
+                guest_username=guest.get("username", "ubuntu"),
+                home=home,
+                base_dir=project_dir or Path.cwd(),
+            ),
+            shares=host_mounts.inner_shares(mounts),
         ),
         mounts=mounts,
     )

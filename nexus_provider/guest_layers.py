@@ -381,6 +381,11 @@ def inner_qemu_settings(config: InnerVmConfig) -> dict[str, Any]:
         "forwards": [dataclasses.asdict(f) for f in config.forwards],
         "powerdown_timeout_seconds": config.powerdown_timeout_seconds,
         "boot_timeout_seconds": config.boot_timeout_seconds,
+        # None without shares, so an inner VM without them keeps the inputs it had (no restart).
+        "shares": [
+            {"tag": s.tag, "source": s.source, "path": s.path, "readOnly": s.read_only} for s in config.shares
+        ]
+        or None,
     }
     return {key: value for key, value in settings.items() if value is not None}
 

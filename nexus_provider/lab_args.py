@@ -299,8 +299,9 @@ _MOUNT = host_mounts.SCHEMA["items"]["properties"]
 
 @dataclass(frozen=True)
 class LabMount:
-    """A folder on this machine shared into the VM and, with `container`, the playground container
-    (the stack setting nexus:mounts). Mounts never create, change or delete a host file."""
+    """A folder on this machine shared into the VM and, with `container`, the playground container,
+    and with `innerVm` too, the inner VM (the stack setting nexus:mounts). Mounts never create,
+    change or delete a host file."""
 
     host: str = ruled(
         "The folder on this machine (absolute, ~/..., or relative to the project).", _MOUNT["host"]
@@ -309,6 +310,11 @@ class LabMount:
     container: str | None = ruled(
         "Where the playground container sees it (a bind mount of the VM path); unset: not in the container.",
         _MOUNT["container"],
+    )
+    inner_vm: str | None = ruled(
+        "Where the inner VM sees it: 9p from the container path (needs container and the inner VM "
+        "enabled); unset: not in the inner VM.",
+        _MOUNT["innerVm"],
     )
     read_only: bool | None = prop("Read-only in every layer; unset: false.")
     type: MountTypeChoice | None = prop("How it is shared; unset: auto.")

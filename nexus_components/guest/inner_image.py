@@ -22,6 +22,7 @@ from typing import Any
 from nexus_components.core import cloudinit, seed_iso
 from nexus_components.core.runner import CommandRunner, output_tail, unreachable, wait_for
 from nexus_components.core.ssh import CLIENT_OPTIONS, SshTarget
+from nexus_components.host.mounts import inner_fstab_script
 
 from .inner_vm import IMAGES_DIR, InnerVmPaths, in_container
 from .settings import InnerVmConfig, PortToGuest
@@ -130,12 +131,21 @@ def render_seed(config: InnerVmConfig, ssh_public_key: str) -> InnerSeed:
         hostname=config.guest_hostname,
         guest_arch="x86_64",
         install_packages=False,
-        extra_user_data={"final_message": INNER_FINAL_MESSAGE},
+        extra_user_data={"final_message": INNER_FINAL_MESSAGE} | _share_user_data(config),
     )
     user_data = cloudinit.render_user_data(spec)
     instance_id = cloudinit.instance_id_for(user_data, config.guest_hostname)
     meta_data = cloudinit.render_meta_data(instance_id=instance_id, hostname=config.guest_hostname)
     return InnerSeed(user_data, meta_data, instance_id)
+
+
+def _share_user_data(config: InnerVmConfig) -> dict[str, Any]:
+    """bootcmd runs at every boot (runcmd only once per instance): the shares are written to
+    fstab and mounted again after each start, and a changed share takes its new path. None
+    without shares, so a seed without them stays as it was (its instance id too)."""
+    if not config.shares:
+        return {}
+    return {"bootcmd": [["sh", "-c", inner_fstab_script(config.shares)]]}
 
 
 def seed_iso_bytes(seed: InnerSeed) -> bytes:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from nexus_components.core.qemu_process import qmp_conversation, runtime_files
 from nexus_components.core.qemu_process import qmp_reply as qmp_reply
 from nexus_components.core.qemu_process import qmp_status as qmp_status
+from nexus_components.host.mounts import inner_device_argv
 
 from .settings import InnerVmConfig
 
@@ -134,6 +135,8 @@ def build_inner_argv(config: InnerVmConfig, accelerator: str, boot: BootImage | 
         ]
     elif config.iso:
         argv += ["-drive", f"media=cdrom,readonly=on,file={_opt(config.iso)}", "-boot", "order=dc"]
+    # nexus:mounts with innerVm: 9p devices for the container's view of them (any boot medium).
+    argv += inner_device_argv(config.shares)
     forwards = [f"hostfwd=tcp::{f.container}-:{f.guest}" for f in config.forwards]
     argv += [
         "-netdev",

@@ -51,7 +51,7 @@ from . import engine, inner_image, playground, preflight
 from . import inner_vm as inner
 from .inner_vm import IMAGES_DIR
 from .inner_vm_machine import InnerVmMachine, container_presence, container_status
-from .settings import InnerImage, InnerVmConfig, PortToGuest
+from .settings import InnerImage, InnerShare, InnerVmConfig, PortToGuest
 
 Props = dict[str, Any]
 RunnerFor = Callable[[Props], CommandRunner]
@@ -61,7 +61,11 @@ PLAYGROUND_LAYER = "playground"
 # The stack settings each layer's resources are made of, as errors name them.
 PLAYGROUND_KEY = "nexus:playground"
 INNER_VM_KEY = "nexus:innerVm"
-SETTINGS_IN_WORDS = {"settings_digest": "env, command, volumes, restart or privileged"}
+SETTINGS_IN_WORDS = {
+    "settings_digest": "env, command, volumes, restart or privileged",
+    # The inner VM's shares are set in nexus:mounts, not nexus:innerVm.
+    "shares": "its shares, nexus:mounts[*].innerVm",
+}
 
 
 def ssh_target(props: Props) -> SshTarget:
@@ -755,6 +759,7 @@ INNER_VM_KEYS = (
     "forwards",
     "powerdown_timeout_seconds",
     "boot_timeout_seconds",
+    "shares",
 )
 
 
@@ -780,6 +785,10 @@ def inner_vm_config(props: Props) -> InnerVmConfig:
         ),
         powerdown_timeout_seconds=int(props["powerdown_timeout_seconds"]),
         boot_timeout_seconds=int(props["boot_timeout_seconds"]),
+        shares=tuple(
+            InnerShare(s["tag"], s["source"], s["path"], bool(s.get("readOnly") or False))
+            for s in props.get("shares") or []
+        ),
     )
 
 

@@ -261,6 +261,17 @@ class PortToGuest:
 
 
 @dataclass(frozen=True)
+class InnerShare:
+    """A host folder of `nexus:mounts` shared on into the inner VM (its `innerVm` key): the inner
+    QEMU serves the container's view of it over 9p, under `tag`."""
+
+    tag: str  # the 9p mount tag, the same as the VM's for that mount (nexus<index>)
+    source: str  # the mount's container path: what the inner QEMU serves
+    path: str  # where the inner VM mounts it (a cloud image's seed does; a kernel's init must)
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class InnerImage:
     """`nexus:innerVm.image`: where the inner VM's cloud image comes from."""
 
@@ -286,6 +297,7 @@ class InnerVmConfig:
     forwards: tuple[PortToGuest, ...] = ()
     powerdown_timeout_seconds: int = 60
     boot_timeout_seconds: int = 300
+    shares: tuple[InnerShare, ...] = ()  # from nexus:mounts[*].innerVm (config.py)
 
     @property
     def guest_hostname(self) -> str:

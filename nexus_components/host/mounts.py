@@ -11,6 +11,10 @@ Types (picked per host OS by `auto`):
   who runs QEMU (a QEMU run as root keeps the guest's uid, as `passthrough` does).
 - virtiofs: a virtiofsd per folder, QEMU's `vhost-user-fs-pci` and the guest's memory in a
   shared memfd backend. Linux hosts with virtiofsd only; the fastest.
+
+A mount with `innerVm` goes on into the inner VM, whatever its type: the inner QEMU, in the
+container, serves the container path over 9p (QEMU's own server needs no daemon there), under
+the same tag as the VM's (`inner_shares`); a cloud image's seed mounts it (`inner_fstab_script`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from nexus_components.core.errors import ConfigError
+from nexus_components.guest.settings import InnerShare
 
 TYPES = ("auto", "9p", "virtiofs", "reverse-sshfs")
 # Types QEMU serves itself (a device on its command line) and the guest's fstab lists.
@@ -46,6 +51,7 @@ SCHEMA: dict[str, Any] = {
             "host": {"type": "string", "minLength": 1, "pattern": HOST_PATH, "description": HOST_PATH_RULE},
             "vm": {"type": "string", "pattern": GUEST_PATH, "description": GUEST_PATH_RULE},
             "container": {"type": "string", "pattern": GUEST_PATH, "description": GUEST_PATH_RULE},
+            "innerVm": {"type": "string", "pattern": GUEST_PATH, "description": GUEST_PATH_RULE},
             "readOnly": {"type": "boolean"},
             "type": {"enum": list(TYPES)},
         },
@@ -67,6 +73,7 @@ class Mount:
     type: str  # never "auto"
     read_only: bool = False
     container: str | None = None
+    inner_vm: str | None = None  # where the inner VM sees it (served from `container`)
 
     def tag(self, index: int) -> str:
         """The name QEMU gives the share and the guest mounts it by (at most 31 bytes for 9p)."""
@@ -86,10 +93,12 @@ def load_mounts(
     host_os: str,
     playground_enabled: bool,
     container_paths_in_use: Mapping[str, str] | None = None,
+    inner_vm_enabled: bool = False,
 ) -> tuple[Mount, ...]:
     """Defaults and the checks a schema cannot make, for an already schema-valid nexus:mounts."""
     mounts: list[Mount] = []
     vm_paths: dict[str, str] = {}
+    inner_paths: dict[str, str] = {}
     container_paths: dict[str, str] = dict(container_paths_in_use or {})
     for index, entry in enumerate(raw):
         key = f"{KEY}[{index}]"
@@ -121,6 +130,9 @@ def load_mounts(
                     hint="give each mount its own folder in the container",
                 )
             container_paths[container] = f"{key}.container"
+        inner_vm = entry.get("innerVm")
+        if inner_vm is not None:
+            inner_vm = _inner_vm_path(key, inner_vm, container, inner_vm_enabled, inner_paths)
         kind = entry.get("type", "auto")
         chosen = auto_type(host_os) if kind == "auto" else kind
         if chosen == "9p" and host_os == "windows":
@@ -141,9 +153,39 @@ def load_mounts(
                 type=chosen,
                 read_only=bool(entry.get("readOnly", False)),
                 container=container,
+                inner_vm=inner_vm,
             )
         )
     return tuple(mounts)
+
+
+def _inner_vm_path(
+    key: str, value: str, container: str | None, inner_vm_enabled: bool, seen: dict[str, str]
+) -> str:
+    """Checks `innerVm` of one mount; `seen` (inner VM path -> its key) gets this one."""
+    if container is None:
+        raise ConfigError(
+            f"{key}.innerVm: got {value!r} without {key}.container; allowed: an inner VM path only "
+            "with a container path (the inner VM's QEMU runs in the container and shares what it sees)",
+            hint=f"set {key}.container too, such as /mnt/share, or remove {key}.innerVm",
+        )
+    if not inner_vm_enabled:
+        raise ConfigError(
+            f"{key}.innerVm: got {value!r} while nexus:innerVm.enabled is false; "
+            "allowed: no inner VM path without the inner VM",
+            hint=f"remove {key}.innerVm, or enable the inner VM",
+        )
+    path = _guest_path(f"{key}.innerVm", value, what="inner VM")
+    for other, other_key in seen.items():
+        if path == other or _inside(path, other) or _inside(other, path):
+            raise ConfigError(
+                f"{key}.innerVm: got {value!r}, "
+                + ("the same inner VM path as" if path == other else "inside or around the inner VM path of")
+                + f" {other_key}; allowed: an inner VM path of its own, not nested in another mount",
+                hint="give each mount its own folder in the inner VM",
+            )
+    seen[path] = f"{key}.innerVm"
+    return path
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -181,8 +223,8 @@ def _guest_path(key: str, value: str, *, what: str = "VM") -> str:
     for reserved in RESERVED_GUEST_PATHS:
         if path == reserved or _inside(path, reserved):
             raise ConfigError(
-                f"{key}: got {value!r}, under {reserved}; allowed: a {what} path outside "
-                + ", ".join(RESERVED_GUEST_PATHS),
+                f"{key}: got {value!r}, under {reserved}; allowed: {'an' if what[0] in 'aeiou' else 'a'} "
+                f"{what} path outside " + ", ".join(RESERVED_GUEST_PATHS),
                 hint="mount it somewhere of its own, such as /srv/project or /mnt/project",
             )
     return path
@@ -273,27 +315,32 @@ def fstab_line(mount: Mount, index: int) -> str:
     return f"{mount.tag(index)} {mount.vm} {fs} {','.join(options)} 0 0"
 
 
-def guest_script(mounts: Sequence[Mount]) -> str:
-    """A shell script, run as root in the VM at each start: the shares go into /etc/fstab (so a
-    reboot of the guest mounts them again, before Docker starts), then are mounted now. Every
-    value is quoted; guest paths have no spaces (GUEST_PATH) but are quoted anyway."""
-    devices = [(i, m) for i, m in enumerate(mounts) if m.type in DEVICE_TYPES]
-    lines = [FSTAB_BEGIN, *(fstab_line(m, i) for i, m in devices), FSTAB_END]
+def _fstab_block_steps(entries: Sequence[str]) -> list[str]:
+    """Shell steps that replace our block of /etc/fstab with `entries` (no block when none)."""
+    lines = [FSTAB_BEGIN, *entries, FSTAB_END]
     steps = [
-        "set -eu",
         f"begin={shlex.quote(FSTAB_BEGIN)}",
         f"end={shlex.quote(FSTAB_END)}",
         # Keep everything but our own block, then append the new block (none when no mounts).
         'kept=$(awk -v b="$begin" -v e="$end" \'$0==b{skip=1;next} $0==e{skip=0;next} !skip\' /etc/fstab)',
         'printf "%s\\n" "$kept" > /etc/fstab.nexus-new',
     ]
-    if mounts:
+    if entries:
         steps.append(
             f"printf '%s\\n' {' '.join(shlex.quote(line) for line in lines)} >> /etc/fstab.nexus-new"
         )
-    steps += [
-        "cat /etc/fstab.nexus-new > /etc/fstab",
-        "rm -f /etc/fstab.nexus-new",
+    return [*steps, "cat /etc/fstab.nexus-new > /etc/fstab", "rm -f /etc/fstab.nexus-new"]
+
+
+def guest_script(mounts: Sequence[Mount]) -> str:
+    """A shell script, run as root in the VM at each start: the shares go into /etc/fstab (so a
+    reboot of the guest mounts them again, before Docker starts), then are mounted now. Every
+    value is quoted; guest paths have no spaces (GUEST_PATH) but are quoted anyway."""
+    devices = [(i, m) for i, m in enumerate(mounts) if m.type in DEVICE_TYPES]
+    # With no mount, the block is still rewritten (to none): the VM drops what it had.
+    steps = [
+        "set -eu",
+        *_fstab_block_steps([fstab_line(m, i) for i, m in devices]),
         "systemctl daemon-reload 2>/dev/null || true",
     ]
     for index, mount in devices:
@@ -380,7 +427,8 @@ def _no_mount_hint(mount: Mount, index: int) -> str:
 
 
 def as_props(mounts: Sequence[Mount]) -> list[dict[str, Any]]:
-    """The mounts as QemuVm's typed input (nested values go by their schema names)."""
+    """The mounts as QemuVm's typed input (nested values go by their schema names). Without
+    `innerVm`: the inner VM's shares are InnerQemu's input, and changing one leaves the VM be."""
     return [
         {"host": m.host, "vm": m.vm, "type": m.type, "readOnly": m.read_only}
         | ({"container": m.container} if m.container else {})
@@ -399,3 +447,63 @@ def from_props(items: Sequence[Mapping[str, Any]] | None) -> tuple[Mount, ...]:
         )
         for item in items or ()
     )
+
+
+# ---------------------------------------------------------------- the inner VM's side
+
+
+def inner_shares(mounts: Sequence[Mount]) -> tuple[InnerShare, ...]:
+    """The mounts with `innerVm`, as the inner VM's shares: each served from its container path,
+    under the tag the VM knows it by (nexus<index of nexus:mounts>)."""
+    return tuple(
+        InnerShare(tag=m.tag(i), source=m.container, path=m.inner_vm, read_only=m.read_only)
+        for i, m in enumerate(mounts)
+        if m.inner_vm and m.container
+    )
+
+
+def inner_device_argv(shares: Sequence[InnerShare]) -> list[str]:
+    """The inner QEMU's 9p devices: `readonly=on` makes QEMU refuse writes whatever the guest does."""
+    argv: list[str] = []
+    for index, share in enumerate(shares):
+        fsdev = ["local", f"id=share{index}", f"path={qemu_opt_value(share.source)}", "security_model=none"]
+        if share.read_only:
+            fsdev.append("readonly=on")
+        argv += [
+            "-fsdev",
+            ",".join(fsdev),
+            "-device",
+            f"virtio-9p-pci,fsdev=share{index},mount_tag={share.tag}",
+        ]
+    return argv
+
+
+def inner_fstab_line(share: InnerShare) -> str:
+    options = [
+        "trans=virtio",
+        "version=9p2000.L",
+        f"msize={MSIZE_9P}",
+        "nofail",
+        "ro" if share.read_only else "rw",
+    ]
+    return f"{share.tag} {share.path} 9p {','.join(options)} 0 0"
+
+
+def inner_fstab_script(shares: Sequence[InnerShare]) -> str:
+    """A shell script the inner VM's seed runs as root at each boot (cloud-init's bootcmd): the
+    shares go into /etc/fstab (nofail: a missing share never stops the boot), then are mounted.
+    A share that cannot be mounted says why on the console; the boot goes on (each mount is
+    in an `||` list, which `set -e` lets fail; a failed fstab step stops before fstab changes)."""
+    steps = ["set -eu", *_fstab_block_steps([inner_fstab_line(s) for s in shares])]
+    for share in shares:
+        path = shlex.quote(share.path)
+        hint = (
+            f"nexus:mounts ({share.tag}): the inner VM could not mount {share.path}; its kernel needs 9p "
+            "(modules 9p, 9pnet_virtio; Debian's cloud kernel has none, Ubuntu's has them)"
+        )
+        steps += [
+            "modprobe 9pnet_virtio 2>/dev/null || true",
+            f"mkdir -p {path}",
+            f"mountpoint -q {path} || mount {path} || echo {shlex.quote(hint)} >&2",
+        ]
+    return "\n".join(steps) + "\n"

@@ -48,6 +48,18 @@ class ContainerPortToGuest:
 
 
 @dataclass(frozen=True)
+class InnerShareSpec:
+    """A folder of the container the inner QEMU serves over 9p (a nexus:mounts entry with innerVm)."""
+
+    tag: str = prop("The 9p mount tag the inner VM mounts it by (nexus<index in nexus:mounts>).")
+    source: str = prop("The folder in the container (the mount's container path).")
+    path: str = prop("Where the inner VM mounts it (its seed does with bootImage).")
+    read_only: bool | None = prop(
+        "QEMU refuses writes (readonly=on) and the seed mounts it ro; unset: false."
+    )
+
+
+@dataclass(frozen=True)
 class InnerQemuArgs(VmAccess):
     container: str = setting("The playground container it runs in.", "playground", "name")
     container_id: str = prop("The container's id: a new container starts the inner VM again.")
@@ -79,6 +91,9 @@ class InnerQemuArgs(VmAccess):
         "How long `up` waits for QMP `running` (with bootImage, also its cloud-init and sshd).",
         "innerVm",
         "bootTimeoutSeconds",
+    )
+    shares: list[InnerShareSpec] | None = prop(
+        "Container folders shared into the inner VM over 9p (nexus:mounts' innerVm); a change restarts it."
     )
 
 

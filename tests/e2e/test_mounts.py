@@ -1,18 +1,22 @@
 """nexus:mounts and scripts/lab cp on a real lab: the guest-layers test image (Docker baked in)
-under TCG, with the playground container and no inner VM.
+under TCG, with the playground container and an inner VM booting the test playground's kernel
+and busybox initramfs (tests/support/playground_rootfs.py), which mounts every 9p share it is
+given and reports on its console what it reads and whether a write succeeds.
 
 The test image's kernel is Debian's cloud kernel: it has virtiofs (and FUSE) but no 9p
-(CONFIG_NET_9P is not set), so the mounts here are virtiofs and reverse-sshfs; 9p has its own
+(CONFIG_NET_9P is not set), so the VM's mounts here are virtiofs and reverse-sshfs; 9p has its own
 test on the generic-kernel image (test_ninep.py). The image has sshfs baked in, as the seed
 installs it for a reverse-sshfs mount (this stack skips the seed's package step).
 
 One lab, in order: up with a read-write and a read-only virtiofs mount, both also in the
-container -> a host file read in the VM and the container, a file written in the container
-appears on the host as the host user's -> cp a folder named with a space and a `$` in and out ->
-add a reverse-sshfs mount (preview shows QemuVm's update: a
-restart) -> up: the mounts are back in the VM and in the container Docker restarted, the
-read-only one refuses writes in both, the login user writes through sshfs -> destroy: no
-process of the lab is left and the host folders are byte-identical to what they were.
+container and the inner VM -> a host file read in the VM, the container and the inner VM, a
+file written in the container or the inner VM appears on the host as the host user's, the
+inner VM's write to the read-only one is refused -> cp a folder named with a space and a `$` in
+and out -> add a reverse-sshfs mount (preview shows QemuVm's update: a restart) -> up: the
+mounts are back in the VM, in the container Docker restarted and in the restarted inner VM,
+the read-only one refuses writes in all three, the login user writes through sshfs ->
+destroy: no process of the lab is left and the host folders are byte-identical to what they
+were.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,14 +34,36 @@ from nexus_components.cli.copy import copy, layers_of
 from nexus_components.cli.stack import LabOutputs
 from nexus_components.cli.transfer import Endpoint
 from nexus_components.host.shares import find_virtiofsd
-from tests.e2e.test_guest_layers import guest_image_url, in_container, rootfs_tarball
+from tests.e2e.test_guest_layers import guest_image_url, in_container, rootfs_tarball, wait_for_serial
 from tests.e2e.test_lab import free_port, lab_config, lab_stack, qemu_processes_of, ssh
+from tests.support.playground_rootfs import (
+    INNER_INITRD,
+    INNER_KERNEL,
+    INNER_SHARE_PREFIX,
+    INNER_USERSPACE_MARKER,
+    INNER_WRITTEN_FILE,
+    INNER_WRITTEN_TEXT,
+)
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.guest]
 
 __all__ = ["guest_image_url", "rootfs_tarball"]
 
 TRICKY = "my $HOME dir"
+
+
+def assert_inner_vm_sees_the_shares(outputs: dict[str, Any], shared: Path) -> None:
+    """The inner VM's init mounted both shares (tags nexus0, nexus1: the mounts' indexes), read
+    the host's files, wrote to the read-write one and was refused the read-only one."""
+    serial = wait_for_serial(outputs, INNER_USERSPACE_MARKER, 300)
+    assert f"{INNER_SHARE_PREFIX} nexus0: from-host.txt: hello from the host" in serial, serial[-3000:]
+    assert f"{INNER_SHARE_PREFIX} nexus0: write ok" in serial, serial[-3000:]
+    assert f"{INNER_SHARE_PREFIX} nexus1: keep.txt: read only" in serial, serial[-3000:]
+    refused = f"{INNER_SHARE_PREFIX} nexus1: write refused:"
+    assert refused in serial and "Read-only file system" in serial.split(refused)[1].splitlines()[0], serial
+    written = shared / INNER_WRITTEN_FILE
+    assert written.read_text() == INNER_WRITTEN_TEXT + "\n"
+    assert written.stat().st_uid == os.getuid()
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int, bytes]]:
@@ -79,13 +106,28 @@ def test_host_folders_are_mounted_survive_a_restart_and_destroy_leaves_them_as_t
             "ports": [],
             "readyTimeoutSeconds": 900,
         },
+        # The playground's kernel and initramfs: /init mounts each 9p tag at /mnt/<tag>.
+        innerVm={
+            "enabled": True,
+            "memoryMiB": 256,
+            "kernel": INNER_KERNEL,
+            "initrd": INNER_INITRD,
+            "kernelArgs": "console=ttyS0 panic=-1",
+        },
     )
     config["nexus:mounts"] = [
-        {"host": str(shared), "vm": "/srv/shared", "container": "/work", "type": "virtiofs"},
+        {
+            "host": str(shared),
+            "vm": "/srv/shared",
+            "container": "/work",
+            "innerVm": "/mnt/nexus0",
+            "type": "virtiofs",
+        },
         {
             "host": str(frozen),
             "vm": "/srv/frozen",
             "container": "/frozen",
+            "innerVm": "/mnt/nexus1",
             "type": "virtiofs",
             "readOnly": True,
         },
@@ -102,6 +144,9 @@ def test_host_folders_are_mounted_survive_a_restart_and_destroy_leaves_them_as_t
         assert (shared / "from-vm.txt").read_text() == "written in the container\n"
         assert (shared / "from-vm.txt").stat().st_uid == os.getuid()
         assert "/srv/shared virtiofs" in ssh(outputs, "grep nexus0 /etc/fstab")
+        # The inner VM: 9p from the container's view of both mounts, the read-only one refused.
+        assert outputs["innerVmQmpStatus"] == "running"
+        assert_inner_vm_sees_the_shares(outputs, shared)
 
         # scripts/lab cp, both ways, through the real VM.
         source = tmp_path / "to copy" / TRICKY
@@ -129,6 +174,7 @@ def test_host_folders_are_mounted_survive_a_restart_and_destroy_leaves_them_as_t
         preview = cli.preview()
         assert "nexus:host:QemuVm" in preview.stdout and "update" in preview.stdout, preview.stdout
         pid = outputs["vmPid"]
+        (shared / INNER_WRITTEN_FILE).unlink()  # the restarted inner VM writes it again
         cli.up()
         outputs = cli.outputs()
         assert outputs["vmPid"] != pid, "the VM restarted with the new share"
@@ -140,6 +186,8 @@ def test_host_folders_are_mounted_survive_a_restart_and_destroy_leaves_them_as_t
         assert "Read-only file system" in refused and refused.endswith("refused"), refused
         refused = in_container(outputs, "sh", "-c", "touch /frozen/new 2>&1 || echo refused")
         assert "Read-only file system" in refused and refused.endswith("refused"), refused
+        # The inner VM restarted with the VM (its container did) and has its shares again.
+        assert_inner_vm_sees_the_shares(outputs, shared)
         # reverse-sshfs: the login user reads and writes; the host sees the host user's file.
         assert ssh(outputs, "cat '/srv/served/hello.txt'") == "over sftp"
         ssh(outputs, "echo from the login user > /srv/served/written.txt")

@@ -5,9 +5,12 @@ from Debian's mirror: ``mmdebstrap`` a minimal bookworm tree with QEMU (for the 
 static busybox (its ``httpd`` is the container's web server) and socat (to talk QMP from a
 shell), and put boot media for the inner VM into it:
 
-- ``/opt/nexus/inner-vm/vmlinuz``: Debian's cloud kernel, taken from its package;
+- ``/opt/nexus/inner-vm/vmlinuz``: Debian's generic kernel, taken from its package (the cloud
+  kernel has no 9p, which the inner VM's shares need);
 - ``/opt/nexus/inner-vm/initrd.img``: a tiny busybox initramfs written here (newc cpio) whose
-  ``/init`` prints a marker on the serial console and powers off on the ACPI power button;
+  ``/init`` loads the kernel's virtio, 9p and power-button modules, mounts every 9p share of
+  ``nexus:mounts`` at ``/mnt/<tag>`` (reporting what it reads and whether a write succeeds),
+  prints a marker on the serial console and powers off on the ACPI power button;
 - ``/srv/www/index.html``: a page the container's web server answers with.
 
 Cached like the test image (:mod:`tests.support.debian_image`): ``<cache>/test-image/<version>/``
@@ -28,7 +31,7 @@ import shutil
 import stat
 import sys
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tests.support.build_cache import cached_build
 from tests.support.debian_image import (
@@ -44,7 +47,7 @@ from tests.support.debian_image import (
 )
 
 # Bump whenever anything below changes what ends up in the tarball.
-VERSION = "playground-r2"
+VERSION = "playground-r3"
 TARBALL_NAME = "nexus-playground-rootfs.tar"
 
 PACKAGES = ("qemu-system-x86", "qemu-utils", "busybox-static", "socat", "ca-certificates")
@@ -56,6 +59,12 @@ WEB_ROOT = "/srv/www"
 PAGE_MARKER = "nexus-playground is serving"
 # What the inner VM's /init prints once its userspace runs (the e2e test looks for it).
 INNER_USERSPACE_MARKER = "nexus inner VM: userspace is up"
+# Each 9p share it finds: "<prefix> <tag>: <file>: <first line>" for each *.txt at its top,
+# then "<prefix> <tag>: write ok" or "<prefix> <tag>: write refused: <error>" for a write of
+# INNER_WRITTEN_FILE (so the e2e test sees both directions and read-only from the console).
+INNER_SHARE_PREFIX = "nexus inner VM share"
+INNER_WRITTEN_FILE = "from-inner-vm.txt"
+INNER_WRITTEN_TEXT = "written in the inner VM"
 
 # The inner VM's whole userspace: busybox, mounts, a marker, and a clean power-off when QEMU
 # presses the ACPI power button (QMP system_powerdown), so the graceful stop is testable.
@@ -66,6 +75,22 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 for module in /lib/modules/*.ko; do insmod "$module"; done
+for tag_file in /sys/bus/virtio/drivers/9pnet_virtio/virtio*/mount_tag; do
+  [ -r "$tag_file" ] || continue
+  tag=$(tr -d '\\000' < "$tag_file")
+  mkdir -p "/mnt/$tag"
+  if ! mount -t 9p -o trans=virtio,version=9p2000.L "$tag" "/mnt/$tag"; then
+    echo "{INNER_SHARE_PREFIX} $tag: mount failed"; continue
+  fi
+  for file in "/mnt/$tag"/*.txt; do
+    [ -f "$file" ] && echo "{INNER_SHARE_PREFIX} $tag: ${{file##*/}}: $(head -n1 "$file")"
+  done
+  if (echo "{INNER_WRITTEN_TEXT}" > "/mnt/$tag/{INNER_WRITTEN_FILE}") 2>/tmp/error; then
+    echo "{INNER_SHARE_PREFIX} $tag: write ok"
+  else
+    echo "{INNER_SHARE_PREFIX} $tag: write refused: $(cat /tmp/error)"
+  fi
+done
 echo "{INNER_USERSPACE_MARKER} (kernel $(uname -r))"
 for event in /sys/class/input/event*; do
   if grep -q "Power Button" "$event/device/name" 2>/dev/null; then
@@ -80,18 +105,33 @@ fi
 while :; do sleep 3600; done
 """
 
-# The kernel comes from the cloud kernel's package, extracted inside the chroot while apt's
-# lists exist; of its modules only the two the power button needs go into the initramfs.
+# The kernel comes from the generic kernel's package, extracted inside the chroot while apt's
+# lists exist. Of its modules, the initramfs gets what the power button and the 9p shares
+# need, in load order (dependencies first; busybox's insmod does not resolve them): /init
+# loads them in the order of their names, which INNER_MODULES' index prefixes.
 INNER_MODULES_DIR = f"{INNER_VM_DIR}/modules"
-POWER_BUTTON_MODULES = ("drivers/acpi/button.ko", "drivers/input/evdev.ko")
+INNER_MODULES = (
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_pci_modern_dev.ko",
+    "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "drivers/virtio/virtio_pci.ko",
+    "net/9p/9pnet.ko",
+    "net/9p/9pnet_virtio.ko",
+    "fs/netfs/netfs.ko",
+    "fs/fscache/fscache.ko",
+    "fs/9p/9p.ko",
+    "drivers/acpi/button.ko",
+    "drivers/input/evdev.ko",
+)
 KERNEL_HOOK = (
     'chroot "$1" sh -ec \''
     f"mkdir -p {INNER_MODULES_DIR} && cd /tmp && "
-    "pkg=$(apt-cache depends linux-image-cloud-amd64"
+    "pkg=$(apt-cache depends linux-image-amd64"
     ' | sed -n "s/.*Depends: \\(linux-image-[0-9].*\\)/\\1/p" | head -n1) && '
     'apt-get download -q "$pkg" 2>&1 && '
     'dpkg-deb --fsys-tarfile linux-image-*.deb | tar -x --wildcards "./boot/vmlinuz-*" '
-    + " ".join(f'"*/{module}"' for module in POWER_BUTTON_MODULES)
+    + " ".join(f'"*/kernel/{module}"' for module in INNER_MODULES)
     + f' && mv boot/vmlinuz-* {INNER_KERNEL} && mv $(find lib -name "*.ko") {INNER_MODULES_DIR}/ && '
     "rm -rf boot lib linux-image-*.deb'"
 )
@@ -201,7 +241,11 @@ def customize(root: Path) -> None:
     """Add the inner VM's initramfs and the web page to the bootstrapped tree."""
     (root / INNER_VM_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
     busybox = (root / "bin/busybox").read_bytes()
-    modules = {path.name: path.read_bytes() for path in (root / INNER_MODULES_DIR.lstrip("/")).glob("*.ko")}
+    found = root / INNER_MODULES_DIR.lstrip("/")
+    modules = {
+        f"{index:02d}-{PurePosixPath(module).name}": (found / PurePosixPath(module).name).read_bytes()
+        for index, module in enumerate(INNER_MODULES)
+    }
     (root / INNER_INITRD.lstrip("/")).write_bytes(initramfs(busybox, INIT_SCRIPT, modules))
     web_root = root / WEB_ROOT.lstrip("/")
     web_root.mkdir(parents=True, exist_ok=True)

@@ -678,8 +678,9 @@ def qemu_in_container(pid: str, *, cgroup_found: bool = True) -> ScriptedRunner:
         ({"memory_mib": 512.0}, True),
         ({"container_id": "d" * 64}, True),
         ({"iso": "/x.iso"}, True),
+        ({"shares": [{"tag": "nexus0", "source": "/work", "path": "/mnt/work", "readOnly": False}]}, True),
     ],
-    ids=["nothing", "memory", "a new container", "boot medium"],
+    ids=["nothing", "memory", "a new container", "boot medium", "a new share"],
 )
 def test_the_inner_vm_restarts_for_a_new_setting_or_container(
     change: dict[str, object], restarts: bool

@@ -558,3 +558,42 @@ def test_the_provider_writes_and_removes_a_guest_script_through_its_lifecycle(tm
     drift = asyncio.run(provider.diff(DiffRequest(token, made.resource_id, made.properties, inputs, [])))
     assert drift.changes and not drift.replaces
     asyncio.run(provider.delete(DeleteRequest(token, made.resource_id, made.properties, 60)))
+
+
+def test_inner_shares_pass_both_resources_checks_and_come_back_from_the_inner_qemus_inputs(
+    tmp_path: Path,
+) -> None:
+    """nexus:mounts with innerVm: QemuVm's mounts (no innerVm there) and InnerQemu's shares, as
+    the Lab declares them, pass the provider's checks; the inner VM's settings read them back."""
+    from nexus_components.guest import lifecycles
+    from nexus_components.host import mounts
+    from nexus_provider.guest_layers import inner_qemu_settings
+
+    (tmp_path / "code").mkdir()
+    config = load_config(
+        {
+            "mounts": [
+                {
+                    "host": "code",
+                    "vm": "/srv/code",
+                    "container": "/work",
+                    "innerVm": "/mnt/code",
+                    "readOnly": True,
+                }
+            ],
+            "innerVm": {"enabled": True, "kernel": "/opt/vmlinuz", "memoryMiB": 256},
+        },
+        stack="dev",
+        home=tmp_path,
+        project_dir=tmp_path,
+        host_os="linux",
+    )
+    assert reasons(spec_of("nexus:host:QemuVm"), vm_inputs(mounts=mounts.as_props(config.mounts))) == {}
+    inner = spec_of("nexus:guest:InnerQemu")
+    shares = inner_qemu_settings(config.inner_vm)["shares"]
+    assert reasons(inner, inner_qemu_inputs(shares=shares)) == {}
+    assert reasons(inner, inner_qemu_inputs(shares=[{**shares[0], "container": "/x"}]))["shares[0].container"]
+    props = inner.derive(from_schema_names(inner, inner_qemu_inputs(shares=shares)))
+    assert lifecycles.inner_vm_config(props).shares == config.inner_vm.shares
+    # Without shares the input is left out, so an existing inner VM sees no change.
+    assert "shares" not in inner_qemu_settings(dataclasses.replace(config.inner_vm, shares=()))
