@@ -17,6 +17,7 @@ from typing import Any
 
 from nexus_components import lab_settings
 from nexus_components.config import NexusConfig
+from nexus_components.core import ssh
 from nexus_components.core.ssh import SshTarget
 from nexus_components.host import mounts as host_mounts
 from nexus_components.host.paths import VmPaths
@@ -315,6 +316,19 @@ class LabMount:
 
 
 @dataclass(frozen=True)
+class LabHost:
+    """A Linux server the lab runs on (the stack setting nexus:host): its QEMU, files and ports are
+    there, reached over SSH; this machine keeps only the stack's key pair and connect script."""
+
+    ssh: str = prop("user@server or user@server:port.")
+    key_file: str | None = prop("The private key to log in with; unset: your SSH agent and ~/.ssh keys.")
+    known_hosts_file: str | None = prop(
+        "The known-hosts file that pins the server's key; unset: ~/.ssh/known_hosts (a new server is "
+        "remembered on first use)."
+    )
+
+
+@dataclass(frozen=True)
 class LabArgs:
     image: LabImage | None = prop("The cloud image (the stack setting nexus:image).")
     vm: LabVm | None = prop("The VM (nexus:vm).")
@@ -324,6 +338,7 @@ class LabArgs:
     playground: LabPlayground | None = prop("The container in the VM (nexus:playground); unset: on.")
     inner_vm: LabInnerVm | None = prop("The VM in the container (nexus:innerVm); unset: off.")
     mounts: list[LabMount] | None = prop("Host folders shared into the lab (nexus:mounts); unset: none.")
+    host: LabHost | None = prop("Where the lab runs (nexus:host): a server over SSH; unset: this machine.")
 
 
 @dataclass(frozen=True)
@@ -385,6 +400,11 @@ def state_dir_inputs(config: NexusConfig, host: HostFacts) -> Props:
     }
 
 
+def local_dir_inputs(config: NexusConfig) -> Props:
+    """A lab on a remote host: the directory here that holds its key pair and connect script."""
+    return {"state_dir": str(config.key_dir), "stack": config.stack}
+
+
 def overlay_disk_inputs(
     config: NexusConfig, host: HostFacts, qemu_img: str, base_path: Any, base_digest: Any
 ) -> Props:
@@ -443,11 +463,24 @@ def qemu_vm_inputs(
     }
 
 
-def ssh_command(config: NexusConfig, private_key_path: str) -> str:
+def vm_target(config: NexusConfig, private_key_path: str) -> SshTarget:
+    """The VM's sshd as the user reaches it: through the server, for a lab on a remote host."""
     network = config.network
     return SshTarget(
-        network.ssh_host, network.ssh_port, config.guest.username, Path(private_key_path)
-    ).interactive_command()
+        network.ssh_host,
+        network.ssh_port,
+        config.guest.username,
+        Path(private_key_path),
+        config.host.proxy_command() if config.host else (),
+    )
+
+
+def ssh_command(config: NexusConfig, private_key_path: str) -> str:
+    return vm_target(config, private_key_path).interactive_command()
+
+
+def connect_script(config: NexusConfig, private_key_path: str) -> str:
+    return ssh.connect_script(vm_target(config, private_key_path))
 
 
 def file_outputs(config: NexusConfig, host: HostFacts) -> Props:
@@ -456,7 +489,8 @@ def file_outputs(config: NexusConfig, host: HostFacts) -> Props:
     return {
         "ssh_port": config.network.ssh_port,
         "serial_log": str(paths.serial_log),
-        "connect_script": str(paths.connect_script),
+        # For a lab on a remote host, the one here (the server has its own in the stack's directory).
+        "connect_script": str(VmPaths(config.key_dir).connect_script),
         "accelerator": host.accelerator,
         "state_dir": str(config.state_dir),
     }
