@@ -39,6 +39,7 @@ HOST_OUTPUTS = (
     "connectScript",
     "accelerator",
     "stateDir",
+    "host",
 )
 ENGINE_OUTPUTS = ("dockerVersion", "kvmUsable", "kvmVerdict", "libvirtVersion", "dockerReadySeconds")
 PLAYGROUND_OUTPUTS = ("playgroundContainer", "playgroundImageDigest", "playgroundShellScript")

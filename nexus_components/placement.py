@@ -51,7 +51,11 @@ def place(config: NexusConfig, settings: Mapping[str, Any]) -> Placement:
     facts = remote.call(server, remote.HOST, "facts", {"vm": dataclasses.asdict(config.vm)})
     state_dir, cache_dir = lab_directories(settings.get("paths") or {}, config.stack, Path(facts["home"]))
     on_server = dataclasses.replace(
-        config, state_dir=state_dir, cache_dir=cache_dir, local_dir=config.state_dir
+        config,
+        state_dir=state_dir,
+        cache_dir=cache_dir,
+        local_dir=config.state_dir,
+        local_cache=config.cache_dir,
     )
     remote.call(
         server,
@@ -71,16 +75,11 @@ def place(config: NexusConfig, settings: Mapping[str, Any]) -> Placement:
 
 def refuse_what_a_remote_host_lacks(config: NexusConfig) -> None:
     """What a lab on a remote host cannot have yet, refused before anything is made."""
-    unsupported = [
-        ("nexus:playground.enabled", config.playground.enabled, "false"),
-        ("nexus:guest.installPackages", config.guest.install_packages, "false"),
-        ("nexus:mounts", bool(config.mounts), "no mounts"),
-    ]
-    for key, used, allowed in unsupported:
-        if used:
-            raise ConfigError(
-                f"{key}: not available with a remote nexus:host ({config.host.label if config.host else ''}) "
-                f"yet; allowed there: {allowed}",
-                hint=f"set {key} to {allowed} for a lab on a remote host, or run the lab here "
-                "(nexus:host: local)",
-            )
+    if config.host and config.mounts:
+        # The folders are on this machine; QEMU's file servers would run on the server.
+        raise ConfigError(
+            f"nexus:mounts: not available with a remote nexus:host ({config.host.label}) yet; "
+            "allowed there: no mounts",
+            hint="remove nexus:mounts and copy files in with scripts/lab cp, or run the lab here "
+            "(nexus:host: local)",
+        )

@@ -142,7 +142,7 @@ class Lab(pulumi.ComponentResource):
                 disk=disk,
                 vm=vm,
                 after_vm=[vm, disk],
-                state=state,
+                state=local,  # the directory of the connect scripts: this machine's
             )
             guest = GuestLayers(f"{name}-guest", GuestLayersArgs(config=config, lab=below), child())
             # Under the names the reference program exports them.

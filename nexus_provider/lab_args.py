@@ -351,7 +351,11 @@ class LabOutputs:
     serial_log: str = prop("The guest's serial console, as a file.")
     connect_script: str = prop("A script that logs into the VM (`ssh` with the stack's key and port).")
     accelerator: str = prop("The accelerator QEMU runs the guest with (what auto chose).")
-    state_dir: str = prop("The stack's directory.")
+    state_dir: str = prop("The stack's directory (on the server, for a lab on a remote host).")
+    host: str = prop(
+        "Where the lab runs: `local`, or the server as user@server:port (nexus:host); `serialLog` and "
+        "`stateDir` are paths there."
+    )
     docker_version: str | None = prop(
         "Docker's version in the VM (with the playground or guest.installPackages)."
     )
@@ -493,4 +497,5 @@ def file_outputs(config: NexusConfig, host: HostFacts) -> Props:
         "connect_script": str(VmPaths(config.key_dir).connect_script),
         "accelerator": host.accelerator,
         "state_dir": str(config.state_dir),
+        "host": config.host.label if config.host else "local",
     }

@@ -39,7 +39,7 @@ from nexus_components.core import errors
 from nexus_components.core.errors import ConfigError, HostToolError, NexusError
 from nexus_components.core.lifecycle import Created, Diff, Lifecycle, Props, in_preview
 from nexus_components.core.progress import relay
-from nexus_components.core.runner import CONTROL_PERSIST_SECONDS, SSH_UNREACHABLE, output_tail
+from nexus_components.core.runner import CONTROL_PERSIST_SECONDS, SSH_UNREACHABLE, TIMED_OUT, output_tail
 
 KEY = "nexus:host"
 # `user@server` or `user@server:port`; the server a DNS name, IPv4 address or [IPv6] address.
@@ -352,14 +352,32 @@ def _run_step(
     # In the caller's context: that is where progress_to says the lines go.
     reader = threading.Thread(target=contextvars.copy_context().run, args=(relay_progress,), daemon=True)
     reader.start()
+    ran_out = threading.Event()
+
+    def end() -> None:
+        ran_out.set()
+        process.kill()
+
+    # The reader owns stderr, so no communicate(): stdin written, stdout read, bounded by a timer.
+    timer = threading.Timer(timeout, end)
+    timer.start()
     try:
-        stdout, _ = process.communicate(json.dumps(request), timeout=timeout)
+        assert process.stdin is not None and process.stdout is not None
+        with contextlib.suppress(BrokenPipeError):  # ssh ended early: its status says why
+            process.stdin.write(json.dumps(request))
+            process.stdin.close()
+        stdout = process.stdout.read()
+        process.wait()
     except BaseException:
         process.kill()
         process.wait()
         raise
     finally:
+        timer.cancel()
         reader.join(timeout=5)
+    if ran_out.is_set():
+        other_lines.append(f"(ended after {timeout:.0f} s)")
+        return TIMED_OUT, stdout, "\n".join(other_lines), argv
     return process.returncode, stdout, "\n".join(other_lines), argv
 
 

@@ -106,13 +106,20 @@ class HostConfig:
     cache_dir: Path
     # The server the lab runs on (nexus:host); None: this machine.
     host: RemoteHost | None = None
-    # A lab on a remote host keeps its key pair and connect scripts here, on this machine.
+    # A lab on a remote host keeps its key pair and connect scripts here, on this machine,
+    # and downloads what the guest layers copy into the VM (the inner VM's image) here.
     local_dir: Path | None = None
+    local_cache: Path | None = None
 
     @property
     def key_dir(self) -> Path:
         """Where the stack's key pair and the connect scripts the user runs are written."""
         return self.local_dir or self.state_dir
+
+    @property
+    def local_cache_dir(self) -> Path:
+        """The image cache on this machine (the guest layers' downloads)."""
+        return self.local_cache or self.cache_dir
 
 
 def default_image_url(arch: str) -> str:

@@ -22,12 +22,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_lab import free_port, lab_config, lab_stack
+from tests.e2e.test_lab import free_port, image_url, lab_config, lab_stack
 from tests.support.processes import running
 from tests.support.pulumi_cli import PulumiCli
 from tests.support.remote_server import RemoteServer, remote_server
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm]
+
+__all__ = ["image_url"]
 
 
 def files_under(folder: Path) -> list[str]:
@@ -71,10 +73,6 @@ def test_a_lab_on_a_remote_host_goes_up_heals_and_is_destroyed_there(tmp_path: P
         )
         assert f"on {server.user}@{server.address}:{server.port}" in output, output
         cli.set_config("nexus:vm.qemuImgBinary", "qemu-img")
-        cli.set_config("nexus:playground.enabled", "true")
-        output = preview_output(cli)
-        assert "nexus:playground.enabled: not available with a remote nexus:host" in output, output
-        cli.set_config("nexus:playground.enabled", "false")
         assert server.processes() == [] or all("sshd" in line for line in server.processes())
         assert not (server.home / ".nexus-nested-vm").exists()
 

@@ -196,11 +196,11 @@ def test_steps_over_ssh_ship_the_code_relay_progress_and_raise_the_servers_error
         remote.call(wrong, remote.HOST, "facts", {})
 
 
-def test_what_a_remote_lab_cannot_have_yet_is_refused_naming_the_key(tmp_path: Path) -> None:
-    config = load_config({"host": {"ssh": "lab@srv"}}, stack="dev", home=tmp_path)
-    with pytest.raises(
-        ConfigError, match=r"nexus:playground.enabled: not available with a remote nexus:host"
-    ):
+def test_mounts_on_a_remote_host_are_refused_naming_the_key(tmp_path: Path) -> None:
+    settings = {"host": {"ssh": "lab@srv"}, "mounts": [{"host": str(tmp_path), "vm": "/srv/x"}]}
+    config = load_config(settings, stack="dev", home=tmp_path)
+    refused = r"nexus:mounts: not available with a remote nexus:host \(lab@srv:22\)"
+    with pytest.raises(ConfigError, match=refused):
         refuse_what_a_remote_host_lacks(config)
 
 
