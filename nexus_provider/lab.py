@@ -9,8 +9,10 @@
                          (nexus_provider/guest_layers.py, nexus:guest:*)
 
 The reference program (__main__.py) declares one through the package's SDK, with its `nexus:`
-stack settings as the arguments. The provider constructs it (`construct`), so its checks
-and host detection run on the machine that runs QEMU.
+stack settings as the arguments. The provider constructs it (`construct`); its checks and host
+detection run on the machine that runs QEMU: this one, or the server `nexus:host` names
+(placement.py). A lab on a server has its host resources' steps run there over SSH, and a
+second StateDir here for its key pair and connect script (ScriptFile).
 """
 
 from __future__ import annotations

@@ -381,7 +381,8 @@ def _run_step(
     return process.returncode, stdout, "\n".join(other_lines), argv
 
 
-# The properties whose value names a file on the user's machine that a step on the server reads.
+# The properties whose value names a file on the user's machine that a step on the server reads
+# (the stack's private key: the VM's readiness check and the disk's growth log in with it).
 USER_FILE_PROPS: dict[str, tuple[str, ...]] = {"QemuVm": ("private_key",)}
 
 
@@ -398,10 +399,12 @@ class OnHost(Lifecycle):
         if host is None:
             return None, None
         request: dict[str, Any] = {**parts, "preview": in_preview()}
+        # Only the steps that log into the VM need the key; a file gone from here is not sent
+        # (SshKey makes it again before the VM's next create or update).
         files = {
             name: Path(about[name]).read_text()
             for name in USER_FILE_PROPS.get(self.name, ())
-            if about.get(name)
+            if method in ("create", "update") and about.get(name) and Path(about[name]).is_file()
         }
         if files:
             request["files"] = files
