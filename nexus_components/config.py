@@ -280,7 +280,12 @@ def load_config(
     _check_key_pair(guest)
 
     name = vm.get("name", f"nexus-{_slug(stack)[:25]}".rstrip("-"))
-    state_dir, cache_dir = lab_directories(paths, stack, home)
+    host = remote.load_host(document.get("host"), home=home, base_dir=project_dir or Path.cwd())
+    # A lab on a remote host: nexus:paths are the server's (placement.py); here, only its key
+    # pair, connect scripts and the guest layers' downloads, in this machine's default places.
+    state_dir, cache_dir = (
+        lab_directories(paths, stack, home) if host is None else default_directories(stack, home)
+    )
     playground = load_playground(
         document.get("playground", {}),
         home=home,
@@ -336,7 +341,7 @@ def load_config(
         ),
         state_dir=state_dir,
         cache_dir=cache_dir,
-        host=remote.load_host(document.get("host"), home=home, base_dir=project_dir or Path.cwd()),
+        host=host,
         playground=playground,
         inner_vm=load_inner_vm(
             document.get("innerVm", {}),
@@ -355,15 +360,17 @@ def load_config(
 def lab_directories(paths: Mapping[str, Any], stack: str, home: Path) -> tuple[Path, Path]:
     """(the stack's directory, the image cache) from nexus:paths, for a machine whose home is
     `home`: this one's, or the server's for a lab on a remote host."""
-    state_dir = _resolve_dir(
-        "stateDir", paths.get("stateDir"), home / ".nexus-nested-vm" / "stacks" / _slug(stack), home
-    )
+    default_state, default_cache = default_directories(stack, home)
+    state_dir = _resolve_dir("stateDir", paths.get("stateDir"), default_state, home)
     _check_socket_path_fits(state_dir)
     _check_not_a_shared_root(state_dir, home, paths.get("stateDir"))
-    cache_dir = _resolve_dir(
-        "cacheDir", paths.get("cacheDir"), home / ".cache" / "nexus-nested-vm" / "images", home
-    )
-    return state_dir, cache_dir
+    return state_dir, _resolve_dir("cacheDir", paths.get("cacheDir"), default_cache, home)
+
+
+def default_directories(stack: str, home: Path) -> tuple[Path, Path]:
+    """(the stack's directory, the image cache) without nexus:paths, under a home: this machine's,
+    or the server's for a lab on a remote host."""
+    return home / ".nexus-nested-vm" / "stacks" / _slug(stack), home / ".cache" / "nexus-nested-vm" / "images"
 
 
 def _validate(document: Mapping[str, Any]) -> None:

@@ -209,3 +209,10 @@ def test_local_is_no_lab_argument_and_a_remote_lab_reads_no_local_banner() -> No
     assert "host" not in arguments
     assert ssh_port(json.dumps({"host": json.dumps({"ssh": "a@b"})})) is None
     assert ssh_port(json.dumps({"host": '"local"'})) == 2222
+
+
+def test_a_remote_labs_paths_are_the_servers_and_this_machine_keeps_the_defaults(tmp_path: Path) -> None:
+    settings = {"host": {"ssh": "lab@srv"}, "paths": {"stateDir": "/srv/labs/alice"}}
+    config = load_config(settings, stack="Alice", home=tmp_path)
+    assert config.state_dir == config.key_dir == tmp_path / ".nexus-nested-vm" / "stacks" / "alice"
+    assert config.cache_dir == tmp_path / ".cache" / "nexus-nested-vm" / "images"
