@@ -199,12 +199,22 @@ def load_host(raw: Any, *, home: Path, base_dir: Path) -> RemoteHost | None:
             continue
         path = Path(value).expanduser()
         path = path if path.is_absolute() else base_dir / path
-        if not path.is_file():
+        # The key must be there; a known-hosts file is made by ssh on first use, in a folder that is.
+        usable = path.is_file() if name == "keyFile" else path.parent.is_dir() and not path.is_dir()
+        if not usable:
+            allowed = (
+                "a file" if name == "keyFile" else "a file, or a new file's name in a folder that exists"
+            )
             raise ConfigError(
-                f"{KEY}.{name}: got {value!r}, which is not a file on this machine; "
-                "allowed: a file (absolute, ~/..., or relative to the project)",
+                f"{KEY}.{name}: got {value!r}, which is not "
+                + ("a file" if name == "keyFile" else "a file or a new file's name")
+                + f" on this machine; allowed: {allowed} (absolute, ~/..., or relative to the project)",
                 hint=f"check the path, or remove {KEY}.{name}"
-                + (" to use your SSH agent and ~/.ssh keys" if name == "keyFile" else ""),
+                + (
+                    " to use your SSH agent and ~/.ssh keys"
+                    if name == "keyFile"
+                    else " to use ~/.ssh/known_hosts"
+                ),
             )
         files[name] = str(path)
     return RemoteHost(

@@ -216,3 +216,16 @@ def test_a_remote_labs_paths_are_the_servers_and_this_machine_keeps_the_defaults
     config = load_config(settings, stack="Alice", home=tmp_path)
     assert config.state_dir == config.key_dir == tmp_path / ".nexus-nested-vm" / "stacks" / "alice"
     assert config.cache_dir == tmp_path / ".cache" / "nexus-nested-vm" / "images"
+
+
+def test_a_known_hosts_file_may_be_new_but_its_folder_must_exist(tmp_path: Path) -> None:
+    host = load_host(
+        {"ssh": "lab@srv", "knownHostsFile": "new_known_hosts"}, home=tmp_path, base_dir=tmp_path
+    )
+    assert host is not None and host.known_hosts_file == str(tmp_path / "new_known_hosts")
+    with pytest.raises(
+        ConfigError, match=r"nexus:host.knownHostsFile: got 'nowhere/known_hosts', which is not"
+    ):
+        load_host(
+            {"ssh": "lab@srv", "knownHostsFile": "nowhere/known_hosts"}, home=tmp_path, base_dir=tmp_path
+        )
