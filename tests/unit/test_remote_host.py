@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,21 +114,25 @@ def test_the_users_key_is_placed_in_the_stacks_directory_and_its_path_given_back
     assert answer["outs"]["private_key"] == "/laptop/key"
 
 
-def test_the_servers_end_runs_a_step_and_answers_json(tmp_path: Path) -> None:
-    state = tmp_path / "lab"
-    request = {"props": {"state_dir": str(state), "stack": "dev"}}
-    made = subprocess.run(
-        [sys.executable, "-m", "nexus_components.host.remote_call", "StateDir", "create"],
+def server_end(resource: str, method: str, request: dict[str, Any]) -> dict[str, Any]:
+    """remote_call as the server runs it: a program reading JSON on stdin."""
+    done = subprocess.run(
+        [sys.executable, "-m", "nexus_components.host.remote_call", resource, method],
         input=json.dumps(request),
         capture_output=True,
         text=True,
         cwd=REPO,
         check=True,
     )
-    assert json.loads(made.stdout)["result"]["id"] == str(state) and state.is_dir()
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+def check_of_a_folder_not_ours(tmp_path: Path) -> dict[str, str]:
+    """The Host check's request for a state directory holding someone else's file."""
     (tmp_path / "theirs").mkdir()
     (tmp_path / "theirs" / "notes.txt").write_text("mine")
-    check = {
+    return {
         "state_dir": str(tmp_path / "theirs"),
         "stack": "dev",
         "cache_dir": str(tmp_path / "cache"),
@@ -135,15 +140,13 @@ def test_the_servers_end_runs_a_step_and_answers_json(tmp_path: Path) -> None:
         "disk_size": "4G",
         "qemu_img": "qemu-img",
     }
-    refused = subprocess.run(
-        [sys.executable, "-m", "nexus_components.host.remote_call", "Host", "check"],
-        input=json.dumps(check),
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=True,
-    )
-    error = json.loads(refused.stdout)["error"]
+
+
+def test_the_servers_end_runs_a_step_and_answers_json(tmp_path: Path) -> None:
+    state = tmp_path / "lab"
+    made = server_end("StateDir", "create", {"props": {"state_dir": str(state), "stack": "dev"}})
+    assert made["result"]["id"] == str(state) and state.is_dir()
+    error = server_end("Host", "check", check_of_a_folder_not_ours(tmp_path))["error"]
     assert error["kind"] == "ConfigError" and "nexus:paths.stateDir" in error["what"]
 
 
@@ -171,23 +174,8 @@ def test_steps_over_ssh_ship_the_code_relay_progress_and_raise_the_servers_error
         assert (shipped / ".complete").is_file()
         with pytest.raises(HostToolError, match=r"the step Nope\.create failed"):
             remote.call(host, "Nope", "create", {})
-        foreign = tmp_path / "theirs"
-        foreign.mkdir()
-        (foreign / "notes.txt").write_text("mine")
         with pytest.raises(ConfigError, match=rf"\(on {sshd.user}@{sshd.host}:{sshd.port}\)"):
-            remote.call(
-                host,
-                remote.HOST,
-                "check",
-                {
-                    "state_dir": str(foreign),
-                    "stack": "dev",
-                    "cache_dir": str(tmp_path / "cache"),
-                    "image_url": "https://example.invalid/x.img",
-                    "disk_size": "4G",
-                    "qemu_img": "qemu-img",
-                },
-            )
+            remote.call(host, remote.HOST, "check", check_of_a_folder_not_ours(tmp_path))
         remote.close(host)
     wrong = RemoteHost(
         sshd.user, "127.0.0.1", sshd.port, str(sshd.private_key), str(tmp_path / "known_hosts")
@@ -229,3 +217,13 @@ def test_a_known_hosts_file_may_be_new_but_its_folder_must_exist(tmp_path: Path)
         load_host(
             {"ssh": "lab@srv", "knownHostsFile": "nowhere/known_hosts"}, home=tmp_path, base_dir=tmp_path
         )
+
+
+def test_a_resource_moved_to_another_host_is_made_anew_without_asking_either(tmp_path: Path) -> None:
+    # No server answers at these addresses: a diff that tried to reach one would fail.
+    olds = {"state_dir": str(tmp_path), "stack": "dev", "host": RemoteHost("a", "192.0.2.1").as_props()}
+    news = {**olds, "host": RemoteHost("a", "192.0.2.2").as_props()}
+    moved = OnHost("StateDir", lifecycles.StateDir()).diff(olds, news)
+    assert moved.changes and moved.replaces == ["host"] and moved.delete_before_replace
+    back_here = OnHost("StateDir", lifecycles.StateDir()).diff(olds, {**olds, "host": None})
+    assert back_here.replaces == ["host"]
