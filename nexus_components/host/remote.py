@@ -226,23 +226,33 @@ def load_host(raw: Any, *, home: Path, base_dir: Path) -> RemoteHost | None:
     )
 
 
-# Pure-Python packages the host layer imports (requests, for downloads), copied beside it:
-# a server's python3 often has none of them. Compiled modules are left out; each of these
-# falls back to Python code without them.
-SHIPPED_DEPENDENCIES = ("requests", "urllib3", "idna", "certifi", "charset_normalizer")
+# Pure-Python packages the host layer imports, copied beside it: a server's python3 often has
+# none of them (requests for downloads, pycdlib for the seed ISO, qemu.qmp for QMP, PyYAML for
+# cloud-config). Compiled modules are left out; each of these falls back to Python code.
+SHIPPED_DEPENDENCIES = (
+    "requests",
+    "urllib3",
+    "idna",
+    "certifi",
+    "charset_normalizer",
+    "pycdlib",
+    "qemu.qmp",
+    "yaml",
+)
 SKIPPED_SUFFIXES = (".so", ".pyd", ".pyc")
 
 
 def _bundle_files() -> list[tuple[str, Path]]:
     """(name in the bundle, file here) for the package and the dependencies it ships."""
-    roots = [PACKAGE] + [
-        Path(importlib.import_module(name).__file__ or "").parent for name in SHIPPED_DEPENDENCIES
+    roots = [(PurePosixPath(PACKAGE.name), PACKAGE)] + [
+        (PurePosixPath(*name.split(".")), Path(importlib.import_module(name).__file__ or "").parent)
+        for name in SHIPPED_DEPENDENCIES
     ]
     found: list[tuple[str, Path]] = []
-    for root in roots:
+    for prefix, root in roots:
         for path in sorted(root.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix not in SKIPPED_SUFFIXES:
-                found.append((str(PurePosixPath(root.name) / path.relative_to(root).as_posix()), path))
+                found.append((str(prefix / path.relative_to(root).as_posix()), path))
     return found
 
 

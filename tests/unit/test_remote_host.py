@@ -86,6 +86,7 @@ def test_the_bundle_holds_the_package_and_pure_python_dependencies_only() -> Non
         names = bundle.getnames()
     assert "nexus_components/host/remote_call.py" in names
     assert "requests/__init__.py" in names and "certifi/cacert.pem" in names
+    assert "pycdlib/pycdlib.py" in names and "qemu/qmp/qmp_client.py" in names and "yaml/__init__.py" in names
     assert not [name for name in names if name.endswith((".so", ".pyc"))]
     assert len(digest) == 16 and remote.code_dir().endswith(digest)
 
