@@ -19,10 +19,9 @@ from pulumi.runtime.config import get_config_env
 
 from nexus_components.config import NAMESPACE, NexusConfig, load_config
 from nexus_components.core.errors import NexusError
-from nexus_components.host.hostfacts import check_before_changes, detect_host, find_qemu_img, host_os
-from nexus_components.host.shares import require_sftp_server, require_virtiofsd
 from nexus_components.interrupt import fail_before_changes, leave_quietly_on_interrupt
 from nexus_components.lab_settings import lab_arguments
+from nexus_components.placement import place
 
 # The engine has already reported why a run ended when the language host sends SIGINT.
 leave_quietly_on_interrupt()
@@ -40,6 +39,7 @@ HOST_OUTPUTS = (
     "connectScript",
     "accelerator",
     "stateDir",
+    "host",
 )
 ENGINE_OUTPUTS = ("dockerVersion", "kvmUsable", "kvmVerdict", "libvirtVersion", "dockerReadySeconds")
 PLAYGROUND_OUTPUTS = ("playgroundContainer", "playgroundImageDigest", "playgroundShellScript")
@@ -87,12 +87,10 @@ try:
     # (the engine reports a component's refusal as a crash of the program): a bad key, a host
     # without QEMU or a usable accelerator, a state directory that is not the stack's (or a
     # lab an earlier version made, whose stack must be upgraded first), a disk smaller than
-    # the cached image. Nothing is declared before these pass.
+    # the cached image, a remote host that cannot be reached. Nothing is declared before these pass.
     config = load_config(settings, stack=pulumi.get_stack(), home=Path.home(), project_dir=Path.cwd())
-    detect_host(config.vm)
-    check_before_changes(config, find_qemu_img(config.vm, host_os()))
-    require_virtiofsd(config.mounts)
-    require_sftp_server(config.mounts, host_os())
+    # On the machine that runs QEMU: this one, or the server nexus:host names.
+    place(config, settings)
 except NexusError as error:
     # A clean message without a Python traceback; nothing has been registered yet.
     fail_before_changes(str(error))

@@ -33,6 +33,7 @@ from nexus_components.guest.settings import (
     load_playground,
 )
 from nexus_components.host import mounts as host_mounts
+from nexus_components.host import remote
 from nexus_components.host.hostfacts import host_os as this_host_os
 from nexus_components.host.paths import VmPaths
 from nexus_components.host.settings import (
@@ -215,6 +216,8 @@ SCHEMA: dict[str, Any] = {
         "innerVm": INNER_VM_SCHEMA,
         # Host folders shared into the VM and the container (nexus_components/host/mounts.py).
         "mounts": host_mounts.SCHEMA,
+        # Where the lab runs: this machine, or a server over SSH (nexus_components/host/remote.py).
+        "host": remote.SCHEMA,
     },
 }
 
@@ -224,7 +227,10 @@ _ALLOWED_BY_KEYWORD: dict[str, Callable[[Any], str]] = {
     "pattern": lambda schema: schema.get("description") or f"a string matching {schema['pattern']}",
     "minimum": lambda schema: f"at least {schema['minimum']}",
     "maximum": lambda schema: f"at most {schema['maximum']}",
-    "type": lambda schema: f"a value of type {schema['type']}",
+    "type": lambda schema: (
+        schema["description"] if isinstance(schema["type"], list) else f"a value of type {schema['type']}"
+    ),
+    "const": lambda schema: schema.get("description") or repr(schema["const"]),
     "minLength": lambda schema: "a non-empty string",
     "maxItems": lambda schema: f"at most {schema['maxItems']} items",
     "maxLength": lambda schema: f"at most {schema['maxLength']} characters",
@@ -274,11 +280,12 @@ def load_config(
     _check_key_pair(guest)
 
     name = vm.get("name", f"nexus-{_slug(stack)[:25]}".rstrip("-"))
-    state_dir = _resolve_dir(
-        "stateDir", paths.get("stateDir"), home / ".nexus-nested-vm" / "stacks" / _slug(stack), home
+    host = remote.load_host(document.get("host"), home=home, base_dir=project_dir or Path.cwd())
+    # A lab on a remote host: nexus:paths are the server's (placement.py); here, only its key
+    # pair, connect scripts and the guest layers' downloads, in this machine's default places.
+    state_dir, cache_dir = (
+        lab_directories(paths, stack, home) if host is None else default_directories(stack, home)
     )
-    _check_socket_path_fits(state_dir)
-    _check_not_a_shared_root(state_dir, home, paths.get("stateDir"))
     playground = load_playground(
         document.get("playground", {}),
         home=home,
@@ -334,9 +341,8 @@ def load_config(
             user_data=guest.get("userData", {}),
         ),
         state_dir=state_dir,
-        cache_dir=_resolve_dir(
-            "cacheDir", paths.get("cacheDir"), home / ".cache" / "nexus-nested-vm" / "images", home
-        ),
+        cache_dir=cache_dir,
+        host=host,
         playground=playground,
         inner_vm=dataclasses.replace(
             load_inner_vm(
@@ -353,6 +359,22 @@ def load_config(
     _check_user_data(config)
     _check_inner_vm_memory(config.vm, config.inner_vm)
     return config
+
+
+def lab_directories(paths: Mapping[str, Any], stack: str, home: Path) -> tuple[Path, Path]:
+    """(the stack's directory, the image cache) from nexus:paths, for a machine whose home is
+    `home`: this one's, or the server's for a lab on a remote host."""
+    default_state, default_cache = default_directories(stack, home)
+    state_dir = _resolve_dir("stateDir", paths.get("stateDir"), default_state, home)
+    _check_socket_path_fits(state_dir)
+    _check_not_a_shared_root(state_dir, home, paths.get("stateDir"))
+    return state_dir, _resolve_dir("cacheDir", paths.get("cacheDir"), default_cache, home)
+
+
+def default_directories(stack: str, home: Path) -> tuple[Path, Path]:
+    """(the stack's directory, the image cache) without nexus:paths, under a home: this machine's,
+    or the server's for a lab on a remote host."""
+    return home / ".nexus-nested-vm" / "stacks" / _slug(stack), home / ".cache" / "nexus-nested-vm" / "images"
 
 
 def _validate(document: Mapping[str, Any]) -> None:

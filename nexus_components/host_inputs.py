@@ -27,7 +27,8 @@ def base_image_inputs(config: NexusConfig, qemu_img: str) -> Props:
 
 def ssh_key_inputs(config: NexusConfig) -> Props:
     return {
-        "state_dir": str(config.state_dir),
+        # This machine's: for a lab on a remote host too (the server gets a copy for its steps).
+        "state_dir": str(config.key_dir),
         "comment": f"nexus-{config.stack}",
         "private_key_file": config.guest.ssh_private_key_file,
         "public_key_file": config.guest.ssh_public_key_file,

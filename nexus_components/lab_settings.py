@@ -40,6 +40,7 @@ def lab_arguments(
             left[section] = values
         elif isinstance(values, Mapping):
             arguments[keyword] = {LAB_PROPERTY.get(key, key): value for key, value in values.items()}
-        elif values is not None:
+        elif values is not None and (section, values) != ("host", "local"):
+            # nexus:host: local is the Lab's default (no host argument): this machine.
             arguments[keyword] = values
     return arguments, left

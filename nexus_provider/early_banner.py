@@ -27,6 +27,8 @@ def ssh_port(pulumi_config: str | None) -> int | None:
         return None
     try:
         settings = json.loads(pulumi_config)
+        if settings.get("host", '"local"') not in ('"local"', "local"):
+            return None  # the VM is on a remote host (nexus:host): its port is the server's
         network: Any = settings.get("network", "{}")
         if isinstance(network, str):
             network = json.loads(network)

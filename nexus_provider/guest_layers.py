@@ -89,6 +89,8 @@ class GuestAccess:
     private_key_path: pulumi.Output[str]
     # nexus:vm.state: a suspended VM is not looked into.
     vm_state: str
+    # A VM on a remote host is reached through the server (nexus:host).
+    proxy_command: tuple[str, ...] = ()
 
     def props(self) -> dict[str, Any]:
         return {
@@ -97,10 +99,12 @@ class GuestAccess:
             "username": self.username,
             "private_key": self.private_key_path,
             "vm_state": self.vm_state,
+            # Unset for a local lab, so its inputs are as they were.
+            **({"proxy_command": list(self.proxy_command)} if self.proxy_command else {}),
         }
 
     def target(self, private_key: str) -> SshTarget:
-        return SshTarget(self.ssh_host, self.ssh_port, self.username, Path(private_key))
+        return SshTarget(self.ssh_host, self.ssh_port, self.username, Path(private_key), self.proxy_command)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,7 +348,8 @@ class InnerImage(pulumi.ComponentResource):
             **args.access.props(),
             "url": image.url,
             "sha256": image.sha256,
-            "cache_dir": str(args.config.cache_dir),
+            # Downloaded here and copied into the VM (through the server, for a remote host).
+            "cache_dir": str(args.config.local_cache_dir),
             "disk_id": args.vm_disk.id,
         }
         self.copy = PackageResource(
@@ -447,6 +452,7 @@ class GuestLayers(pulumi.ComponentResource):
             config.guest.username,
             lab.private_key_path,
             config.vm.state,
+            config.host.proxy_command() if config.host else (),
         )
         # The root file system grows with the disk in the host layer (nexus:host:QemuVm).
         self.outputs: dict[str, Any] = {}
@@ -474,7 +480,7 @@ class GuestLayers(pulumi.ComponentResource):
         self.playground = Playground(
             f"{name}-playground", PlaygroundArgs(config, access, self.engine, lab.disk), _child(self)
         )
-        script_path = config.state_dir / "connect-playground.sh"
+        script_path = config.key_dir / "connect-playground.sh"
         self.shell_script = PackageResource(
             script_file.RESOURCE,
             f"{name}-playground-shell",
@@ -509,7 +515,7 @@ class GuestLayers(pulumi.ComponentResource):
         )
         vm_ports = playground.ports_by_container_port(config.playground.ports)
         # ssh into the inner VM through the VM; without an SSH forward it says how to add one.
-        inner_script = VmPaths(config.state_dir).inner_vm_connect_script
+        inner_script = VmPaths(config.key_dir).inner_vm_connect_script
         self.inner_shell_script = PackageResource(
             script_file.RESOURCE,
             f"{name}-inner-vm-shell",

@@ -9,8 +9,10 @@
                          (nexus_provider/guest_layers.py, nexus:guest:*)
 
 The reference program (__main__.py) declares one through the package's SDK, with its `nexus:`
-stack settings as the arguments. The provider constructs it (`construct`), so its checks
-and host detection run on the machine that runs QEMU.
+stack settings as the arguments. The provider constructs it (`construct`); its checks and host
+detection run on the machine that runs QEMU: this one, or the server `nexus:host` names
+(placement.py). A lab on a server has its host resources' steps run there over SSH, and a
+second StateDir here for its key pair and connect script (ScriptFile).
 """
 
 from __future__ import annotations
@@ -22,17 +24,12 @@ import pulumi
 from nexus_components import host_inputs
 from nexus_components.config import load_config
 from nexus_components.host import ssh_banner
-from nexus_components.host.hostfacts import (
-    accelerator_note,
-    check_before_changes,
-    detect_host,
-    find_qemu_img,
-    host_os,
-)
-from nexus_components.host.shares import require_sftp_server, require_virtiofsd
+from nexus_components.host.hostfacts import accelerator_note
+from nexus_components.placement import place
 
 from . import lab_args
 from .declared import PackageResource
+from .guest import script_file
 from .host import base_image, cloud_init_seed, overlay_disk, qemu_vm, ssh_key, state_dir
 from .lab_args import LabArgs, LabOutputs, Props
 from .spec import ComponentSpec, snake_case, to_schema_names
@@ -44,14 +41,11 @@ HostResource = PackageResource
 class Lab(pulumi.ComponentResource):
     def __init__(self, name: str, props: Props, opts: pulumi.ResourceOptions | None = None) -> None:
         # Everything the configuration and the host can refuse is refused before anything is declared.
-        config = load_config(lab_args.config_document(props), stack=pulumi.get_stack(), home=Path.home())
-        host = detect_host(config.vm)
-        qemu_img = find_qemu_img(config.vm, host_os())
-        check_before_changes(config, qemu_img)
-        virtiofsd = require_virtiofsd(config.mounts)
-        sftp_server = require_sftp_server(config.mounts, host_os())
+        settings = lab_args.config_document(props)
+        placed = place(load_config(settings, stack=pulumi.get_stack(), home=Path.home()), settings)
+        config, host, qemu_img = placed.config, placed.host, placed.qemu_img
         super().__init__(COMPONENT.pulumi_type, name, None, opts)
-        if pulumi.runtime.is_dry_run():
+        if pulumi.runtime.is_dry_run() and config.host is None:
             # The VM's drift check reads its SSH banner: started now, it is read by the time
             # the engine gets to the VM.
             ssh_banner.read_early(config.network.ssh_host, config.network.ssh_port)
@@ -62,44 +56,74 @@ class Lab(pulumi.ComponentResource):
         def child(after: pulumi.Resource | None = None) -> pulumi.ResourceOptions:
             return pulumi.ResourceOptions(parent=self, depends_on=[after] if after else None)
 
+        def on_host(inputs: Props) -> Props:
+            # Where QEMU runs: this machine (no `host`: a local lab's inputs are as they were).
+            return {**inputs, "host": config.host.as_props()} if config.host else inputs
+
         image = HostResource(
-            base_image.RESOURCE, f"{name}-image", host_inputs.base_image_inputs(config, qemu_img), child()
+            base_image.RESOURCE,
+            f"{name}-image",
+            on_host(host_inputs.base_image_inputs(config, qemu_img)),
+            child(),
         )
         state = HostResource(
-            state_dir.RESOURCE, f"{name}-state", lab_args.state_dir_inputs(config, host), child(image)
+            state_dir.RESOURCE,
+            f"{name}-state",
+            on_host(lab_args.state_dir_inputs(config, host)),
+            child(image),
+        )
+        # A lab on a remote host keeps its key pair and connect script in a directory here.
+        local = (
+            HostResource(state_dir.RESOURCE, f"{name}-local", lab_args.local_dir_inputs(config), child(image))
+            if config.host
+            else state
         )
         key = HostResource(
-            ssh_key.RESOURCE, f"{name}-ssh-key", host_inputs.ssh_key_inputs(config), child(state)
+            ssh_key.RESOURCE, f"{name}-ssh-key", host_inputs.ssh_key_inputs(config), child(local)
         )
         disk = HostResource(
             overlay_disk.RESOURCE,
             f"{name}-disk",
-            lab_args.overlay_disk_inputs(
-                config, host, qemu_img, image.output("path"), image.output("digest")
+            on_host(
+                lab_args.overlay_disk_inputs(
+                    config, host, qemu_img, image.output("path"), image.output("digest")
+                )
             ),
             child(state),
         )
         seed = HostResource(
             cloud_init_seed.RESOURCE,
             f"{name}-seed",
-            host_inputs.cloud_init_seed_inputs(config, key.output("public_key")),
+            on_host(host_inputs.cloud_init_seed_inputs(config, key.output("public_key"))),
             child(state),
         )
         vm = HostResource(
             qemu_vm.RESOURCE,
             f"{name}-vm",
-            lab_args.qemu_vm_inputs(
-                config,
-                host,
-                key.output("private_key_path"),
-                seed.output("instance_id"),
-                disk.id,
-                virtiofsd,
-                sftp_server,
+            on_host(
+                lab_args.qemu_vm_inputs(
+                    config,
+                    host,
+                    key.output("private_key_path"),
+                    seed.output("instance_id"),
+                    disk.id,
+                    placed.virtiofsd,
+                    placed.sftp_server,
+                )
             ),
             child(state),
         )
         private_key = key.output("private_key_path")
+        if config.host:
+            HostResource(
+                script_file.RESOURCE,
+                f"{name}-connect-ssh",
+                {
+                    "path": lab_args.file_outputs(config, host)["connect_script"],
+                    "content": private_key.apply(lambda path: lab_args.connect_script(config, path)),
+                },
+                pulumi.ResourceOptions(parent=self, depends_on=[local, vm]),
+            )
         self.outputs: Props = {
             **lab_args.file_outputs(config, host),
             "ssh_command": private_key.apply(lambda path: lab_args.ssh_command(config, path)),
@@ -120,7 +144,7 @@ class Lab(pulumi.ComponentResource):
                 disk=disk,
                 vm=vm,
                 after_vm=[vm, disk],
-                state=state,
+                state=local,  # the directory of the connect scripts: this machine's
             )
             guest = GuestLayers(f"{name}-guest", GuestLayersArgs(config=config, lab=below), child())
             # Under the names the reference program exports them.

@@ -17,6 +17,7 @@ from typing import Any
 
 from nexus_components import lab_settings
 from nexus_components.config import NexusConfig
+from nexus_components.core import ssh
 from nexus_components.core.ssh import SshTarget
 from nexus_components.host import mounts as host_mounts
 from nexus_components.host.paths import VmPaths
@@ -321,6 +322,19 @@ class LabMount:
 
 
 @dataclass(frozen=True)
+class LabHost:
+    """A Linux server the lab runs on (the stack setting nexus:host): its QEMU, files and ports are
+    there, reached over SSH; this machine keeps only the stack's key pair and connect script."""
+
+    ssh: str = prop("user@server or user@server:port.")
+    key_file: str | None = prop("The private key to log in with; unset: your SSH agent and ~/.ssh keys.")
+    known_hosts_file: str | None = prop(
+        "The known-hosts file that pins the server's key; unset: ~/.ssh/known_hosts (a new server is "
+        "remembered on first use)."
+    )
+
+
+@dataclass(frozen=True)
 class LabArgs:
     image: LabImage | None = prop("The cloud image (the stack setting nexus:image).")
     vm: LabVm | None = prop("The VM (nexus:vm).")
@@ -330,6 +344,7 @@ class LabArgs:
     playground: LabPlayground | None = prop("The container in the VM (nexus:playground); unset: on.")
     inner_vm: LabInnerVm | None = prop("The VM in the container (nexus:innerVm); unset: off.")
     mounts: list[LabMount] | None = prop("Host folders shared into the lab (nexus:mounts); unset: none.")
+    host: LabHost | None = prop("Where the lab runs (nexus:host): a server over SSH; unset: this machine.")
 
 
 @dataclass(frozen=True)
@@ -342,7 +357,11 @@ class LabOutputs:
     serial_log: str = prop("The guest's serial console, as a file.")
     connect_script: str = prop("A script that logs into the VM (`ssh` with the stack's key and port).")
     accelerator: str = prop("The accelerator QEMU runs the guest with (what auto chose).")
-    state_dir: str = prop("The stack's directory.")
+    state_dir: str = prop("The stack's directory (on the server, for a lab on a remote host).")
+    host: str = prop(
+        "Where the lab runs: `local`, or the server as user@server:port (nexus:host); `serialLog` and "
+        "`stateDir` are paths there."
+    )
     docker_version: str | None = prop(
         "Docker's version in the VM (with the playground or guest.installPackages)."
     )
@@ -389,6 +408,11 @@ def state_dir_inputs(config: NexusConfig, host: HostFacts) -> Props:
         "stack": config.stack,
         "qmp_tcp_port": qmp_tcp_port(config, host),
     }
+
+
+def local_dir_inputs(config: NexusConfig) -> Props:
+    """A lab on a remote host: the directory here that holds its key pair and connect script."""
+    return {"state_dir": str(config.key_dir), "stack": config.stack}
 
 
 def overlay_disk_inputs(
@@ -449,11 +473,24 @@ def qemu_vm_inputs(
     }
 
 
-def ssh_command(config: NexusConfig, private_key_path: str) -> str:
+def vm_target(config: NexusConfig, private_key_path: str) -> SshTarget:
+    """The VM's sshd as the user reaches it: through the server, for a lab on a remote host."""
     network = config.network
     return SshTarget(
-        network.ssh_host, network.ssh_port, config.guest.username, Path(private_key_path)
-    ).interactive_command()
+        network.ssh_host,
+        network.ssh_port,
+        config.guest.username,
+        Path(private_key_path),
+        config.host.proxy_command() if config.host else (),
+    )
+
+
+def ssh_command(config: NexusConfig, private_key_path: str) -> str:
+    return vm_target(config, private_key_path).interactive_command()
+
+
+def connect_script(config: NexusConfig, private_key_path: str) -> str:
+    return ssh.connect_script(vm_target(config, private_key_path))
 
 
 def file_outputs(config: NexusConfig, host: HostFacts) -> Props:
@@ -462,7 +499,9 @@ def file_outputs(config: NexusConfig, host: HostFacts) -> Props:
     return {
         "ssh_port": config.network.ssh_port,
         "serial_log": str(paths.serial_log),
-        "connect_script": str(paths.connect_script),
+        # For a lab on a remote host, the one here (the server has its own in the stack's directory).
+        "connect_script": str(VmPaths(config.key_dir).connect_script),
         "accelerator": host.accelerator,
         "state_dir": str(config.state_dir),
+        "host": config.host.label if config.host else "local",
     }

@@ -11,16 +11,13 @@ that is an existing folder receives the source inside it; otherwise it becomes t
 from __future__ import annotations
 
 import argparse
-import shlex
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from nexus_components.cli.stack import LabOutputs
 from nexus_components.cli.transfer import Endpoint, Layers, copy_commands, parse_endpoint
 from nexus_components.core.errors import NexusError
-from nexus_components.core.ssh import SshTarget
 
 
 def add_parser(subparsers: Any) -> None:
@@ -36,16 +33,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def layers_of(outputs: LabOutputs, *needed: str) -> Layers:
-    ssh_command = shlex.split(str(outputs.require("sshCommand", layer="VM")))
-    user, _, host = ssh_command[-1].rpartition("@")
-    target = SshTarget(
-        host,
-        int(outputs.require("sshPort", layer="VM")),
-        user,
-        Path(outputs.require("privateKeyPath", layer="VM")),
-    )
     return Layers(
-        vm_ssh=target.argv(connect_timeout=30),
+        vm_ssh=outputs.vm_target().argv(connect_timeout=30),
         container=outputs.require("playgroundContainer", layer="playground container")
         if "playground" in needed
         else None,

@@ -7,14 +7,11 @@ how long it took, and sets the guest's clock after a revert.
 from __future__ import annotations
 
 import argparse
-import shlex
 import time
-from pathlib import Path
 from typing import Any
 
 from nexus_components.cli.stack import LabOutputs
 from nexus_components.core.runner import close_shared_connection
-from nexus_components.core.ssh import SshTarget
 from nexus_components.host import snapshots, vm_process
 from nexus_components.host.paths import VmPaths
 
@@ -47,6 +44,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace, lab: LabOutputs) -> int:
+    # QEMU's QMP socket is in the stack's directory, on the machine that runs it.
+    lab.require_local("scripts/lab snapshot")
     paths = VmPaths(lab.state_dir)
     recorded = lab.values.get("vmPid")
     recorded_pid = int(recorded) if recorded else None
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace, lab: LabOutputs) -> int:
         print(f"reverted the lab to snapshot {args.name!r} in {_took(started)}; same QEMU, no reboot")
         # The guest forgot every TCP connection made since the save: a shared SSH connection
         # of the guest layers' (or pulumi-docker's) would hang on until its keepalives give up.
-        close_shared_connection(ssh_target(lab))
+        close_shared_connection(lab.vm_target())
         if not args.keep_clock:
             _resync_clock(lab)
     else:
@@ -91,16 +90,8 @@ def _took(started: float) -> str:
     return f"{time.monotonic() - started:.1f} s"
 
 
-def ssh_target(lab: LabOutputs) -> SshTarget:
-    """Where the VM's SSH is: the `sshCommand` output ends in user@host."""
-    user, _, host = shlex.split(lab.require("sshCommand", layer="VM"))[-1].rpartition("@")
-    return SshTarget(
-        host, int(lab.require("sshPort", layer="VM")), user, Path(lab.require("privateKeyPath", layer="VM"))
-    )
-
-
 def _resync_clock(lab: LabOutputs) -> None:
-    problem = snapshots.resync_clock(ssh_target(lab))
+    problem = snapshots.resync_clock(lab.vm_target())
     if problem is None:
         print("set the guest's clock to the host's (it resumed with the clock it had when saved)")
     else:

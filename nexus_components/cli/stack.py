@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_components.core.errors import NexusError
+from nexus_components.core.ssh import SshTarget
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,33 @@ class LabOutputs:
     @property
     def state_dir(self) -> Path:
         return Path(self.require("stateDir", layer="VM"))
+
+    @property
+    def host(self) -> str:
+        """`local`, or the server the lab runs on (a stack from before nexus:host: local)."""
+        return str(self.values.get("host", "local"))
+
+    def vm_target(self) -> SshTarget:
+        """The VM's SSH as the user reaches it, from the `sshCommand` output (`... -p PORT user@host`,
+        with the jump through the server for a lab on a remote host)."""
+        words = shlex.split(str(self.require("sshCommand", layer="VM")))
+        user, _, host = words[-1].rpartition("@")
+        proxy = next((w.removeprefix("ProxyCommand=") for w in words if w.startswith("ProxyCommand=")), "")
+        return SshTarget(
+            host,
+            int(self.require("sshPort", layer="VM")),
+            user,
+            Path(self.require("privateKeyPath", layer="VM")),
+            tuple(shlex.split(proxy)),
+        )
+
+    def require_local(self, what: str) -> None:
+        if self.host != "local":
+            raise NexusError(
+                f"{what}: stack {self.stack!r} runs on {self.host} (nexus:host); this command works on a "
+                "lab on this machine only, for now",
+                hint=f"run it on {self.host.rpartition(':')[0]}, in a checkout of this project there",
+            )
 
 
 def pulumi_command() -> list[str]:

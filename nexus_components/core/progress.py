@@ -25,7 +25,11 @@ def progress_to(report: Callable[[str], None]) -> Iterator[None]:
 
 
 def say(name: str, message: str) -> None:
-    line = f"[{name}] {message}"
+    relay(f"[{name}] {message}")
+
+
+def relay(line: str) -> None:
+    """A line already said elsewhere (a step run on a remote host), passed on as it is."""
     report = _progress.get()
     if report is None:
         print(line, file=sys.stderr, flush=True)

@@ -143,7 +143,8 @@ def control_path(target: SshTarget) -> Path | None:
     """A short socket path per VM and key (sun_path holds 104 bytes on macOS)."""
     if sys.platform == "win32":
         return None
-    key = f"{target.user}@{target.host}:{target.port}:{target.private_key}".encode()
+    # A VM on a remote host (its proxy) is another VM than a local one on the same port.
+    key = f"{target.user}@{target.host}:{target.port}:{target.private_key}:{target.proxy_command}".encode()
     return Path(tempfile.gettempdir()) / f"nexus-ssh-{hashlib.sha256(key).hexdigest()[:16]}"
 
 

@@ -37,6 +37,11 @@ class SshTarget:
     port: int
     user: str
     private_key: Path
+    # For a VM on a remote host: the command that carries the connection through the server.
+    proxy_command: tuple[str, ...] = ()
+
+    def proxy_options(self) -> list[str]:
+        return ["-o", "ProxyCommand=" + shlex.join(self.proxy_command)] if self.proxy_command else []
 
     def argv(self, command: Sequence[str] = (), *, connect_timeout: int = 10) -> list[str]:
         argv = [
@@ -45,6 +50,7 @@ class SshTarget:
             *KEEPALIVE_OPTIONS,
             "-o",
             f"ConnectTimeout={connect_timeout}",
+            *self.proxy_options(),
             "-i",
             str(self.private_key),
             "-p",
@@ -65,6 +71,7 @@ class SshTarget:
                 "StrictHostKeyChecking=no",
                 "-o",
                 "UserKnownHostsFile=/dev/null",
+                *self.proxy_options(),
                 "-i",
                 str(self.private_key),
                 "-p",
@@ -116,4 +123,5 @@ def ssh_config_entry(alias: str, target: SshTarget) -> str:
         "  StrictHostKeyChecking no\n"
         "  UserKnownHostsFile /dev/null\n"
         "  LogLevel ERROR\n"
+        + (f"  ProxyCommand {shlex.join(target.proxy_command)}\n" if target.proxy_command else "")
     )

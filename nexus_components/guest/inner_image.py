@@ -257,7 +257,16 @@ def jump_command(
     Through the VM port that publishes the forward (`-W`), else, unpublished, through
     `docker exec ... socat` into the container.
     """
-    jump = ["ssh", *CLIENT_OPTIONS, "-i", str(vm.private_key), "-p", str(vm.port), f"{vm.user}@{vm.host}"]
+    jump = [
+        "ssh",
+        *CLIENT_OPTIONS,
+        *vm.proxy_options(),
+        "-i",
+        str(vm.private_key),
+        "-p",
+        str(vm.port),
+        f"{vm.user}@{vm.host}",
+    ]
     vm_port = vm_ports.get(forward.container)
     if vm_port is not None:
         return [*jump, "-W", f"127.0.0.1:{vm_port}"]

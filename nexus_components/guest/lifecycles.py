@@ -75,6 +75,7 @@ def ssh_target(props: Props) -> SshTarget:
         port=int(props["ssh_port"]),
         user=props["username"],
         private_key=Path(props["private_key"]),
+        proxy_command=tuple(props.get("proxy_command") or ()),
     )
 
 

@@ -32,6 +32,7 @@ def ssh_options(target: SshTarget) -> list[str]:
     instead of hanging it."""
     return [
         *sharing_options(target),
+        *target.proxy_options(),
         "-i",
         str(target.private_key),
         *CLIENT_OPTIONS,

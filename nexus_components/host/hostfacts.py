@@ -226,10 +226,24 @@ def accelerator_note(requested: str, chosen: str) -> str | None:
 def check_before_changes(config: HostConfig, qemu_img: str) -> None:
     """What the machine can already tell at preview: a state directory that is not the
     stack's to use, and a disk smaller than a base image that is already in the cache."""
-    check_state_dir(VmPaths(config.state_dir), stack=config.stack)
-    cached = download.cached_image_path(config.cache_dir, download.ImageSource(url=config.image.url))
+    check_lab_files(
+        config.state_dir,
+        stack=config.stack,
+        cache_dir=config.cache_dir,
+        image_url=config.image.url,
+        disk_size=config.vm.disk_size,
+        qemu_img=qemu_img,
+    )
+
+
+def check_lab_files(
+    state_dir: Path, *, stack: str, cache_dir: Path, image_url: str, disk_size: str, qemu_img: str
+) -> None:
+    """check_before_changes on the machine that holds the files (a remote host's, too)."""
+    check_state_dir(VmPaths(state_dir), stack=stack)
+    cached = download.cached_image_path(cache_dir, download.ImageSource(url=image_url))
     if cached.is_file():
-        check_disk_fits_base(config.vm.disk_size, disk.virtual_size(qemu_img, cached))
+        check_disk_fits_base(disk_size, disk.virtual_size(qemu_img, cached))
 
 
 def _hardware_present(os_name: str) -> bool:

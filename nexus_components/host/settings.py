@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_components.core.errors import ConfigError
+from nexus_components.host.remote import RemoteHost
 
 UBUNTU_2404_AMD64 = (
     "https://cloud-images.ubuntu.com/releases/24.04/release/ubuntu-24.04-server-cloudimg-amd64.img"
@@ -101,8 +102,24 @@ class HostConfig:
     vm: VmConfig
     network: NetworkConfig
     guest: GuestConfig
-    state_dir: Path
+    state_dir: Path  # where QEMU's files are: on the server, for a lab on a remote host
     cache_dir: Path
+    # The server the lab runs on (nexus:host); None: this machine.
+    host: RemoteHost | None = None
+    # A lab on a remote host keeps its key pair and connect scripts here, on this machine,
+    # and downloads what the guest layers copy into the VM (the inner VM's image) here.
+    local_dir: Path | None = None
+    local_cache: Path | None = None
+
+    @property
+    def key_dir(self) -> Path:
+        """Where the stack's key pair and the connect scripts the user runs are written."""
+        return self.local_dir or self.state_dir
+
+    @property
+    def local_cache_dir(self) -> Path:
+        """The image cache on this machine (the guest layers' downloads)."""
+        return self.local_cache or self.cache_dir
 
 
 def default_image_url(arch: str) -> str:

@@ -29,6 +29,10 @@ class VmAccess:
         "The private key's file the VM is reached with (SshKey's `privateKeyPath`): its path, never its "
         "content, is kept in the state."
     )
+    proxy_command: list[str] | None = prop(
+        "For a VM on a remote host (nexus:host): the command its SSH connections go through, an ssh to "
+        "the server ending in `-W %h:%p`; unset: straight to `sshHost`."
+    )
     vm_state: VmState | None = prop(
         "The VM's declared state (QemuVm's `state`; unset: running). While it is suspended nothing in the "
         "VM is looked at, and a change to this resource is refused: it needs the VM running."

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from nexus_components.host import lifecycles
 
 from ..spec import ResourceSpec, absolute_path, prop
+from .connection import HostConnection, host_input, on_host
 
 SHA256 = r"[0-9a-f]{64}"
 SHA256_RULE = "64 lower-case hex digits"
@@ -34,6 +35,7 @@ class BaseImageArgs:
     qemu_img: str = prop(
         "The qemu-img program that reads the image's virtual size (a name on PATH or a path)."
     )
+    host: HostConnection | None = host_input()
 
 
 @dataclass(frozen=True)
@@ -50,5 +52,5 @@ RESOURCE = ResourceSpec(
     "resumed over HTTP, renamed into place when complete). Deleting it keeps the cache.",
     inputs=BaseImageArgs,
     outputs=BaseImageState,
-    lifecycle=lifecycles.BaseImage(),
+    lifecycle=on_host("BaseImage", lifecycles.BaseImage()),
 )

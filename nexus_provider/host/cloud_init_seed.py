@@ -9,6 +9,7 @@ from typing import Any
 from nexus_components.host import lifecycles
 
 from ..spec import ResourceSpec, absolute_path, prop
+from .connection import HostConnection, host_input, on_host
 
 
 class Arch(Enum):
@@ -32,6 +33,7 @@ class CloudInitSeedArgs:
     packages: list[str] = prop("More packages to install.")
     user_data: dict[str, Any] = prop("More cloud-config, merged into the generated one.")
     public_key: str = prop("The public key authorised for `username` (SshKey's `publicKey`).")
+    host: HostConnection | None = host_input()
 
 
 @dataclass(frozen=True)
@@ -47,5 +49,5 @@ RESOURCE = ResourceSpec(
     "written in pure Python. A change rewrites it, and the VM that uses it restarts.",
     inputs=CloudInitSeedArgs,
     outputs=CloudInitSeedState,
-    lifecycle=lifecycles.CloudInitSeed(),
+    lifecycle=on_host("CloudInitSeed", lifecycles.CloudInitSeed()),
 )

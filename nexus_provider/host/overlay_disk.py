@@ -10,6 +10,7 @@ from nexus_components.host.settings import disk_size_bytes
 
 from ..spec import ResourceSpec, absolute_path, port, prop
 from .base_image import DISK_SIZE, DISK_SIZE_RULE
+from .connection import HostConnection, host_input, on_host
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class OverlayDiskArgs:
         "The VM's QMP port on Windows hosts, where a running VM's disk is grown through QMP over TCP; "
         "unset elsewhere (a socket in the stack's directory)."
     )
+    host: HostConnection | None = host_input()
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,6 @@ RESOURCE = ResourceSpec(
     "it starts again on the new disk; a disk file deleted by hand is made again at the next `up`.",
     inputs=OverlayDiskArgs,
     outputs=OverlayDiskState,
-    lifecycle=lifecycles.OverlayDisk(),
+    lifecycle=on_host("OverlayDisk", lifecycles.OverlayDisk()),
     derive=_with_size_in_bytes,
 )

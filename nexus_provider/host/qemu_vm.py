@@ -19,6 +19,7 @@ from ..settings import setting
 from ..spec import UNKNOWN, Failure, ResourceSpec, absolute_path, contains_unknown, port, prop
 from .base_image import DISK_SIZE, DISK_SIZE_RULE
 from .cloud_init_seed import Arch
+from .connection import HostConnection, host_input, on_host
 
 
 class Accelerator(Enum):
@@ -160,6 +161,7 @@ class QemuVmArgs:
     sftp_server: str | None = prop(
         "reverse-sshfs mounts: the host's OpenSSH sftp-server (a path); unset otherwise."
     )
+    host: HostConnection | None = host_input()
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,7 @@ RESOURCE = ResourceSpec(
     "`destroy` powers it off (ACPI, then QMP quit, then kill).",
     inputs=QemuVmArgs,
     outputs=QemuVmState,
-    lifecycle=lifecycles.QemuVm(),
+    lifecycle=on_host("QemuVm", lifecycles.QemuVm()),
     checks=_firmware_for_aarch64,
     derive=_with_command_line,
 )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from nexus_components.host import lifecycles
 
 from ..spec import ResourceSpec, absolute_path, port, prop
+from .connection import HostConnection, host_input, on_host
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class StateDirArgs:
         "The VM's QMP port on Windows hosts (where QMP is a TCP socket), so `destroy` can still "
         "stop a QEMU left behind by an interrupted `up`; unset elsewhere."
     )
+    host: HostConnection | None = host_input()
 
 
 @dataclass(frozen=True)
@@ -39,5 +41,5 @@ RESOURCE = ResourceSpec(
     "`up` left running, then removes every file the stack made (the shared image cache stays).",
     inputs=StateDirArgs,
     outputs=StateDirState,
-    lifecycle=lifecycles.StateDir(),
+    lifecycle=on_host("StateDir", lifecycles.StateDir()),
 )

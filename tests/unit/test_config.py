@@ -175,7 +175,7 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str, str, str]] = [
         {"vmm": {}},
         "nexus:vmm",
         "unknown key",
-        "guest, image, innerVm, mounts, network, paths, playground, vm",
+        "guest, host, image, innerVm, mounts, network, paths, playground, vm",
     ),
     ("unknown-nested-key", {"vm": {"memory": 4096}}, "nexus:vm.memory", "unknown key", "memoryMiB"),
     ("section-not-an-object", {"vm": "big"}, "nexus:vm", "'big'", "type object"),

@@ -337,6 +337,7 @@ def test_the_lab_is_a_component_in_the_schema_whose_settings_reuse_the_host_type
         "playground",
         "innerVm",
         "mounts",
+        "host",
     }
     assert {"sshCommand", "sshPort", "privateKeyPath", "vmPid", "stateDir"} <= set(lab["properties"])
     assert "dockerVersion" not in lab["required"] and "vmReadySeconds" in lab["required"]

@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from nexus_components.cli.snapshot import ssh_target
 from nexus_components.cli.stack import LabOutputs
-from nexus_components.core.errors import VmError
+from nexus_components.core.errors import NexusError, VmError
 from nexus_components.core.ssh import SshTarget
 from nexus_components.host.paths import VmPaths
 from nexus_components.host.snapshots import (
@@ -299,7 +298,26 @@ def test_the_cli_finds_ssh_from_the_stack_outputs() -> None:
             "privateKeyPath": "/a b/key",
         },
     )
-    assert ssh_target(outputs) == SshTarget("127.0.0.1", 2222, "nexus", Path("/a b/key"))
+    assert outputs.vm_target() == SshTarget("127.0.0.1", 2222, "nexus", Path("/a b/key"))
+
+
+def test_the_cli_reaches_a_remote_labs_vm_through_its_server_and_refuses_snapshots_there() -> None:
+    proxy = ("ssh", "-p", "2200", "-i", "/keys/100%%.key", "lab@srv", "-W", "%h:%p")
+    target = SshTarget("127.0.0.1", 2222, "nexus", Path("/a b/key"), proxy)
+    outputs = LabOutputs(
+        "dev",
+        {
+            "sshCommand": target.interactive_command(),
+            "sshPort": 2222,
+            "privateKeyPath": "/a b/key",
+            "host": "lab@srv:2200",
+        },
+    )
+    assert outputs.vm_target() == target
+    with pytest.raises(
+        NexusError, match=r"scripts/lab snapshot: stack 'dev' runs on lab@srv:2200 \(nexus:host\)"
+    ):
+        outputs.require_local("scripts/lab snapshot")
 
 
 @needs_qemu_img

@@ -1,0 +1,134 @@
+"""nexus:host: the lab on a remote Linux server over SSH, with the reference program.
+
+The "server" is this machine seen as another one: a user of its own with its own home,
+reached only through an sshd of its own on 127.0.0.2 (tests/support/remote_server.py). The
+program's side runs with a HOME of its own too, so what each side keeps can be listed.
+
+One lab, in order: bad `nexus:host` settings refused at preview, naming the key -> up (VM
+under TCG, no playground) -> QEMU runs as the server's user, the lab's files are under its
+home, this side has only the key pair and connect script -> connect-ssh.sh reaches the VM
+through the server -> kill -9 of QEMU on the server: preview shows the VM's update, up heals
+it -> destroy: no process, session or file of the lab left on the server, nothing on this
+side; the server's image cache stays.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_lab import free_port, image_url, lab_config, lab_stack
+from tests.support.processes import running
+from tests.support.pulumi_cli import PulumiCli
+from tests.support.remote_server import RemoteServer, remote_server
+
+pytestmark = [pytest.mark.engine, pytest.mark.vm]
+
+__all__ = ["image_url"]
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
+
+
+def host_setting(server: RemoteServer, **changes: Any) -> dict[str, Any]:
+    return {
+        "ssh": f"{server.user}@{server.address}:{server.port}",
+        "keyFile": str(server.private_key),
+        "knownHostsFile": str(server.known_hosts),
+        **changes,
+    }
+
+
+def preview_output(cli: PulumiCli) -> str:
+    result = cli.run("preview", *cli.stack_args(), "--diff", check=False)
+    return result.stdout + result.stderr
+
+
+def test_a_lab_on_a_remote_host_goes_up_heals_and_is_destroyed_there(tmp_path: Path, image_url: str) -> None:
+    laptop_home = tmp_path / "laptop-home"
+    laptop_home.mkdir()
+    with remote_server(tmp_path / "server") as server:
+        cli = lab_stack(tmp_path, "remote")
+        cli.extra_env["HOME"] = str(laptop_home)
+        config = lab_config(tmp_path, image_url, free_port(), free_port())
+        # The server's defaults: the stack's directory and the image cache under its home.
+        del config["nexus:paths"]
+        config["nexus:host"] = host_setting(server, ssh=f"{server.user}@{server.address}:{free_port()}")
+        cli.init(config)
+
+        # Bad settings, each refused before anything is made, naming the key.
+        output = preview_output(cli)
+        assert "nexus:host: could not reach" in output, output
+        cli.set_config("nexus:host.ssh", f"{server.user}@{server.address}:{server.port}")
+        cli.set_config("nexus:vm.qemuImgBinary", "qemu-img-not-there")
+        output = preview_output(cli)
+        assert "'qemu-img-not-there' was not found on PATH (config key nexus:vm.qemuImgBinary)" in output, (
+            output
+        )
+        assert f"on {server.user}@{server.address}:{server.port}" in output, output
+        cli.set_config("nexus:vm.qemuImgBinary", "qemu-img")
+        assert server.processes() == [] or all("sshd" in line for line in server.processes())
+        assert not (server.home / ".nexus-nested-vm").exists()
+
+        # Up: everything of the lab is on the server.
+        cli.up()
+        outputs = cli.outputs()
+        pid = int(outputs["vmPid"])
+        state_dir = Path(outputs["stateDir"])
+        assert state_dir.is_relative_to(server.home), state_dir
+        owner = subprocess.run(["ps", "-o", "uid=", "-p", str(pid)], capture_output=True, text=True)
+        assert int(owner.stdout) == server.uid, "QEMU does not run as the server's user"
+        assert (state_dir / "disk.qcow2").is_file()
+        assert (server.home / ".cache" / "nexus-nested-vm" / "images").is_dir()
+        local_dir = laptop_home / ".nexus-nested-vm" / "stacks" / "remote"
+        assert files_under(laptop_home) == sorted(
+            str(p.relative_to(laptop_home))
+            for p in (
+                local_dir / ".nexus-nested-vm",
+                local_dir / "connect-ssh.sh",
+                local_dir / "ssh" / "id_ed25519",
+                local_dir / "ssh" / "id_ed25519.pub",
+            )
+        ), files_under(laptop_home)
+
+        # The connect script reaches the VM through the server (the forward is on its loopback).
+        connect = Path(outputs["connectScript"])
+        assert connect.is_relative_to(laptop_home)
+        answer = subprocess.run(
+            [str(connect), "cat", "/etc/hostname"], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert answer.returncode == 0, answer.stderr
+        assert answer.stdout.strip() == "nexus-remote"  # the guest's host name: the VM's default name
+
+        # Drift on the server: QEMU killed there is seen by preview, and up starts it again.
+        os.kill(pid, signal.SIGKILL)
+        output = preview_output(cli)
+        assert "nexus:host:QemuVm" in output and "update" in output, output
+        cli.up()
+        new_pid = int(cli.outputs()["vmPid"])
+        assert new_pid != pid and running(new_pid)
+        again = subprocess.run(
+            [str(connect), "true"], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert again.returncode == 0, again.stderr
+
+        # Destroy: nothing of the lab left on either side but the server's image cache.
+        cli.destroy()
+        assert not running(new_pid)
+        assert server.processes() == [], server.processes()
+        assert not state_dir.exists()
+        assert files_under(laptop_home) == []
+        left = [
+            name
+            for name in files_under(server.home)
+            if not name.startswith(
+                (".ssh/", ".cache/nexus-nested-vm/images/", ".cache/nexus-nested-vm/remote/")
+            )
+        ]
+        assert left == [], left

@@ -1,0 +1,230 @@
+"""nexus:host's pure parts (settings, ssh argv, the code bundle, errors carried back), and its
+transport for real: the server's end run as a program, and steps over a throwaway sshd."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nexus_components.config import load_config
+from nexus_components.core.errors import ConfigError, HostToolError, NexusError, VmError
+from nexus_components.core.progress import progress_to
+from nexus_components.host import lifecycles, remote, remote_call
+from nexus_components.host.remote import OnHost, RemoteHost, load_host
+from nexus_components.lab_settings import lab_arguments
+from nexus_components.placement import refuse_what_a_remote_host_lacks
+from nexus_provider.early_banner import ssh_port
+from tests.support.sshd import running_sshd
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_local_or_unset_is_this_machine(tmp_path: Path) -> None:
+    assert load_host(None, home=tmp_path, base_dir=tmp_path) is None
+    assert load_host("local", home=tmp_path, base_dir=tmp_path) is None
+
+
+def test_a_server_address_with_and_without_a_port(tmp_path: Path) -> None:
+    key = tmp_path / "id"
+    key.write_text("key")
+    host = load_host({"ssh": "lab@build-1.example", "keyFile": "id"}, home=tmp_path, base_dir=tmp_path)
+    assert host == RemoteHost("lab", "build-1.example", 22, str(key), None)
+    host = load_host({"ssh": "lab@[fd00::5]:2200"}, home=tmp_path, base_dir=tmp_path)
+    assert host is not None and (host.server, host.port) == ("fd00::5", 2200)
+
+
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [
+        ({"ssh": "build-1"}, "nexus:host.ssh: got 'build-1'; allowed: user@server or user@server:port"),
+        ({"ssh": "lab@srv; rm -rf ~"}, "nexus:host.ssh: got 'lab@srv; rm -rf ~'"),
+        ({"ssh": "lab@srv:70000"}, "nexus:host.ssh: got port 70000; allowed: 1 to 65535"),
+        (
+            {"ssh": "lab@srv", "keyFile": "~/no-such-key"},
+            "nexus:host.keyFile: got '~/no-such-key', which is not a file",
+        ),
+    ],
+)
+def test_bad_host_settings_name_the_key(tmp_path: Path, setting: dict[str, str], words: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_host(setting, home=tmp_path, base_dir=tmp_path)
+    assert words in str(refused.value)
+
+
+def test_the_schema_refuses_unknown_keys_and_other_words(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nexus:host.user: unknown key; allowed keys here: keyFile"):
+        load_config({"host": {"ssh": "a@b", "user": "x"}}, stack="dev", home=tmp_path)
+    with pytest.raises(ConfigError, match=r"nexus:host: got 'remote'; allowed: 'local', or \{ssh"):
+        load_config({"host": "remote"}, stack="dev", home=tmp_path)
+
+
+def test_values_reach_the_server_as_words_never_as_shell() -> None:
+    host = RemoteHost("lab", "srv", 2200, "/keys/my key", None)
+    argv = host.ssh_argv(["sh", "-c", 'echo "$1"', "sh", "a b; $(reboot)"])
+    assert argv[-2:] == ["--", shlex.join(["sh", "-c", 'echo "$1"', "sh", "a b; $(reboot)"])]
+    assert shlex.split(argv[-1])[-1] == "a b; $(reboot)"
+    assert argv[argv.index("-i") + 1] == "/keys/my key" and argv[argv.index("-p") + 1] == "2200"
+
+
+def test_the_jump_through_the_server_doubles_percent_signs() -> None:
+    proxy = RemoteHost("lab", "srv", 22, "/keys/100%.key", None).proxy_command()
+    assert "/keys/100%%.key" in proxy and proxy[-2:] == ("-W", "%h:%p")
+
+
+def test_the_bundle_holds_the_package_and_pure_python_dependencies_only() -> None:
+    digest, data = remote.code_bundle()
+    with tarfile.open(fileobj=io.BytesIO(data)) as bundle:
+        names = bundle.getnames()
+    assert "nexus_components/host/remote_call.py" in names
+    assert "requests/__init__.py" in names and "certifi/cacert.pem" in names
+    assert "pycdlib/pycdlib.py" in names and "qemu/qmp/qmp_client.py" in names and "yaml/__init__.py" in names
+    assert not [name for name in names if name.endswith((".so", ".pyc"))]
+    assert len(digest) == 16 and remote.code_dir().endswith(digest)
+
+
+def test_an_error_on_the_server_comes_back_as_the_same_class_saying_where() -> None:
+    host = RemoteHost("lab", "srv", 22)
+    error = remote.rebuild_error(
+        {"kind": "VmError", "what": "QEMU exited", "hint": "look", "command": ["qemu"], "output": "boom"},
+        host,
+    )
+    assert isinstance(error, VmError)
+    assert str(error).startswith("QEMU exited (on lab@srv:22)") and "next step: look" in str(error)
+    assert type(remote.rebuild_error({"kind": "SystemExit", "what": "x"}, host)) is NexusError
+
+
+def test_the_users_key_is_placed_in_the_stacks_directory_and_its_path_given_back(tmp_path: Path) -> None:
+    request = {
+        "props": {"state_dir": str(tmp_path), "private_key": "/laptop/key"},
+        "files": {"private_key": "K"},
+    }
+    originals = remote_call.place_user_files(request)
+    placed = Path(request["props"]["private_key"])
+    assert placed == tmp_path / "ssh" / "id_ed25519" and placed.read_text() == "K"
+    assert placed.stat().st_mode & 0o777 == 0o600
+    answer = remote_call.restore_user_files({"id": "x", "outs": dict(request["props"])}, originals)
+    assert answer["outs"]["private_key"] == "/laptop/key"
+
+
+def server_end(resource: str, method: str, request: dict[str, Any]) -> dict[str, Any]:
+    """remote_call as the server runs it: a program reading JSON on stdin."""
+    done = subprocess.run(
+        [sys.executable, "-m", "nexus_components.host.remote_call", resource, method],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+def check_of_a_folder_not_ours(tmp_path: Path) -> dict[str, str]:
+    """The Host check's request for a state directory holding someone else's file."""
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("mine")
+    return {
+        "state_dir": str(tmp_path / "theirs"),
+        "stack": "dev",
+        "cache_dir": str(tmp_path / "cache"),
+        "image_url": "https://example.invalid/x.img",
+        "disk_size": "4G",
+        "qemu_img": "qemu-img",
+    }
+
+
+def test_the_servers_end_runs_a_step_and_answers_json(tmp_path: Path) -> None:
+    state = tmp_path / "lab"
+    made = server_end("StateDir", "create", {"props": {"state_dir": str(state), "stack": "dev"}})
+    assert made["result"]["id"] == str(state) and state.is_dir()
+    error = server_end("Host", "check", check_of_a_folder_not_ours(tmp_path))["error"]
+    assert error["kind"] == "ConfigError" and "nexus:paths.stateDir" in error["what"]
+
+
+def test_steps_over_ssh_ship_the_code_relay_progress_and_raise_the_servers_error(tmp_path: Path) -> None:
+    home = tmp_path / "server-home"
+    home.mkdir()
+    with running_sshd(tmp_path / "sshd") as sshd:
+        host = RemoteHost(
+            sshd.user, sshd.host, sshd.port, str(sshd.private_key), str(tmp_path / "known_hosts")
+        )
+        state_dir = OnHost("StateDir", lifecycles.StateDir())
+        lab = tmp_path / "lab"
+        said: list[str] = []
+        with progress_to(said.append):
+            made = state_dir.create({"host": host.as_props(), "state_dir": str(lab), "stack": "dev"})
+            assert lab.is_dir() and made.id == str(lab)
+            assert not state_dir.diff(made.outs, dict(made.outs)).changes
+            (lab / "notes.txt").write_text("the user's")
+            state_dir.delete(made.outs)
+        # The server's progress line came through as it was said; the user's file was kept.
+        assert said == [f"[state] kept {lab}: it holds files nexus-nested-vm did not create"]
+        assert (lab / "notes.txt").read_text() == "the user's"
+        # The code is on the "server", under its home's cache, once.
+        shipped = Path(os.path.expanduser("~")) / remote.code_dir()
+        assert (shipped / ".complete").is_file()
+        with pytest.raises(HostToolError, match=r"the step Nope\.create failed"):
+            remote.call(host, "Nope", "create", {})
+        with pytest.raises(ConfigError, match=rf"\(on {sshd.user}@{sshd.host}:{sshd.port}\)"):
+            remote.call(host, remote.HOST, "check", check_of_a_folder_not_ours(tmp_path))
+        remote.close(host)
+    wrong = RemoteHost(
+        sshd.user, "127.0.0.1", sshd.port, str(sshd.private_key), str(tmp_path / "known_hosts")
+    )
+    with pytest.raises(HostToolError, match=r"nexus:host: could not reach"):
+        remote.call(wrong, remote.HOST, "facts", {})
+
+
+def test_mounts_on_a_remote_host_are_refused_naming_the_key(tmp_path: Path) -> None:
+    settings = {"host": {"ssh": "lab@srv"}, "mounts": [{"host": str(tmp_path), "vm": "/srv/x"}]}
+    config = load_config(settings, stack="dev", home=tmp_path)
+    refused = r"nexus:mounts: not available with a remote nexus:host \(lab@srv:22\)"
+    with pytest.raises(ConfigError, match=refused):
+        refuse_what_a_remote_host_lacks(config)
+
+
+def test_local_is_no_lab_argument_and_a_remote_lab_reads_no_local_banner() -> None:
+    arguments, _ = lab_arguments({"host": "local", "vm": {"cpus": 2}}, ["host", "vm"])
+    assert "host" not in arguments
+    assert ssh_port(json.dumps({"host": json.dumps({"ssh": "a@b"})})) is None
+    assert ssh_port(json.dumps({"host": '"local"'})) == 2222
+
+
+def test_a_remote_labs_paths_are_the_servers_and_this_machine_keeps_the_defaults(tmp_path: Path) -> None:
+    settings = {"host": {"ssh": "lab@srv"}, "paths": {"stateDir": "/srv/labs/alice"}}
+    config = load_config(settings, stack="Alice", home=tmp_path)
+    assert config.state_dir == config.key_dir == tmp_path / ".nexus-nested-vm" / "stacks" / "alice"
+    assert config.cache_dir == tmp_path / ".cache" / "nexus-nested-vm" / "images"
+
+
+def test_a_known_hosts_file_may_be_new_but_its_folder_must_exist(tmp_path: Path) -> None:
+    host = load_host(
+        {"ssh": "lab@srv", "knownHostsFile": "new_known_hosts"}, home=tmp_path, base_dir=tmp_path
+    )
+    assert host is not None and host.known_hosts_file == str(tmp_path / "new_known_hosts")
+    with pytest.raises(
+        ConfigError, match=r"nexus:host.knownHostsFile: got 'nowhere/known_hosts', which is not"
+    ):
+        load_host(
+            {"ssh": "lab@srv", "knownHostsFile": "nowhere/known_hosts"}, home=tmp_path, base_dir=tmp_path
+        )
+
+
+def test_a_resource_moved_to_another_host_is_made_anew_without_asking_either(tmp_path: Path) -> None:
+    # No server answers at these addresses: a diff that tried to reach one would fail.
+    olds = {"state_dir": str(tmp_path), "stack": "dev", "host": RemoteHost("a", "192.0.2.1").as_props()}
+    news = {**olds, "host": RemoteHost("a", "192.0.2.2").as_props()}
+    moved = OnHost("StateDir", lifecycles.StateDir()).diff(olds, news)
+    assert moved.changes and moved.replaces == ["host"] and moved.delete_before_replace
+    back_here = OnHost("StateDir", lifecycles.StateDir()).diff(olds, {**olds, "host": None})
+    assert back_here.replaces == ["host"]
