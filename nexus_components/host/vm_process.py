@@ -32,6 +32,10 @@ from nexus_components.host.settings import NetworkConfig, PortForward
 # `cloud-init status --wait` exit codes: 0 done, 2 done with recoverable errors (newer
 # cloud-init), 1 a critical failure.
 _CLOUD_INIT_OK = (0, 2)
+# Waits for cloud-init, then flushes the guest's page cache: what the first boot wrote (sshd's
+# host keys, cloud-init's records) is on the disk when `up` returns, so a VM killed right after
+# (kill -9, the host's power) still boots with a working sshd. A fixed script: no values in it.
+READY_PROBE = "cloud-init status --wait; status=$?; sync; exit $status"
 _SSH_UNREACHABLE = 255
 
 
@@ -255,7 +259,7 @@ def wait_until_ready(
     deadline = started + timeout
     engine = _engine_lineage()
     watcher = SerialWatcher(paths.serial_log, ready_line) if ready_line else None
-    probe_argv = target.argv(["cloud-init", "status", "--wait"], connect_timeout=5)
+    probe_argv = target.argv(["sh", "-c", READY_PROBE], connect_timeout=5)
     probe: subprocess.Popen[str] | None = None
     next_probe_at = started + (fallback_poll_seconds if watcher else 0.0)
     signalled = False
