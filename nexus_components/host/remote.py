@@ -454,6 +454,8 @@ class OnHost(Lifecycle):
         return self.local.read(id_, props) if host is None else dict(answer)
 
     def delete(self, props: Props) -> None:
+        if type(self.local).delete is Lifecycle.delete:
+            return  # nothing to delete (the image stays in the server's cache): no call
         host, _ = self._remote("delete", props, props=props)
         if host is None:
             self.local.delete(props)

@@ -38,11 +38,13 @@ class RemoteServer:
         return f"{self.user}@{self.address}:{self.port}"
 
     def processes(self) -> list[str]:
-        """The server user's processes, as `pid command` lines."""
+        """The server user's live processes, as `pid command` lines. A zombie (state Z) has
+        already ended: only its exit status waits for its parent (init, for QEMU) to read it."""
         found = subprocess.run(
-            ["ps", "-u", str(self.uid), "-o", "pid=,args="], capture_output=True, text=True, check=False
+            ["ps", "-u", str(self.uid), "-o", "stat=,pid=,args="], capture_output=True, text=True, check=False
         )
-        return [line.strip() for line in found.stdout.splitlines() if line.strip()]
+        lines = [line.split(None, 1) for line in found.stdout.splitlines() if line.strip()]
+        return [rest for stat, rest in lines if not stat.startswith("Z")]
 
 
 def _run(argv: list[str]) -> None:

@@ -228,3 +228,9 @@ def test_a_resource_moved_to_another_host_is_made_anew_without_asking_either(tmp
     assert moved.changes and moved.replaces == ["host"] and moved.delete_before_replace
     back_here = OnHost("StateDir", lifecycles.StateDir()).diff(olds, {**olds, "host": None})
     assert back_here.replaces == ["host"]
+
+
+def test_a_delete_with_nothing_to_do_makes_no_call() -> None:
+    # The image stays in the server's cache; no server answers at this address.
+    image = {"url": "https://example.invalid/x.img", "host": RemoteHost("a", "192.0.2.1").as_props()}
+    OnHost("BaseImage", lifecycles.BaseImage()).delete(image)
