@@ -10,6 +10,7 @@ changes nothing; `destroy` leaves nothing on the server.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,7 @@ def run_the_fleet(
             assert rows[name]["RESULT"] == "ready", output
             assert rows[name]["STACK"] == name and int(rows[name]["SECONDS"]) > 0
             # The provider's long steps show as the lab's progress lines.
-            assert f"{name}  [vm] ready after" in up.stdout, up.stdout
+            assert re.search(rf"{name} +\[vm\] ready after", up.stdout), up.stdout
             outputs = PulumiCli(project, cli.backend_dir, name, project / f"Pulumi.{name}.yaml").outputs()
             assert outputs["sshPort"] == ports[name][0]
             assert connect(outputs, "whoami") == "nexus"
