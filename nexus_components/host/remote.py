@@ -469,10 +469,12 @@ DELETED_LAST = "StateDir"
 
 
 def close(host: RemoteHost) -> None:
-    """Ends the shared connection to the server at once (ssh's master and the server's session)."""
+    """Ends the shared connection to the server (ssh's master and the server's session) as soon
+    as no step uses it. Other stacks on the same server share it: `stop`, unlike `exit`, lets
+    their steps under way finish, and their next step opens a new one."""
     path = host.control_path()
     if not path.exists():
         return
-    argv = ["ssh", "-o", f"ControlPath={path}", "-O", "exit", f"{host.user}@{host.server}"]
+    argv = ["ssh", "-o", f"ControlPath={path}", "-O", "stop", f"{host.user}@{host.server}"]
     with contextlib.suppress(subprocess.TimeoutExpired):
         subprocess.run(argv, capture_output=True, timeout=30, check=False)

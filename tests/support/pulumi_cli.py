@@ -37,9 +37,13 @@ def project_view(dest: Path) -> Path:
     return dest
 
 
+def cache_root() -> Path:
+    """Where scripts/setup keeps the toolchain and the images (NEXUS_CACHE_DIR moves it)."""
+    return Path(os.environ.get("NEXUS_CACHE_DIR", Path.home() / ".cache" / "nexus-nested-vm"))
+
+
 def toolchain_bin() -> Path:
-    cache = Path(os.environ.get("NEXUS_CACHE_DIR", Path.home() / ".cache" / "nexus-nested-vm"))
-    marker = cache / "toolchain-bin"
+    marker = cache_root() / "toolchain-bin"
     if not marker.is_file():
         raise RuntimeError(f"{marker} is missing: run scripts/setup --dev first")
     return Path(marker.read_text().strip())

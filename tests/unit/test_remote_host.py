@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +235,22 @@ def test_a_delete_with_nothing_to_do_makes_no_call() -> None:
     # The image stays in the server's cache; no server answers at this address.
     image = {"url": "https://example.invalid/x.img", "host": RemoteHost("a", "192.0.2.1").as_props()}
     OnHost("BaseImage", lifecycles.BaseImage()).delete(image)
+
+
+def test_closing_the_shared_connection_lets_a_step_under_way_finish(tmp_path: Path) -> None:
+    # Stacks on one server share the connection: one stack's destroy must not cut another's step.
+    with running_sshd(tmp_path / "sshd") as sshd:
+        host = RemoteHost(
+            sshd.user, sshd.host, sshd.port, str(sshd.private_key), str(tmp_path / "known_hosts")
+        )
+        subprocess.run(host.ssh_argv(["true"]), check=True, capture_output=True)
+        under_way = subprocess.Popen(
+            host.ssh_argv(["sh", "-c", "sleep 2; echo finished"]), stdout=subprocess.PIPE, text=True
+        )
+        time.sleep(0.5)
+        remote.close(host)
+        assert under_way.communicate(timeout=30)[0].strip() == "finished" and under_way.returncode == 0
+        deadline = time.monotonic() + 10
+        while host.control_path().exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not host.control_path().exists(), "the connection is closed once nothing uses it"
