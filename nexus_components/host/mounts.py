@@ -104,15 +104,7 @@ def load_mounts(
         key = f"{KEY}[{index}]"
         host = _host_folder(f"{key}.host", entry["host"], home, base_dir)
         vm = _guest_path(f"{key}.vm", entry["vm"])
-        for other, other_key in vm_paths.items():
-            if vm == other or _inside(vm, other) or _inside(other, vm):
-                raise ConfigError(
-                    f"{key}.vm: got {entry['vm']!r}, "
-                    + ("the same VM path as" if vm == other else "inside or around the VM path of")
-                    + f" {other_key}; allowed: a VM path of its own, not nested in another mount",
-                    hint="give each mount its own folder in the VM",
-                )
-        vm_paths[vm] = f"{key}.vm"
+        _claim(f"{key}.vm", entry["vm"], vm, vm_paths, "VM")
         container = entry.get("container")
         if container is not None:
             if not playground_enabled:
@@ -176,16 +168,23 @@ def _inner_vm_path(
             hint=f"remove {key}.innerVm, or enable the inner VM",
         )
     path = _guest_path(f"{key}.innerVm", value, what="inner VM")
+    _claim(f"{key}.innerVm", value, path, seen, "inner VM")
+    return path
+
+
+def _claim(key: str, value: str, path: str, seen: dict[str, str], where: str) -> None:
+    """`path` as a mount's own folder in `where` (the VM, the inner VM): not the same as, inside
+    or around another mount's there. `seen` maps the paths taken so far to their keys."""
+    article = "an" if where[0] in "aeiou" else "a"
     for other, other_key in seen.items():
         if path == other or _inside(path, other) or _inside(other, path):
             raise ConfigError(
-                f"{key}.innerVm: got {value!r}, "
-                + ("the same inner VM path as" if path == other else "inside or around the inner VM path of")
-                + f" {other_key}; allowed: an inner VM path of its own, not nested in another mount",
-                hint="give each mount its own folder in the inner VM",
+                f"{key}: got {value!r}, "
+                + (f"the same {where} path as" if path == other else f"inside or around the {where} path of")
+                + f" {other_key}; allowed: {article} {where} path of its own, not nested in another mount",
+                hint=f"give each mount its own folder in the {where}",
             )
-    seen[path] = f"{key}.innerVm"
-    return path
+    seen[path] = key
 
 
 def _inside(path: str, folder: str) -> bool:
