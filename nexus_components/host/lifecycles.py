@@ -269,9 +269,9 @@ class CloudInitSeed(Lifecycle):
         remove_quietly(paths.user_data)
 
     @staticmethod
-    def _write(props: Props) -> Props:
-        paths = vm_paths(props)
-        spec = cloudinit.CloudInitSpec(
+    def spec(props: Props) -> cloudinit.CloudInitSpec:
+        """The seed's cloud-config, from the resource's properties."""
+        return cloudinit.CloudInitSpec(
             username=props["username"],
             ssh_public_key=props["public_key"],
             hostname=props["hostname"],
@@ -280,6 +280,11 @@ class CloudInitSeed(Lifecycle):
             extra_packages=tuple(props["packages"]),
             extra_user_data=props["user_data"],
         )
+
+    @staticmethod
+    def _write(props: Props) -> Props:
+        paths = vm_paths(props)
+        spec = CloudInitSeed.spec(props)
         user_data = cloudinit.render_user_data(spec)
         instance_id = cloudinit.instance_id_for(user_data, props["hostname"])
         meta_data = cloudinit.render_meta_data(instance_id=instance_id, hostname=props["hostname"])

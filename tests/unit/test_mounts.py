@@ -15,7 +15,7 @@ from nexus_components import host_inputs
 from nexus_components.config import load_config
 from nexus_components.core import cloudinit
 from nexus_components.core.errors import ConfigError
-from nexus_components.host import mounts
+from nexus_components.host import lifecycles, mounts
 from nexus_components.host.mounts import Mount
 from nexus_components.host.paths import VmPaths
 from nexus_components.host.qemu_argv import GuestMachine, HostFacts, VmFiles, qemu_argv
@@ -258,15 +258,7 @@ def test_the_mounts_go_to_qemu_vm_by_their_schema_names_and_back() -> None:
 def seed_packages_of(config: Any) -> list[str]:
     """The packages the VM's cloud-init seed installs, as the seed resource renders them."""
     props = host_inputs.cloud_init_seed_inputs(config, "ssh-ed25519 AAAA test")
-    spec = cloudinit.CloudInitSpec(
-        username=props["username"],
-        ssh_public_key=props["public_key"],
-        hostname=props["hostname"],
-        guest_arch=props["arch"],
-        install_packages=props["install_packages"],
-        extra_packages=tuple(props["packages"]),
-    )
-    document = yaml.safe_load(cloudinit.render_user_data(spec))
+    document = yaml.safe_load(cloudinit.render_user_data(lifecycles.CloudInitSeed.spec(props)))
     return list(document.get("packages", []))
 
 
