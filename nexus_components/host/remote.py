@@ -29,6 +29,7 @@ import re
 import shlex
 import subprocess
 import tarfile
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -121,8 +122,6 @@ class RemoteHost:
         )
 
     def control_path(self) -> Path:
-        import tempfile
-
         key = f"server:{self.label}:{self.key_file}".encode()
         return Path(tempfile.gettempdir()) / f"nexus-host-{hashlib.sha256(key).hexdigest()[:16]}"
 
