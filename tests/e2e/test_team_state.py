@@ -8,7 +8,8 @@ the stack's file (Pulumi.<stack>.yaml, with the passphrase's salt, as a teammate
 the repository). One host-only lab boots under TCG:
 
     Alice ups -> Bob lists it and reads its outputs -> Alice's `up` waits at its prompt while
-    Bob's `up` is refused by the lock -> Bob's preview shows no changes -> Bob destroys it
+    Bob's `up` is refused by the lock, and Bob's own lab, a second stack in the bucket, comes
+    up beside it -> Bob's preview shows no changes -> Bob destroys both
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,7 @@ from tests.support.terminal import Terminal
 pytestmark = [pytest.mark.engine]
 
 STACK = "team"
+BOBS_STACK = "bob"
 PROMPT = "Do you want to perform this update?"
 
 
@@ -53,8 +56,8 @@ def interactive_up(cli: PulumiCli) -> Terminal:
     return Terminal(["pulumi", "up", *cli.stack_args(), "--color", "never"], cli.project_dir, env)
 
 
-def stack_locks(bucket: Bucket) -> list[str]:
-    return bucket.keys(f".pulumi/locks/organization/nexus-nested-vm/{STACK}/")
+def stack_locks(bucket: Bucket, stack: str = STACK) -> list[str]:
+    return bucket.keys(f".pulumi/locks/organization/nexus-nested-vm/{stack}/")
 
 
 @pytest.mark.vm
@@ -62,11 +65,14 @@ def test_two_people_share_a_lab_in_a_bucket_and_the_lock_refuses_a_second_up(
     tmp_path: Path, image_url: str
 ) -> None:
     state_dir = tmp_path / "state"
+    bobs_state_dir = tmp_path / "bobs-state"
     with s3_bucket("nexus-labs") as bucket:
         alice = teammate(tmp_path / "alice", bucket)
         bob = teammate(tmp_path / "bob", bucket)
+        bobs_lab = replace(bob, stack=BOBS_STACK, config_file=bob.project_dir / f"Pulumi.{BOBS_STACK}.yaml")
         alices_up: Terminal | None = None
         destroyed = None
+        bobs_destroyed = None
         try:
             # 1. Alice makes the lab; the stack's file goes to the repository.
             ssh_port = free_port()
@@ -97,6 +103,22 @@ def test_two_people_share_a_lab_in_a_bucket_and_the_lock_refuses_a_second_up(
             assert f"s3://nexus-labs/{lock}?" in said and f"(pid {alices_up.process.pid})" in said, said
             assert bob.outputs()["vmPid"] == pid
             assert qemu_processes_of(state_dir) == [pid]
+
+            # 4. The lock is the stack's, not the bucket's: Bob's own lab, a second stack in the
+            # same bucket, comes up while Alice's `up` still holds hers.
+            bobs_config = lab_config(
+                tmp_path, image_url, free_port(), free_port(), paths={"stateDir": str(bobs_state_dir)}
+            )
+            bobs_lab.init(bobs_config)
+            bobs_lab.up()
+            bobs_outputs = bobs_lab.outputs()
+            assert ssh(bobs_outputs, "whoami") == "nexus"
+            assert qemu_processes_of(bobs_state_dir) == [bobs_outputs["vmPid"]]
+            assert alices_up.process.poll() is None and stack_locks(bucket) == [lock]
+            assert stack_locks(bucket, BOBS_STACK) == []
+            listed = json.loads(alice.run("stack", "ls", "--json").stdout)
+            assert sorted(s["name"] for s in listed) == sorted([STACK, BOBS_STACK])
+
             # Alice says no: her `up` ends without a change and lets go of the lock.
             alices_up.type("\r")  # Enter takes the prompt's default, "no"
             alices_up.finish(120)
@@ -104,7 +126,7 @@ def test_two_people_share_a_lab_in_a_bucket_and_the_lock_refuses_a_second_up(
             assert stack_locks(bucket) == []
             assert ssh(outputs, "whoami") == "nexus" and alice.outputs()["vmPid"] == pid
 
-            # 4. Bob drops his change (the repository's file again): nothing to do; then he
+            # 5. Bob drops his change (the repository's file again): nothing to do; then he
             # destroys the lab, and Alice sees it gone.
             shutil.copyfile(alice.config_file, bob.config_file)
             quiet = bob.preview("--expect-no-changes")
@@ -116,6 +138,11 @@ def test_two_people_share_a_lab_in_a_bucket_and_the_lock_refuses_a_second_up(
             assert not state_dir.exists()
             assert stack_locks(bucket) == []
             assert alice.resources() == []
+            assert qemu_processes_of(bobs_state_dir) == [bobs_outputs["vmPid"]]  # his own lab stays
+            bobs_destroyed = bobs_lab.destroy()
+            assert gone_within(bobs_outputs["vmPid"], 10), "destroy left Bob's VM running"
+            assert not bobs_state_dir.exists()
+            assert stack_locks(bucket, BOBS_STACK) == []
         finally:
             if alices_up is not None:
                 alices_up.close()
@@ -123,5 +150,7 @@ def test_two_people_share_a_lab_in_a_bucket_and_the_lock_refuses_a_second_up(
                     alice.run("cancel", "--stack", STACK, "--yes", check=False)
             if destroyed is None:
                 alice.destroy(check=False)
-            for leftover in qemu_processes_of(state_dir):
+            if bobs_destroyed is None and bobs_lab.config_file.exists():
+                bobs_lab.destroy(check=False)
+            for leftover in qemu_processes_of(state_dir) + qemu_processes_of(bobs_state_dir):
                 os.kill(leftover, signal.SIGKILL)
