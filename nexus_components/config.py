@@ -69,6 +69,7 @@ _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 # hence the floor of nexus:vm.memoryMiB. An inner VM's QEMU takes its guest's RAM, plus its
 # own overhead, on top of that: so the inner VM must leave the VM at least this much too.
 VM_MIN_MEMORY_MIB = 512
+VM_DEFAULT_MEMORY_MIB = 4096
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -318,7 +319,7 @@ def load_config(
             name=name,
             arch=arch,
             cpus=int(vm.get("cpus", 2)),
-            memory_mib=int(vm.get("memoryMiB", 4096)),
+            memory_mib=int(vm.get("memoryMiB", VM_DEFAULT_MEMORY_MIB)),
             disk_size=vm.get("diskSize", "20G"),
             accelerator=vm.get("accelerator", "auto"),
             machine=vm.get("machine"),

@@ -1,10 +1,11 @@
 """`scripts/fleet`: up, preview or destroy every lab of a fleet description, a few at a time.
 
-Usage: scripts/fleet {up,preview,destroy} DESCRIPTION [--parallel N] [--lab NAME ...]
+Usage: scripts/fleet {up,preview,destroy} DESCRIPTION [--parallel N] [--memory MIB] [--lab NAME ...]
 
 The description, the settings each stack gets and the summary are pure modules
-(nexus_components.fleet_description, fleet_report). This is the thin part that runs each
-lab's stack through Pulumi's Automation API, which drives the `pulumi` CLI on PATH in the
+(nexus_components.fleet_description, fleet_report, fleet_memory). This is the thin part that
+runs each lab's stack through Pulumi's Automation API, as many at once as `--parallel` and,
+for `up`, the memory of the machines they run on allow. The API drives the `pulumi` CLI on PATH in the
 project's folder: scripts/fleet puts the project's pinned CLI there, with the backend and
 passphrase scripts/pulumi uses. One lab's failure is reported and the others go on.
 
@@ -46,6 +47,14 @@ from nexus_components.fleet_description import (
     select_labs,
     set_all_json,
 )
+from nexus_components.fleet_memory import (
+    LOCAL,
+    MACHINE_RESERVE_MIB,
+    LabMemory,
+    MemoryGate,
+    budget_from_available,
+    lab_memory,
+)
 from nexus_components.fleet_report import (
     DESTROYED,
     FAILED,
@@ -59,6 +68,8 @@ from nexus_components.fleet_report import (
     render_table,
     tally,
 )
+from nexus_components.host import remote
+from nexus_components.host.hostfacts import available_memory_mib
 from nexus_components.state_upgrade import drop_pending_creates
 
 PROG = "scripts/fleet"
@@ -368,29 +379,92 @@ def _command_output(error: auto.CommandError) -> str:
 
 
 def run_fleet(
-    operation: str, labs: Sequence[Lab], *, parallel: int, project: Path, printer: Printer
+    operation: str,
+    labs: Sequence[Lab],
+    *,
+    parallel: int,
+    project: Path,
+    printer: Printer,
+    memory_mib: int | None = None,
 ) -> tuple[list[Outcome], bool]:
     """Every lab's outcome, in the description's order, and whether Ctrl-C stopped the run."""
     command = InterruptiblePulumi()
     workspace = FleetWorkspace(work_dir=str(project), pulumi_command=command)
+    needs = [lab_memory(lab.config) for lab in labs]
+    # Only `up` boots VMs: a preview or a destroy is bounded by --parallel alone.
+    budgets = machine_budgets(labs, needs, memory_mib, project, printer) if operation == "up" else {}
+    gate = MemoryGate(parallel, budgets)
 
     def not_started(lab: Lab) -> Outcome:
         return Outcome(lab.name, lab.stack, NOT_STARTED, "nothing changed")
 
-    def run_one(lab: Lab) -> Outcome:
+    def run_one(place: int, lab: Lab) -> Outcome:
         if command.interrupts:
             return not_started(lab)
-        return LabRun(lab, operation, workspace, command, printer).run()
+        admitted, warning = gate.enter(place, needs[place], lambda message: printer.say(lab.name, message))
+        if not admitted:
+            return not_started(lab)
+        try:
+            if warning:
+                printer.say(lab.name, warning)
+            return LabRun(lab, operation, workspace, command, printer).run()
+        finally:
+            gate.leave(needs[place])
 
-    with _interrupts_to(command, printer), ThreadPoolExecutor(parallel, thread_name_prefix="lab") as pool:
-        futures = [pool.submit(run_one, lab) for lab in labs]
+    with (
+        _interrupts_to(command, gate, printer),
+        ThreadPoolExecutor(max(len(labs), 1), thread_name_prefix="lab") as pool,
+    ):
+        futures = [pool.submit(run_one, place, lab) for place, lab in enumerate(labs)]
         outcomes = [future.result() for future in futures]
     return outcomes, bool(command.interrupts)
 
 
+def machine_budgets(
+    labs: Sequence[Lab], needs: Sequence[LabMemory], memory_mib: int | None, project: Path, printer: Printer
+) -> dict[str, int | None]:
+    """The MiB the fleet's labs may take at once on each machine they run on: `--memory`, else
+    what the machine has available now, less what it keeps for itself."""
+    budgets: dict[str, int | None] = {}
+    said: list[str] = []
+    for lab, need in zip(labs, needs, strict=True):
+        if need.machine in budgets:
+            continue
+        if memory_mib is not None:
+            budgets[need.machine] = memory_mib
+            said.append(f"{need.machine}: {memory_mib} MiB (--memory)")
+            continue
+        try:
+            available = _available_mib(need.machine, lab.config.get("nexus:host"), project)
+        except NexusError as error:  # that lab's own run will say it, in the program's words
+            available = None
+            why = str(error).splitlines()[0]
+        else:
+            why = "its system does not say"
+        budgets[need.machine] = budget_from_available(available)
+        said.append(
+            f"{need.machine}: {budgets[need.machine]} MiB ({available} MiB available, less "
+            f"{MACHINE_RESERVE_MIB} kept for the machine)"
+            if available is not None
+            else f"{need.machine}: not measured ({why}), so --parallel alone bounds the labs there"
+        )
+    printer.line("memory the labs may take at once: " + "; ".join(said))
+    return budgets
+
+
+def _available_mib(machine: str, host_setting: Any, project: Path) -> int | None:
+    if machine == LOCAL:
+        return available_memory_mib()
+    server = remote.load_host(host_setting, home=Path.home(), base_dir=project)
+    assert server is not None  # a machine other than `local` comes from an ssh setting
+    answer = remote.call(server, remote.HOST, "memory", {}, timeout=120)
+    return None if answer["available_mib"] is None else int(answer["available_mib"])
+
+
 @contextlib.contextmanager
-def _interrupts_to(command: InterruptiblePulumi, printer: Printer) -> Iterator[None]:
-    """While the fleet runs, Ctrl-C (or SIGTERM) goes to `command.interrupt` instead of raising."""
+def _interrupts_to(command: InterruptiblePulumi, gate: MemoryGate, printer: Printer) -> Iterator[None]:
+    """While the fleet runs, Ctrl-C (or SIGTERM) goes to `command.interrupt` instead of raising,
+    and the labs waiting at the gate do not start."""
 
     def handle(signum: int, frame: FrameType | None) -> None:
         if not command.interrupts:
@@ -401,6 +475,7 @@ def _interrupts_to(command: InterruptiblePulumi, printer: Printer) -> Iterator[N
             )
         else:
             printer.line("Ctrl-C again: Pulumi stops the running updates at once, mid-step")
+        gate.cancel()
         command.interrupt()
 
     # SIGTERM too: the updates run in their own process groups and would outlive the fleet.
@@ -427,6 +502,12 @@ def _parallel(text: str) -> int:
         raise argparse.ArgumentTypeError(error.what.removeprefix("--parallel: ")) from None
 
 
+def _memory(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: a whole number of MiB, 1 or more")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog=PROG,
@@ -438,6 +519,13 @@ def parser() -> argparse.ArgumentParser:
         "--parallel",
         type=_parallel,
         help=f"how many labs at once (default: the description's `parallel`, else {DEFAULT_PARALLEL})",
+    )
+    top.add_argument(
+        "--memory",
+        type=_memory,
+        metavar="MIB",
+        help="for up: the memory the labs may take at once on each machine, in MiB (default: what "
+        f"each machine has available when the fleet starts, less {MACHINE_RESERVE_MIB} MiB)",
     )
     top.add_argument(
         "--lab", action="append", default=[], metavar="NAME", help="only this lab (repeat for more)"
@@ -459,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{min(parallel, len(labs))} at a time; project {project}; backend {backend}"
         )
         outcomes, interrupted = run_fleet(
-            args.operation, labs, parallel=parallel, project=project, printer=printer
+            args.operation, labs, parallel=parallel, project=project, printer=printer, memory_mib=args.memory
         )
     except NexusError as error:
         print(f"{PROG} {args.operation}: {error}", file=sys.stderr)

@@ -16,14 +16,14 @@ import posixpath
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urljoin, urlparse
 from urllib.request import url2pathname
 
-from nexus_components.core.errors import DownloadError
+from nexus_components.core.errors import DownloadError, SourceUnreachable
 
 if TYPE_CHECKING:
     import requests
@@ -140,13 +140,103 @@ def fetch_image(
         return CachedImage(final_path, expected, final_path.stat().st_size)
 
 
+@contextlib.contextmanager
+def source_chunks(
+    source: ImageSource, *, timeout: float = 30.0
+) -> Iterator[tuple[Iterator[bytes], int | None]]:
+    """The image's bytes as they come from its URL or file on this machine, and its size when
+    known: what this machine sends to a lab's server that cannot reach the source itself."""
+    local_path = _local_path(source)
+    if local_path is not None:
+        try:
+            file = local_path.open("rb")
+        except OSError as error:
+            raise SourceUnreachable(
+                f"cannot read the image {local_path} ({source.url_key} = {source.url!r}): "
+                f"{error.strerror or error}",
+                hint=f"set {source.url_key} to an existing image file, a file:// URL or an http(s):// URL",
+            ) from error
+        with file:
+            yield _read_chunks(file), os.fstat(file.fileno()).st_size
+        return
+    import requests
+
+    try:
+        response = requests.get(
+            source.url, headers={"Accept-Encoding": "identity"}, stream=True, timeout=timeout
+        )
+    except requests.RequestException as error:
+        raise _unreachable_or_failed(error)(
+            f"could not download {source.url}: {error}",
+            hint=f"check the network, or set {source.url_key} to another URL",
+        ) from error
+    with response:
+        if response.status_code != 200:
+            raise DownloadError(
+                f"could not download {source.url}: HTTP {response.status_code} {response.reason}",
+                hint=f"check that {source.url_key} is the right URL",
+            )
+        length = response.headers.get("Content-Length")
+        yield response.iter_content(CHUNK_SIZE), int(length) if length and length.isdigit() else None
+
+
+def receive_image(
+    source: ImageSource,
+    cache_dir: Path,
+    chunks: Iterable[bytes],
+    expected: str,
+    *,
+    total: int | None,
+    progress: ProgressFn | None = None,
+) -> CachedImage:
+    """Put an image another machine sends into the cache, as `fetch_image` would: under the
+    entry's lock, hashed as it comes, verified against `expected`, then renamed into place."""
+    name = _image_name(source)
+    entry_dir = cache_entry_dir(cache_dir, source.url)
+    entry_dir.mkdir(parents=True, exist_ok=True)
+    final_path = entry_dir / name
+    partial_path = entry_dir / (name + ".partial")
+    with _exclusive_lock(entry_dir / (name + ".lock")):
+        if final_path.exists() and _verified_digest(final_path)[0] == expected:
+            return CachedImage(final_path, expected, final_path.stat().st_size)
+        hasher = hashlib.sha256()
+        throttle = _ProgressThrottle(progress, 0, total)
+        done = 0
+        try:
+            with partial_path.open("wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+                    hasher.update(chunk)
+                    done += len(chunk)
+                    throttle.update(done)
+                _flush_to_disk(out)
+        except OSError as error:
+            partial_path.unlink(missing_ok=True)
+            raise DownloadError(
+                f"could not write {partial_path}: {error.strerror or error}",
+                hint="free disk space in the image cache (or fix its permissions) and re-run",
+            ) from error
+        if total is not None and done != total:
+            partial_path.unlink(missing_ok=True)
+            raise DownloadError(
+                f"the copy of {source.url} sent from the user's machine ended after {done} of {total} bytes",
+                hint="re-run to send it again",
+            )
+        _verify(source, partial_path, hasher.hexdigest(), expected)
+        throttle.finish(done)
+        _commit(partial_path, final_path)
+        return CachedImage(final_path, expected, done)
+
+
 def log_progress(
     log: Callable[[str], None],
     name: str = "image",
     *,
     clock: Callable[[], float] = time.monotonic,
+    verbs: tuple[str, str] = ("downloading", "downloaded"),
 ) -> ProgressFn:
     """A progress callback that logs a human line at most every 2 seconds, plus a final line."""
+    moving, moved = verbs
     started_at: float | None = None
     started_bytes = 0
     last_logged_at = 0.0
@@ -172,19 +262,19 @@ def log_progress(
         if finished and started_bytes:
             # A resumed download: the rate is that of the bytes this run moved, so say which.
             log(
-                f"downloaded {name}: {done / _MIB:.1f} MiB, resumed at {started_bytes / _MIB:.1f} MiB: "
+                f"{moved} {name}: {done / _MIB:.1f} MiB, resumed at {started_bytes / _MIB:.1f} MiB: "
                 f"{(done - started_bytes) / _MIB:.1f} MiB in {elapsed:.1f} s ({rate:.1f} MiB/s)"
             )
         elif finished:
-            log(f"downloaded {name}: {done / _MIB:.1f} MiB in {elapsed:.1f} s ({rate:.1f} MiB/s)")
+            log(f"{moved} {name}: {done / _MIB:.1f} MiB in {elapsed:.1f} s ({rate:.1f} MiB/s)")
         elif total:
             percent = done * 100 // total
             log(
-                f"downloading {name}: {percent}% "
+                f"{moving} {name}: {percent}% "
                 f"({done / _MIB:.1f} MiB of {total / _MIB:.1f} MiB, {rate:.1f} MiB/s)"
             )
         else:
-            log(f"downloading {name}: {done / _MIB:.1f} MiB ({rate:.1f} MiB/s)")
+            log(f"{moving} {name}: {done / _MIB:.1f} MiB ({rate:.1f} MiB/s)")
 
     return report
 
@@ -241,7 +331,7 @@ def _read_remote_sums(source: ImageSource, sums_url: str, timeout: float) -> str
     try:
         response = requests.get(sums_url, timeout=timeout)
     except requests.RequestException as error:
-        raise DownloadError(
+        raise _unreachable_or_failed(error)(
             f"could not fetch {sums_url}: {error}",
             hint=f"no network here? point {source.url_key} at a local copy of the image or a file:// URL "
             f"(with {source.sha256_key} or a SHA256SUMS beside it); otherwise " + hint,
@@ -258,7 +348,7 @@ def _read_local_sums(source: ImageSource, sums_path: Path) -> str:
     try:
         return sums_path.read_text(encoding="utf-8", errors="replace")
     except OSError as error:
-        raise DownloadError(
+        raise SourceUnreachable(
             f"could not read {sums_path}: {error.strerror or error}",
             hint=f"set {source.sha256_key} to the image's SHA-256 digest, "
             f"or put a SHA256SUMS file next to {source.url}",
@@ -309,7 +399,9 @@ def _download(
     try:
         response = requests.get(url, headers=headers, stream=True, timeout=timeout)
     except requests.RequestException as error:
-        raise DownloadError(f"could not download {url}: {error}", hint=network_hint) from error
+        raise _unreachable_or_failed(error)(
+            f"could not download {url}: {error}", hint=network_hint
+        ) from error
 
     with response:
         status = response.status_code
@@ -382,7 +474,7 @@ def _copy_local(
     try:
         source_file = local_path.open("rb")
     except OSError as error:
-        raise DownloadError(
+        raise SourceUnreachable(
             f"cannot read the image {local_path} ({source.url_key} = {source.url!r}): "
             f"{error.strerror or error}",
             hint=f"set {source.url_key} to an existing image file, a file:// URL or an http(s):// URL",
@@ -436,6 +528,15 @@ def _commit(partial_path: Path, final_path: Path) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _unreachable_or_failed(error: requests.RequestException) -> type[DownloadError]:
+    """No connection (no route, no name, no answer) is the source out of this machine's reach;
+    anything else (a bad URL, too many redirects) would fail from anywhere."""
+    import requests
+
+    reach = (requests.ConnectionError, requests.Timeout)
+    return SourceUnreachable if isinstance(error, reach) else DownloadError
 
 
 def _content_range_start(response: requests.Response) -> int | None:

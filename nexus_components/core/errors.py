@@ -42,6 +42,11 @@ class DownloadError(NexusError):
     """The base image could not be fetched or failed verification."""
 
 
+class SourceUnreachable(DownloadError):
+    """This machine cannot reach the image's source: no route or name for its host, or no such
+    file here. Another machine may (a lab's server has its image sent from the user's)."""
+
+
 class VmError(NexusError):
     """The QEMU VM failed to launch, become reachable, or stop."""
 

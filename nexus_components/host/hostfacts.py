@@ -55,6 +55,20 @@ VIRT_FLASH_BYTES = 64 * 1024 * 1024
 Prober = Callable[[list[str]], bool]
 
 
+def available_memory_mib(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """What the kernel says new programs can have without swapping (Linux's MemAvailable);
+    None where that is not known (macOS, Windows)."""
+    try:
+        lines = meminfo.read_text(encoding="ascii").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name == "MemAvailable" and value.split()[1:] == ["kB"]:
+            return int(value.split()[0]) // 1024
+    return None
+
+
 def host_os() -> str:
     system = platform.system().lower()
     return {"darwin": "darwin", "windows": "windows"}.get(system, "linux")

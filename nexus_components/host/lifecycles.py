@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 from nexus_components.core import cloudinit, download, seed_iso, ssh
@@ -92,13 +93,37 @@ class BaseImage(Lifecycle):
     KEYS = ("url", "sha256", "cache_dir")
 
     def create(self, props: Props) -> Created:
-        source = download.ImageSource(url=props["url"], sha256=props.get("sha256"))
-        name = Path(props["url"]).name or "image"
         image = download.fetch_image(
-            source,
+            self.source(props),
             Path(props["cache_dir"]),
-            progress=download.log_progress(lambda line: say("image", line), name),
+            progress=self._progress(props, ("downloading", "downloaded")),
         )
+        return self._created(props, image)
+
+    def receive(self, props: Props, chunks: Iterable[bytes], expected: str, total: int | None) -> Created:
+        """The create of a lab's server that cannot reach the image's source: the user's machine
+        sends the image (remote.send_image), and it is cached and checked here as a download is."""
+        image = download.receive_image(
+            self.source(props),
+            Path(props["cache_dir"]),
+            chunks,
+            expected,
+            total=total,
+            progress=self._progress(props, ("receiving", "received")),
+        )
+        return self._created(props, image)
+
+    @staticmethod
+    def source(props: Props) -> download.ImageSource:
+        return download.ImageSource(url=props["url"], sha256=props.get("sha256"))
+
+    @staticmethod
+    def _progress(props: Props, verbs: tuple[str, str]) -> download.ProgressFn:
+        name = Path(props["url"]).name or "image"
+        return download.log_progress(lambda line: say("image", line), name, verbs=verbs)
+
+    @staticmethod
+    def _created(props: Props, image: download.CachedImage) -> Created:
         # Checked here, before any of the VM's own resources exist.
         virtual_size = disk.virtual_size(props["qemu_img"], image.path)
         check_disk_fits_base(props["disk_size"], virtual_size)

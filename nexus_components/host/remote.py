@@ -4,7 +4,8 @@ Agentless, as Ansible is: nothing of ours runs on the server between steps. Each
 host resource (its create, diff, update, read or delete) is one SSH command there,
 `python3 -m nexus_components.host.remote_call`, which runs the same lifecycle code a local
 lab runs. So a remote lab downloads, makes its disk and seed, starts QEMU, waits for it and
-checks drift exactly as a local one does, on the server's files, processes and ports.
+checks drift exactly as a local one does, on the server's files, processes and ports. A
+server that cannot reach the image's source has it sent from this machine (`send_image`).
 
     this machine: the resource's step --ssh--> server: remote_call
         request: JSON on stdin; progress: `[step] ...` lines on stderr, relayed as they come;
@@ -31,13 +32,19 @@ import subprocess
 import tarfile
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from nexus_components.core import errors
-from nexus_components.core.errors import ConfigError, HostToolError, NexusError
+from nexus_components.core import download, errors
+from nexus_components.core.errors import (
+    ConfigError,
+    DownloadError,
+    HostToolError,
+    NexusError,
+    SourceUnreachable,
+)
 from nexus_components.core.lifecycle import Created, Diff, Lifecycle, Props, in_preview
 from nexus_components.core.progress import relay
 from nexus_components.core.runner import CONTROL_PERSIST_SECONDS, SSH_UNREACHABLE, TIMED_OUT, output_tail
@@ -309,8 +316,16 @@ def call(
     host: RemoteHost, resource: str, method: str, request: Mapping[str, Any], *, timeout: float = 7200
 ) -> Any:
     """One step on the server; its progress is relayed as it comes, its error raised here."""
+    payload = json.dumps(request).encode()
+    return _call(host, resource, method, lambda: [payload], timeout)
+
+
+def _call(
+    host: RemoteHost, resource: str, method: str, payload: Callable[[], Iterable[bytes]], timeout: float
+) -> Any:
+    """A step whose stdin is what `payload()` gives (called again for the second attempt)."""
     for attempt in (1, 2):
-        status, stdout, stderr, argv = _run_step(host, resource, method, request, timeout)
+        status, stdout, stderr, argv = _run_step(host, resource, method, payload(), timeout)
         if status == CODE_MISSING and attempt == 1:
             ship_code(host)
             continue
@@ -338,6 +353,36 @@ def call(
     return reply["result"]
 
 
+def send_image(host: RemoteHost, props: Props, unreachable: NexusError) -> Any:
+    """BaseImage's create on a server that cannot reach the image's source: this machine reads
+    it (downloads it, or reads its file) and sends the bytes through SSH as they come, writing
+    nothing here; the server caches and checks them as it checks a download."""
+    source = download.ImageSource(url=props["url"], sha256=props.get("sha256"))
+    relay(f"[image] {host.label} cannot reach {source.url}; sending the image from this machine")
+
+    def payload() -> Iterator[bytes]:
+        expected = download.expected_digest(source)
+        with download.source_chunks(source) as (chunks, total):
+            request = {"props": props, "expected": expected, "total": total, "preview": False}
+            yield json.dumps(request).encode() + b"\n"
+            yield from chunks
+
+    try:
+        return _call(host, "BaseImage", "receive", payload, timeout=7200)
+    except SourceUnreachable as here:
+        raise DownloadError(
+            f"neither {host.label} nor this machine can reach {source.url}: "
+            f"there, {unreachable.what}; here, {here.what}",
+            hint=f"check the network, or set {source.url_key} to an image this machine or the server "
+            "can read (a path or file:// URL is looked up on the server first, then here)",
+        ) from here
+    except OSError as error:  # the download here broke off (requests' errors are OSErrors)
+        raise DownloadError(
+            f"sending {source.url} from this machine to {host.label} broke off: {error}",
+            hint="re-run `pulumi up` to send it again",
+        ) from error
+
+
 def rebuild_error(parts: Mapping[str, Any], host: RemoteHost) -> NexusError:
     """The server's error as the same class, with the same words, saying where it happened."""
     kind = getattr(errors, str(parts.get("kind")), None)
@@ -351,18 +396,16 @@ def rebuild_error(parts: Mapping[str, Any], host: RemoteHost) -> NexusError:
 
 
 def _run_step(
-    host: RemoteHost, resource: str, method: str, request: Mapping[str, Any], timeout: float
+    host: RemoteHost, resource: str, method: str, payload: Iterable[bytes], timeout: float
 ) -> tuple[int, str, str, list[str]]:
     argv = host.ssh_argv(["sh", "-c", RUN_STEP, "sh", code_dir(), resource, method])
-    process = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     other_lines: list[str] = []
 
     def relay_progress() -> None:
         assert process.stderr is not None
-        for line in process.stderr:
-            line = line.rstrip("\n")
+        for raw in process.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
             if line.startswith("["):
                 relay(line)
             else:
@@ -380,12 +423,14 @@ def _run_step(
     # The reader owns stderr, so no communicate(): stdin written, stdout read, bounded by a timer.
     timer = threading.Timer(timeout, end)
     timer.start()
+    chunks = iter(payload)
     try:
         assert process.stdin is not None and process.stdout is not None
         with contextlib.suppress(BrokenPipeError):  # ssh ended early: its status says why
-            process.stdin.write(json.dumps(request))
+            for chunk in chunks:
+                process.stdin.write(chunk)
             process.stdin.close()
-        stdout = process.stdout.read()
+        stdout = process.stdout.read().decode(errors="replace")
         process.wait()
     except BaseException:
         process.kill()
@@ -394,6 +439,8 @@ def _run_step(
     finally:
         timer.cancel()
         reader.join(timeout=5)
+        if isinstance(chunks, Generator):
+            chunks.close()  # a source still open (a download cut short) is closed now
     if ran_out.is_set():
         other_lines.append(f"(ended after {timeout:.0f} s)")
         return TIMED_OUT, stdout, "\n".join(other_lines), argv
@@ -430,9 +477,15 @@ class OnHost(Lifecycle):
         return host, call(host, self.name, method, request)
 
     def create(self, props: Props) -> Created:
-        host, answer = self._remote("create", props, props=props)
+        host = RemoteHost.from_props(props.get("host"))
         if host is None:
             return self.local.create(props)
+        try:
+            _, answer = self._remote("create", props, props=props)
+        except SourceUnreachable as unreachable:
+            if self.name != "BaseImage":
+                raise
+            answer = send_image(host, props, unreachable)
         return Created(answer["id"], answer["outs"])
 
     def diff(self, olds: Props, news: Props) -> Diff:

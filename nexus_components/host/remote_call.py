@@ -17,14 +17,19 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from nexus_components.core.errors import NexusError
 from nexus_components.core.lifecycle import Created, Diff, Lifecycle, Props, previewing
 from nexus_components.host import lifecycles
-from nexus_components.host.hostfacts import check_lab_files, detect_host, find_qemu_img
+from nexus_components.host.hostfacts import (
+    available_memory_mib,
+    check_lab_files,
+    detect_host,
+    find_qemu_img,
+)
 from nexus_components.host.paths import VmPaths
 from nexus_components.host.remote import HOST
 from nexus_components.host.settings import VmConfig
@@ -38,8 +43,12 @@ LIFECYCLES: dict[str, Callable[[], Lifecycle]] = {
     "QemuVm": lifecycles.QemuVm,
 }
 METHODS = ("create", "diff", "update", "read", "delete")
-# The host itself: what it offers (before anything is declared) and what its files allow.
-HOST_STEPS = ("facts", "check")
+# BaseImage's create from the image's bytes, sent by the user's machine when this one cannot
+# reach the source: the request's JSON on stdin's first line, then the bytes to its end.
+RECEIVE = "receive"
+# The host itself: what it offers (before anything is declared), what its files allow, and
+# the memory it has for a fleet's labs (scripts/fleet).
+HOST_STEPS = ("facts", "check", "memory")
 # Where the user's files a step reads are kept on the server, by property: in the stack's own
 # directory, under the names VmPaths gives them, so destroy removes them with the rest.
 USER_FILES: dict[str, Callable[[VmPaths], Path]] = {
@@ -48,10 +57,14 @@ USER_FILES: dict[str, Callable[[VmPaths], Path]] = {
 }
 
 
-def run_step(lifecycle: Lifecycle, method: str, request: Mapping[str, Any]) -> Any:
-    """One call of the lifecycle, its answer as plain JSON values."""
-    if method == "create":
-        made: Created = lifecycle.create(request["props"])
+def run_step(lifecycle: Lifecycle, method: str, request: Mapping[str, Any], rest: BinaryIO) -> Any:
+    """One call of the lifecycle, its answer as plain JSON values; `rest` is stdin after the request."""
+    if method in ("create", RECEIVE):
+        made: Created = (
+            lifecycle.receive(request["props"], _chunks(rest), request["expected"], request.get("total"))
+            if isinstance(lifecycle, lifecycles.BaseImage) and method == RECEIVE
+            else lifecycle.create(request["props"])
+        )
         return {"id": made.id, "outs": made.outs}
     if method == "diff":
         found: Diff = lifecycle.diff(request["olds"], request["news"])
@@ -77,6 +90,8 @@ def host_step(method: str, request: Mapping[str, Any]) -> Any:
             "host": dataclasses.asdict(facts),
             "qemu_img": find_qemu_img(vm, facts.os),
         }
+    if method == "memory":
+        return {"available_mib": available_memory_mib()}
     check_lab_files(
         Path(request["state_dir"]),
         stack=request["stack"],
@@ -134,20 +149,29 @@ def error_parts(error: NexusError) -> dict[str, Any]:
     }
 
 
+def _chunks(stream: BinaryIO) -> Iterator[bytes]:
+    while chunk := stream.read(1 << 20):
+        yield chunk
+
+
 def main(argv: list[str]) -> int:
     resource, method = argv
-    known = method in HOST_STEPS if resource == HOST else resource in LIFECYCLES and method in METHODS
+    if resource == HOST:
+        known = method in HOST_STEPS
+    else:
+        known = resource in LIFECYCLES and (method in METHODS or (resource, method) == ("BaseImage", RECEIVE))
     if not known:
         print(f"remote_call: unknown step {resource}.{method}", file=sys.stderr)
         return 2
-    request = json.load(sys.stdin)
+    stdin = sys.stdin.buffer
+    request = json.loads(stdin.readline() if method == RECEIVE else stdin.read())
     try:
         if resource == HOST:
             reply: dict[str, Any] = {"result": host_step(method, request)}
         else:
             originals = place_user_files(request)
             with previewing(bool(request.get("preview"))):
-                answer = run_step(LIFECYCLES[resource](), method, request)
+                answer = run_step(LIFECYCLES[resource](), method, request, stdin)
             reply = {"result": restore_user_files(answer, originals)}
     except NexusError as error:
         reply = {"error": error_parts(error)}

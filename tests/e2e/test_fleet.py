@@ -1,5 +1,5 @@
-"""scripts/fleet end to end: a fleet of real labs on a remote host, two at a time, through the
-project's program.
+"""scripts/fleet end to end: a fleet of real labs on a remote host, as many at once as the
+memory given to the fleet holds (two), through the project's program.
 
 Three host-only labs (TCG, no packages, no playground) on one server (`nexus:host`, the
 "server" of tests/support/remote_server.py: its own user, home and sshd), each with its own
@@ -26,6 +26,8 @@ from tests.support.remote_server import remote_server
 pytestmark = [pytest.mark.engine, pytest.mark.vm]
 
 GOOD = ("east", "west", "north")
+# Two labs' VMs (1024 MiB each, plus QEMU's own 256) and not three.
+MEMORY_MIB = 2600
 # The e2e labs' settings (tests/e2e/test_lab.py) every lab of the fleet shares.
 SHARED = ("nexus:image", "nexus:vm", "nexus:guest", "nexus:playground")
 
@@ -51,7 +53,19 @@ def connect(outputs: dict[str, Any], command: str) -> str:
     return done.stdout.strip()
 
 
-def test_a_fleet_on_a_remote_host_comes_up_two_at_a_time_fails_one_lab_alone_converges_and_goes(
+def most_at_once(output: str) -> int:
+    """How many labs were under way at once, by the fleet's progress lines in their order."""
+    under_way = most = 0
+    for line in output.splitlines():
+        if re.match(r"\s*\d+s  \S+ +started: up", line):
+            under_way += 1
+            most = max(most, under_way)
+        elif re.match(r"\s*\d+s  \S+ +(ready|failed) after", line):
+            under_way -= 1
+    return most
+
+
+def test_a_fleet_on_a_remote_host_comes_up_as_memory_allows_fails_one_lab_alone_converges_and_goes(
     tmp_path: Path, image_url: str
 ) -> None:
     project = project_view(tmp_path / "project")
@@ -75,7 +89,7 @@ def test_a_fleet_on_a_remote_host_comes_up_two_at_a_time_fails_one_lab_alone_con
             tmp_path / "fleet.yaml",
             {
                 "project": "project",
-                "parallel": 2,
+                "parallel": 4,  # the memory is the bound
                 "defaults": {"config": {**{key: common[key] for key in SHARED}, "nexus:host": host}},
                 "labs": [
                     lab("east", ports["east"]),
@@ -97,10 +111,14 @@ def run_the_fleet(
     tmp_path: Path, project: Path, cli: PulumiCli, description: Path, ports: dict[str, tuple[int, int]]
 ) -> None:
     try:
-        up = run_fleet(cli, description, "up")
+        up = run_fleet(cli, description, "up", "--memory", str(MEMORY_MIB))
         output = up.stdout + up.stderr
         print(up.stdout)
         assert up.returncode == 1, output
+        assert f": {MEMORY_MIB} MiB (--memory)" in up.stdout, output
+        # Four labs of 1280 MiB and room for two: the others waited, and said so.
+        assert re.search(r"\S+ +waits for memory on \S+: it needs 1280 MiB", up.stdout), output
+        assert most_at_once(up.stdout) == 2, output
         rows = summary(up.stdout)
         assert sorted(rows) == ["east", "north", "typo", "west"], output
         assert rows["typo"]["RESULT"] == "failed", output

@@ -5,7 +5,9 @@ reached only through an sshd of its own on 127.0.0.2 (tests/support/remote_serve
 program's side runs with a HOME of its own too, so what each side keeps can be listed.
 
 One lab, in order: bad `nexus:host` settings refused at preview, naming the key -> up (VM
-under TCG, no playground) -> QEMU runs as the server's user, the lab's files are under its
+under TCG, no playground), with an image URL only this side has a route to (through an HTTP
+proxy the server's sessions do not have), so this side sends the image -> QEMU runs as the
+server's user, the lab's files are under its
 home, this side has only the key pair and connect script -> connect-ssh.sh reaches the VM
 through the server -> kill -9 of QEMU on the server: preview shows the VM's update, up heals
 it -> destroy: no process, session or file of the lab left on the server, nothing on this
@@ -14,6 +16,7 @@ side; the server's image cache stays.
 
 from __future__ import annotations
 
+import filecmp
 import os
 import signal
 import subprocess
@@ -22,14 +25,17 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_lab import free_port, image_url, lab_config, lab_stack
+from tests.e2e.test_lab import free_port, lab_config, lab_stack
+from tests.support.debian_image import IMAGE_NAME, ensure_test_image
+from tests.support.file_server import serving_as_proxy
 from tests.support.processes import running
 from tests.support.pulumi_cli import PulumiCli
 from tests.support.remote_server import RemoteServer, remote_server
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm]
 
-__all__ = ["image_url"]
+# A host no resolver knows (RFC 6761): reached only through this side's proxy.
+IMAGE_URL = f"http://nexus-images.invalid/{IMAGE_NAME}"
 
 
 def files_under(folder: Path) -> list[str]:
@@ -50,13 +56,13 @@ def preview_output(cli: PulumiCli) -> str:
     return result.stdout + result.stderr
 
 
-def test_a_lab_on_a_remote_host_goes_up_heals_and_is_destroyed_there(tmp_path: Path, image_url: str) -> None:
+def test_a_lab_on_a_remote_host_goes_up_heals_and_is_destroyed_there(tmp_path: Path) -> None:
     laptop_home = tmp_path / "laptop-home"
     laptop_home.mkdir()
-    with remote_server(tmp_path / "server") as server:
+    with serving_as_proxy(ensure_test_image()) as proxy, remote_server(tmp_path / "server") as server:
         cli = lab_stack(tmp_path, "remote")
-        cli.extra_env["HOME"] = str(laptop_home)
-        config = lab_config(tmp_path, image_url, free_port(), free_port())
+        cli.extra_env.update(HOME=str(laptop_home), http_proxy=proxy)
+        config = lab_config(tmp_path, IMAGE_URL, free_port(), free_port())
         # The server's defaults: the stack's directory and the image cache under its home.
         del config["nexus:paths"]
         config["nexus:host"] = host_setting(server, ssh=f"{server.user}@{server.address}:{free_port()}")
@@ -77,8 +83,12 @@ def test_a_lab_on_a_remote_host_goes_up_heals_and_is_destroyed_there(tmp_path: P
         assert server.processes() == [] or all("sshd" in line for line in server.processes())
         assert not (server.home / ".nexus-nested-vm").exists()
 
-        # Up: everything of the lab is on the server.
-        cli.up()
+        # Up: everything of the lab is on the server. The server has no route to the image's URL,
+        # so this side downloads it and sends it through SSH as it comes, keeping none of it.
+        done = cli.up()
+        label = f"{server.user}@{server.address}:{server.port}"
+        assert f"[image] {label} cannot reach {IMAGE_URL}; sending the image from this machine" in done.stdout
+        assert f"[image] received {IMAGE_NAME}: " in done.stdout, done.stdout
         outputs = cli.outputs()
         pid = int(outputs["vmPid"])
         state_dir = Path(outputs["stateDir"])
@@ -86,7 +96,8 @@ def test_a_lab_on_a_remote_host_goes_up_heals_and_is_destroyed_there(tmp_path: P
         owner = subprocess.run(["ps", "-o", "uid=", "-p", str(pid)], capture_output=True, text=True)
         assert int(owner.stdout) == server.uid, "QEMU does not run as the server's user"
         assert (state_dir / "disk.qcow2").is_file()
-        assert (server.home / ".cache" / "nexus-nested-vm" / "images").is_dir()
+        (cached,) = (server.home / ".cache" / "nexus-nested-vm" / "images").rglob(IMAGE_NAME)
+        assert filecmp.cmp(cached, ensure_test_image() / IMAGE_NAME, shallow=False)
         local_dir = laptop_home / ".nexus-nested-vm" / "stacks" / "remote"
         assert files_under(laptop_home) == sorted(
             str(p.relative_to(laptop_home))

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 @contextmanager
@@ -18,6 +19,31 @@ def serving(directory: Path, name: str) -> Iterator[str]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/{name}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _ProxyHandler(http.server.SimpleHTTPRequestHandler):
+    """An HTTP proxy's GET (`GET http://host/name`) answered from the served directory."""
+
+    def translate_path(self, path: str) -> str:
+        return super().translate_path(urlsplit(path).path)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serving_as_proxy(directory: Path) -> Iterator[str]:
+    """Yield the URL of an HTTP proxy that answers every http:// URL's path from `directory`:
+    with `http_proxy` set to it, a process reaches `http://<any host>/<name>`, which one
+    without it cannot (a laptop on a VPN, a lab server without that route)."""
+    handler = functools.partial(_ProxyHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

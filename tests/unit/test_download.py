@@ -22,8 +22,10 @@ from nexus_components.core.download import (
     expected_digest,
     fetch_image,
     log_progress,
+    receive_image,
+    source_chunks,
 )
-from nexus_components.core.errors import DownloadError
+from nexus_components.core.errors import DownloadError, SourceUnreachable
 
 MIB = 1 << 20
 IMAGE_NAME = "base.qcow2"
@@ -366,6 +368,7 @@ def test_404_names_url_status_and_key_and_leaves_no_partial(
 
     message = str(failure.value)
     assert url in message and "404" in message and "nexus:image.url" in message
+    assert not isinstance(failure.value, SourceUnreachable)  # it would fail from anywhere
     assert not partial.exists()
     assert entry_files(tmp_path, url) == {"missing.qcow2.lock"}
 
@@ -373,7 +376,8 @@ def test_404_names_url_status_and_key_and_leaves_no_partial(
 def test_unreachable_server_names_url_key_and_offline_alternatives(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{closed_port()}/{IMAGE_NAME}"
 
-    with pytest.raises(DownloadError) as failure:
+    # Out of this machine's reach: a lab's server then has the image sent from the user's.
+    with pytest.raises(SourceUnreachable) as failure:
         fetch_image(ImageSource(url, "a" * 64, url_key="lab:image.url"), tmp_path, timeout=5)
 
     message = str(failure.value)
@@ -386,7 +390,7 @@ def test_timeout_names_url(server: ImageServer, image_bytes: bytes, tmp_path: Pa
     server.state.stall_seconds = 1.0
     url = server.url()
 
-    with pytest.raises(DownloadError) as failure:
+    with pytest.raises(SourceUnreachable) as failure:
         fetch_image(ImageSource(url, sha256_of(image_bytes)), tmp_path, timeout=0.2)
 
     assert url in str(failure.value) and "timed out" in str(failure.value).lower()
@@ -434,7 +438,7 @@ def test_local_image_is_copied_into_the_cache(
 def test_missing_local_file_names_path_and_key(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / IMAGE_NAME
 
-    with pytest.raises(DownloadError) as failure:
+    with pytest.raises(SourceUnreachable) as failure:
         fetch_image(ImageSource(str(missing), "a" * 64, url_key="lab:image.url"), tmp_path / "cache")
 
     assert str(missing) in str(failure.value) and "lab:image.url" in str(failure.value)
@@ -629,3 +633,67 @@ def test_resumed_download_through_fetch_image_says_it_resumed(
     lines: list[str] = []
     fetch_image(source, tmp_path, progress=log_progress(lines.append))
     assert len(lines) == 1 and ", resumed at " in lines[0], lines
+
+
+# --- an image sent from another machine -----------------------------------------------------
+
+
+def test_an_image_read_here_is_received_into_a_cache_as_a_download_would_be(
+    server: ImageServer, image_bytes: bytes, local_image: Path, tmp_path: Path
+) -> None:
+    for url in (server.url(), local_image.as_uri()):
+        source = ImageSource(url, sha256_of(image_bytes))
+        said: list[str] = []
+        with source_chunks(source) as (chunks, total):
+            assert total == len(image_bytes)
+            image = receive_image(
+                source,
+                tmp_path / "server-cache",
+                chunks,
+                sha256_of(image_bytes),
+                total=total,
+                progress=log_progress(said.append, IMAGE_NAME, verbs=("receiving", "received")),
+            )
+        assert image.path == cache_entry_dir(tmp_path / "server-cache", url) / IMAGE_NAME
+        assert image.path.read_bytes() == image_bytes and image.size == len(image_bytes)
+        assert said[-1].startswith(f"received {IMAGE_NAME}: 3.0 MiB in ")
+        # The cache then serves it to fetch_image, as if it had been downloaded there.
+        assert fetch_image(source, tmp_path / "server-cache") == image
+        assert entry_files(tmp_path / "server-cache", url) == {
+            IMAGE_NAME,
+            IMAGE_NAME + ".lock",
+            IMAGE_NAME + ".sha256",
+        }
+
+
+def test_received_bytes_that_are_wrong_or_cut_short_leave_nothing(image_bytes: bytes, tmp_path: Path) -> None:
+    source = ImageSource("http://images.example/base.qcow2", sha256_of(image_bytes))
+    with pytest.raises(DownloadError, match=r"but [0-9a-f]{64} was expected"):
+        receive_image(
+            source, tmp_path, [image_bytes[:-1] + b"x"], sha256_of(image_bytes), total=len(image_bytes)
+        )
+    with pytest.raises(DownloadError, match=rf"ended after {MIB} of {len(image_bytes)} bytes"):
+        receive_image(source, tmp_path, [image_bytes[:MIB]], sha256_of(image_bytes), total=len(image_bytes))
+    assert entry_files(tmp_path, source.url) == {IMAGE_NAME + ".lock"}
+
+
+def test_an_image_the_cache_has_is_not_received_again(
+    image_bytes: bytes, local_image: Path, tmp_path: Path
+) -> None:
+    source = ImageSource(local_image.as_uri(), sha256_of(image_bytes))
+    cached = fetch_image(source, tmp_path / "cache")
+
+    def never() -> Iterator[bytes]:
+        raise AssertionError("the bytes were read")
+        yield b""
+
+    assert receive_image(source, tmp_path / "cache", never(), cached.sha256, total=None) == cached
+
+
+def test_reading_a_source_that_is_not_there_says_so(tmp_path: Path) -> None:
+    for url in (f"http://127.0.0.1:{closed_port()}/{IMAGE_NAME}", str(tmp_path / "none.qcow2")):
+        with (
+            pytest.raises(SourceUnreachable, match=r"none\.qcow2|could not download"),
+            source_chunks(ImageSource(url, "a" * 64), timeout=5),
+        ):
+            pass

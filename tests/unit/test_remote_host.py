@@ -3,6 +3,7 @@ transport for real: the server's end run as a program, and steps over a throwawa
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -17,13 +18,16 @@ from typing import Any
 import pytest
 
 from nexus_components.config import load_config
-from nexus_components.core.errors import ConfigError, HostToolError, NexusError, VmError
+from nexus_components.core import download
+from nexus_components.core.errors import ConfigError, DownloadError, HostToolError, NexusError, VmError
 from nexus_components.core.progress import progress_to
 from nexus_components.host import lifecycles, remote, remote_call
+from nexus_components.host.hostfacts import available_memory_mib
 from nexus_components.host.remote import OnHost, RemoteHost, load_host
 from nexus_components.lab_settings import lab_arguments
 from nexus_components.placement import refuse_what_a_remote_host_lacks
 from nexus_provider.early_banner import ssh_port
+from tests.support.file_server import serving_as_proxy
 from tests.support.sshd import running_sshd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -178,12 +182,59 @@ def test_steps_over_ssh_ship_the_code_relay_progress_and_raise_the_servers_error
             remote.call(host, "Nope", "create", {})
         with pytest.raises(ConfigError, match=rf"\(on {sshd.user}@{sshd.host}:{sshd.port}\)"):
             remote.call(host, remote.HOST, "check", check_of_a_folder_not_ours(tmp_path))
+        # The memory scripts/fleet bounds a server's labs by: this machine's, as the "server" is it.
+        there = remote.call(host, remote.HOST, "memory", {})["available_mib"]
+        here = available_memory_mib()
+        assert here is not None and abs(there - here) < here / 4, (there, here)
         remote.close(host)
     wrong = RemoteHost(
         sshd.user, "127.0.0.1", sshd.port, str(sshd.private_key), str(tmp_path / "known_hosts")
     )
     with pytest.raises(HostToolError, match=r"nexus:host: could not reach"):
         remote.call(wrong, remote.HOST, "facts", {})
+
+
+def test_a_server_without_a_route_to_the_image_has_it_sent_from_this_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    image = images / "tiny.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    (images / "SHA256SUMS").write_text(f"{digest}  tiny.qcow2\n")
+    url = "http://nexus-images.invalid/tiny.qcow2"
+    server_cache = tmp_path / "server-cache"
+    base_image = OnHost("BaseImage", lifecycles.BaseImage())
+    with serving_as_proxy(images) as proxy, running_sshd(tmp_path / "sshd") as sshd:
+        # This machine's route to the URL; the server's sessions start without it.
+        monkeypatch.setenv("http_proxy", proxy)
+        host = RemoteHost(
+            sshd.user, sshd.host, sshd.port, str(sshd.private_key), str(tmp_path / "known_hosts")
+        )
+        props = {
+            "host": host.as_props(),
+            "url": url,
+            "sha256": None,
+            "cache_dir": str(server_cache),
+            "qemu_img": "qemu-img",
+            "disk_size": "4G",
+        }
+        said: list[str] = []
+        with progress_to(said.append):
+            made = base_image.create(props)
+        # Neither side has a route to this one: both reasons are given.
+        monkeypatch.delenv("http_proxy")
+        with pytest.raises(DownloadError, match=r"neither \S+ nor this machine can reach") as neither:
+            base_image.create({**props, "url": "http://nexus-images.invalid/other.qcow2"})
+        remote.close(host)
+    cached = download.cached_image_path(server_cache, download.ImageSource(url))
+    assert made.outs["path"] == str(cached) and cached.read_bytes() == image.read_bytes()
+    assert made.id == digest and made.outs["virtual_size"] == 64 << 20
+    assert said[0] == f"[image] {host.label} cannot reach {url}; sending the image from this machine"
+    assert any(line.startswith("[image] received tiny.qcow2: ") for line in said), said
+    assert str(neither.value).count("nexus-images.invalid") >= 2, neither.value
+    assert "could not fetch" in str(neither.value) and f"(on {host.label})" in str(neither.value)
 
 
 def test_mounts_on_a_remote_host_are_refused_naming_the_key(tmp_path: Path) -> None:
