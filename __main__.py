@@ -67,7 +67,7 @@ def stack_settings() -> dict[str, Any]:
 
 
 def exported_outputs(config: NexusConfig) -> tuple[str, ...]:
-    names: tuple[str, ...] = HOST_OUTPUTS
+    names: tuple[str, ...] = HOST_OUTPUTS + (("tunnelScript",) if config.host else ())
     if config.playground.enabled or config.guest.install_packages:
         names += ENGINE_OUTPUTS
     if config.playground.enabled:

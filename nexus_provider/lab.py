@@ -124,6 +124,15 @@ class Lab(pulumi.ComponentResource):
                 },
                 pulumi.ResourceOptions(parent=self, depends_on=[local, vm]),
             )
+            HostResource(
+                script_file.RESOURCE,
+                f"{name}-tunnel",
+                {
+                    "path": lab_args.file_outputs(config, host)["tunnel_script"],
+                    "content": lab_args.tunnel_script(config),
+                },
+                pulumi.ResourceOptions(parent=self, depends_on=[local]),
+            )
         self.outputs: Props = {
             **lab_args.file_outputs(config, host),
             "ssh_command": private_key.apply(lambda path: lab_args.ssh_command(config, path)),

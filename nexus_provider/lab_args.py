@@ -20,6 +20,7 @@ from nexus_components.config import NexusConfig
 from nexus_components.core import ssh
 from nexus_components.core.ssh import SshTarget
 from nexus_components.host import mounts as host_mounts
+from nexus_components.host import remote
 from nexus_components.host.paths import VmPaths
 from nexus_components.host.qemu_argv import HostFacts, qmp_tcp_port
 
@@ -356,6 +357,10 @@ class LabOutputs:
     vm_ready_seconds: float = prop("How long the VM took to be ready: SSH answering and cloud-init done.")
     serial_log: str = prop("The guest's serial console, as a file.")
     connect_script: str = prop("A script that logs into the VM (`ssh` with the stack's key and port).")
+    tunnel_script: str | None = prop(
+        "For a lab on a server (nexus:host): a script that forwards its ports from the server's loopback "
+        "to this machine's (`ssh -L`), until Ctrl-C."
+    )
     accelerator: str = prop("The accelerator QEMU runs the guest with (what auto chose).")
     state_dir: str = prop("The stack's directory (on the server, for a lab on a remote host).")
     host: str = prop(
@@ -493,6 +498,13 @@ def connect_script(config: NexusConfig, private_key_path: str) -> str:
     return ssh.connect_script(vm_target(config, private_key_path))
 
 
+def tunnel_script(config: NexusConfig) -> str:
+    """For a lab on a server: the script that brings its forwarded TCP ports to this machine."""
+    assert config.host is not None
+    ports = [forward.host for forward in config.network.forwards if forward.protocol == "tcp"]
+    return remote.tunnel_script(config.host, ports)
+
+
 def file_outputs(config: NexusConfig, host: HostFacts) -> Props:
     """The Lab's outputs that are known before anything is made."""
     paths = VmPaths(config.state_dir)
@@ -501,6 +513,7 @@ def file_outputs(config: NexusConfig, host: HostFacts) -> Props:
         "serial_log": str(paths.serial_log),
         # For a lab on a remote host, the one here (the server has its own in the stack's directory).
         "connect_script": str(VmPaths(config.key_dir).connect_script),
+        "tunnel_script": str(VmPaths(config.key_dir).tunnel_script) if config.host else None,
         "accelerator": host.accelerator,
         "state_dir": str(config.state_dir),
         "host": config.host.label if config.host else "local",

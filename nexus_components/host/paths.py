@@ -105,6 +105,11 @@ class VmPaths:
         return self.state_dir / "connect-ssh.sh"
 
     @property
+    def tunnel_script(self) -> Path:
+        # A lab on a server: its forwarded ports brought to this machine (remote.tunnel_script).
+        return self.state_dir / "tunnel.sh"
+
+    @property
     def inner_vm_connect_script(self) -> Path:
         # ssh into the inner VM through the VM (guest/inner_image.py).
         return self.state_dir / "connect-inner-vm.sh"
@@ -162,6 +167,7 @@ class VmPaths:
             self.serial_log,
             self.qemu_log,
             self.connect_script,
+            self.tunnel_script,
             self.inner_vm_connect_script,
             self.ssh_config,
             self.bench_results,

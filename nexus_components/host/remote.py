@@ -172,13 +172,61 @@ class RemoteHost:
 
         ssh expands `%` tokens in it, so a literal `%` in a value is doubled.
         """
-        argv = ["ssh", "-o", "StrictHostKeyChecking=accept-new", "-o", "LogLevel=ERROR", "-p", str(self.port)]
+        argv = ["ssh", "-o", "StrictHostKeyChecking=accept-new", "-o", "LogLevel=ERROR", *self._reach()]
+        argv = [arg.replace("%", "%%") for arg in [*argv, f"{self.user}@{self.server}"]]
+        return (*argv, "-W", "%h:%p")
+
+    def tunnel_argv(self) -> list[str]:
+        """ssh to the server for port forwards only: its own connection, ended by Ctrl-C."""
+        options = ["ExitOnForwardFailure=yes", "StrictHostKeyChecking=accept-new", "ServerAliveInterval=15"]
+        return ["ssh", "-N", *(arg for option in options for arg in ("-o", option)), *self._reach()]
+
+    def _reach(self) -> list[str]:
+        """The server's port, known hosts and key, as the user's own ssh is given them."""
+        argv = ["-p", str(self.port)]
         if self.known_hosts_file:
             argv += ["-o", f"UserKnownHostsFile={self.known_hosts_file}"]
         if self.key_file:
             argv += ["-i", self.key_file, "-o", "IdentitiesOnly=yes"]
-        argv = [arg.replace("%", "%%") for arg in [*argv, f"{self.user}@{self.server}"]]
-        return (*argv, "-W", "%h:%p")
+        return argv
+
+
+# The script's body: each PORT or LOCAL:SERVER argument (default: the lab's TCP forwards, each
+# on its own port) becomes an `ssh -L` from this machine's loopback to the server's, where QEMU
+# listens.
+TUNNEL_SCRIPT_BODY = r"""
+[ $# -gt 0 ] || set -- $default_ports
+count=$#
+for pair do
+  local_port=${pair%%:*} server_port=${pair#*:}
+  case "$local_port:$server_port" in
+    *[!0-9:]* | :* | *: | *:*:*)
+      echo "tunnel.sh: got '$pair'; allowed: PORT, or LOCAL:SERVER (two port numbers: 18080:8080)" >&2
+      exit 2 ;;
+  esac
+  set -- "$@" -L "127.0.0.1:$local_port:127.0.0.1:$server_port"
+  echo "tunnel.sh: 127.0.0.1:$local_port here -> port $server_port on $server" >&2
+done
+shift "$count"
+echo "tunnel.sh: forwarding until Ctrl-C" >&2
+"""
+
+
+def tunnel_script(host: RemoteHost, ports: Sequence[int]) -> str:
+    """A script that brings a lab's forwarded ports from its server to this machine: they listen
+    on the server's loopback, as a local lab's listen on this machine's."""
+    target = f"{host.user}@{host.server}"
+    return (
+        "#!/bin/sh\n"
+        "# Written by nexus-nested-vm: brings the lab's forwarded ports from its server to this machine.\n"
+        "# Usage: tunnel.sh                   each forwarded TCP port on the same port here\n"
+        "#        tunnel.sh PORT ...          these ports, each on the same port here\n"
+        "#        tunnel.sh LOCAL:SERVER ...  the server's port SERVER on port LOCAL here\n"
+        f"default_ports={shlex.quote(' '.join(f'{port}:{port}' for port in ports))}\n"
+        f"server={shlex.quote(host.label)}\n"
+        + TUNNEL_SCRIPT_BODY.lstrip("\n")
+        + f'exec {shlex.join(host.tunnel_argv())} "$@" {shlex.quote(target)}\n'
+    )
 
 
 def load_host(raw: Any, *, home: Path, base_dir: Path) -> RemoteHost | None:

@@ -7,11 +7,11 @@ program's side runs with a HOME of its own too, so what each side keeps can be l
 One lab, in order: bad `nexus:host` settings refused at preview, naming the key -> up (VM
 under TCG, no playground), with an image URL only this side has a route to (through an HTTP
 proxy the server's sessions do not have), so this side sends the image -> QEMU runs as the
-server's user, the lab's files are under its
-home, this side has only the key pair and connect script -> connect-ssh.sh reaches the VM
-through the server -> kill -9 of QEMU on the server: preview shows the VM's update, up heals
-it -> destroy: no process, session or file of the lab left on the server, nothing on this
-side; the server's image cache stays.
+server's user, the lab's files are under its home, this side has only the key pair and
+scripts -> connect-ssh.sh reaches the VM through the server, and tunnel.sh brings its SSH
+port here -> kill -9 of QEMU on the server: preview shows the VM's update, up heals it ->
+destroy: no process, session or file of the lab left on the server, nothing on this side;
+the server's image cache stays.
 """
 
 from __future__ import annotations
@@ -19,12 +19,15 @@ from __future__ import annotations
 import filecmp
 import os
 import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nexus_components.core.ssh import SshTarget
 from tests.e2e.test_lab import free_port, lab_config, lab_stack
 from tests.support.debian_image import IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving_as_proxy
@@ -49,6 +52,11 @@ def host_setting(server: RemoteServer, **changes: Any) -> dict[str, Any]:
         "knownHostsFile": str(server.known_hosts),
         **changes,
     }
+
+
+def port_is_taken(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def preview_output(cli: PulumiCli) -> str:
@@ -104,6 +112,7 @@ def test_a_lab_on_a_remote_host_goes_up_heals_and_is_destroyed_there(tmp_path: P
             for p in (
                 local_dir / ".nexus-nested-vm",
                 local_dir / "connect-ssh.sh",
+                local_dir / "tunnel.sh",
                 local_dir / "ssh" / "id_ed25519",
                 local_dir / "ssh" / "id_ed25519.pub",
             )
@@ -117,6 +126,32 @@ def test_a_lab_on_a_remote_host_goes_up_heals_and_is_destroyed_there(tmp_path: P
         )
         assert answer.returncode == 0, answer.stderr
         assert answer.stdout.strip() == "nexus-remote"  # the guest's host name: the VM's default name
+
+        # tunnel.sh brings the server's forwards to this side: here the VM's SSH port, on a port
+        # of this side's choosing (the "server" is this machine, whose port is taken by QEMU).
+        here = free_port()
+        tunnel = subprocess.Popen(
+            [outputs["tunnelScript"], f"{here}:{outputs['sshPort']}"],
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            through = SshTarget("127.0.0.1", here, "nexus", Path(outputs["privateKeyPath"]))
+            deadline = time.monotonic() + 60
+            while not port_is_taken(here):
+                assert tunnel.poll() is None and time.monotonic() < deadline, "tunnel.sh never listened"
+                time.sleep(0.2)
+            hostname = subprocess.run(
+                [*through.argv(connect_timeout=30), "cat", "/etc/hostname"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert hostname.stdout.strip() == "nexus-remote", hostname.stderr
+        finally:
+            tunnel.terminate()
+            tunnel.communicate(timeout=30)
 
         # Drift on the server: QEMU killed there is seen by preview, and up starts it again.
         os.kill(pid, signal.SIGKILL)

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import tarfile
@@ -235,6 +236,48 @@ def test_a_server_without_a_route_to_the_image_has_it_sent_from_this_machine(
     assert any(line.startswith("[image] received tiny.qcow2: ") for line in said), said
     assert str(neither.value).count("nexus-images.invalid") >= 2, neither.value
     assert "could not fetch" in str(neither.value) and f"(on {host.label})" in str(neither.value)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_the_tunnel_script_brings_a_servers_port_here_and_refuses_a_bad_pair(tmp_path: Path) -> None:
+    # Something listening on the "server's" loopback, as QEMU's forwards do there.
+    listener = socket.create_server(("127.0.0.1", 0))
+    server_port = listener.getsockname()[1]
+    here = free_port()
+    with running_sshd(tmp_path / "sshd") as sshd:
+        host = RemoteHost(sshd.user, sshd.host, sshd.port, str(sshd.private_key), str(tmp_path / "kh"))
+        script = tmp_path / "tunnel.sh"
+        script.write_text(remote.tunnel_script(host, [8080, 8443]))
+        script.chmod(0o755)
+        assert "default_ports='8080:8080 8443:8443'" in script.read_text()
+        bad = subprocess.run([str(script), "80:x"], capture_output=True, text=True, timeout=30)
+        assert bad.returncode == 2 and "got '80:x'; allowed: PORT, or LOCAL:SERVER" in bad.stderr
+        tunnel = subprocess.Popen(
+            [str(script), f"{here}:{server_port}"], stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    client = socket.create_connection(("127.0.0.1", here), timeout=5)
+                    break
+                except OSError:
+                    assert tunnel.poll() is None and time.monotonic() < deadline, "the tunnel never opened"
+                    time.sleep(0.2)
+            accepted, _ = listener.accept()
+            with client, accepted:
+                client.sendall(b"through the server")
+                assert accepted.recv(100) == b"through the server"
+        finally:
+            tunnel.terminate()
+            said = tunnel.communicate(timeout=30)[1]
+            listener.close()
+        assert f"127.0.0.1:{here} here -> port {server_port} on {host.label}" in said, said
 
 
 def test_mounts_on_a_remote_host_are_refused_naming_the_key(tmp_path: Path) -> None:
