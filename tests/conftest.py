@@ -27,6 +27,7 @@ LATER_MODULES = {
     "test_ninep.py": 0.75,  # the generic-kernel image, built after the x86_64 one
     "test_guest_layers.py": 1,
     "test_mounts.py": 1,  # the guest-layers image too
+    "test_remote_guest.py": 1,  # and here
     "test_inner_vm_image.py": 1,
     "test_arm64.py": 2,
 }
