@@ -364,7 +364,7 @@ def call(
     host: RemoteHost, resource: str, method: str, request: Mapping[str, Any], *, timeout: float = 7200
 ) -> Any:
     """One step on the server; its progress is relayed as it comes, its error raised here."""
-    payload = json.dumps(request).encode()
+    payload = json.dumps(request).encode() + b"\n"
     return _call(host, resource, method, lambda: [payload], timeout)
 
 
@@ -472,14 +472,21 @@ def _run_step(
     timer = threading.Timer(timeout, end)
     timer.start()
     chunks = iter(payload)
+    # Open until the answer came (remote_call: its end closing interrupts the step), except
+    # for an image's bytes, which end with it.
+    keep_open = method != "receive"
     try:
         assert process.stdin is not None and process.stdout is not None
         with contextlib.suppress(BrokenPipeError):  # ssh ended early: its status says why
             for chunk in chunks:
                 process.stdin.write(chunk)
-            process.stdin.close()
+            process.stdin.flush()
+            if not keep_open:
+                process.stdin.close()
         stdout = process.stdout.read().decode(errors="replace")
         process.wait()
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
     except BaseException:
         process.kill()
         process.wait()

@@ -3,9 +3,13 @@
 `remote.py` on the user's machine runs `python3 -m nexus_components.host.remote_call
 RESOURCE METHOD` over SSH, with the package's modules copied here. The request (the step's
 properties, whether the engine previews, the user's files the step reads) comes as one JSON
-document on stdin; progress lines go to stderr as they are said; the answer is one JSON
-document on stdout: `{"result": ...}` or, for an error of ours, `{"error": {...}}` with its
-parts, so the user's machine raises the same error with the same words.
+document on stdin's first line; progress lines go to stderr as they are said; the answer is
+one JSON document on stdout: `{"result": ...}` or, for an error of ours, `{"error": {...}}`
+with its parts, so the user's machine raises the same error with the same words.
+
+The caller keeps stdin open until the answer came: stdin ending first means the caller is
+gone (a `pulumi` killed, a second Ctrl-C, a dropped connection), and the step is interrupted
+as a signal interrupts a local one, instead of running on with nobody to answer.
 
 Standard library and the host layer's own modules only: the server needs python3, not our
 dependencies (a download over http(s) needs `requests`, see download.py).
@@ -16,7 +20,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -154,6 +161,25 @@ def _chunks(stream: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
+# After the interrupt, how long the step may take to unwind before the process ends anyway.
+UNWIND_SECONDS = 30
+
+
+def stop_when_the_caller_goes(stdin: BinaryIO, answered: threading.Event) -> None:
+    def watch() -> None:
+        # The descriptor, not the buffered reader: a thread blocked holding the reader's lock
+        # would abort the interpreter's exit.
+        while os.read(stdin.fileno(), 1 << 16):
+            pass
+        if answered.is_set():
+            return
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(UNWIND_SECONDS)
+        os._exit(130)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     resource, method = argv
     if resource == HOST:
@@ -164,7 +190,10 @@ def main(argv: list[str]) -> int:
         print(f"remote_call: unknown step {resource}.{method}", file=sys.stderr)
         return 2
     stdin = sys.stdin.buffer
-    request = json.loads(stdin.readline() if method == RECEIVE else stdin.read())
+    request = json.loads(stdin.readline())
+    answered = threading.Event()
+    if method != RECEIVE:  # the image's bytes end with stdin
+        stop_when_the_caller_goes(stdin, answered)
     try:
         if resource == HOST:
             reply: dict[str, Any] = {"result": host_step(method, request)}
@@ -175,6 +204,9 @@ def main(argv: list[str]) -> int:
             reply = {"result": restore_user_files(answer, originals)}
     except NexusError as error:
         reply = {"error": error_parts(error)}
+    except KeyboardInterrupt:
+        return 130  # nobody waits for an answer
+    answered.set()
     json.dump(reply, sys.stdout)
     sys.stdout.flush()
     return 0

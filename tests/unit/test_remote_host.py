@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -122,17 +123,67 @@ def test_the_users_key_is_placed_in_the_stacks_directory_and_its_path_given_back
 
 
 def server_end(resource: str, method: str, request: dict[str, Any]) -> dict[str, Any]:
-    """remote_call as the server runs it: a program reading JSON on stdin."""
-    done = subprocess.run(
+    """remote_call as the server runs it: a program reading a JSON line on stdin, whose caller
+    keeps stdin open until the answer came."""
+    step = subprocess.Popen(
         [sys.executable, "-m", "nexus_components.host.remote_call", resource, method],
-        input=json.dumps(request),
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         text=True,
         cwd=REPO,
-        check=True,
     )
-    answer: dict[str, Any] = json.loads(done.stdout)
+    assert step.stdin is not None and step.stdout is not None
+    step.stdin.write(json.dumps(request) + "\n")
+    step.stdin.flush()
+    answer: dict[str, Any] = json.loads(step.stdout.read())
+    step.stdin.close()
+    assert step.wait(30) == 0
     return answer
+
+
+def test_a_step_whose_caller_is_gone_is_interrupted_on_the_server(tmp_path: Path) -> None:
+    """A `pulumi` killed mid-step (a second Ctrl-C, a dropped connection): the caller's ssh is
+    gone, and the step on the server stops instead of running on with nobody to answer."""
+    stalled = socket.create_server(("127.0.0.1", 0))  # accepts, never answers: a download hangs
+    url = f"http://127.0.0.1:{stalled.getsockname()[1]}/stalled.qcow2"
+    props = {"url": url, "sha256": "a" * 64, "cache_dir": str(tmp_path / "cache"), "qemu_img": "qemu-img"}
+    with running_sshd(tmp_path / "sshd") as sshd:
+        host = RemoteHost(sshd.user, sshd.host, sshd.port, str(sshd.private_key), str(tmp_path / "kh"))
+        caller = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import json, sys; from nexus_components.host import remote; "
+                "remote.call(remote.RemoteHost(*json.loads(sys.argv[1])), 'BaseImage', 'create', "
+                "{'props': json.loads(sys.argv[2])})",
+                json.dumps([host.user, host.server, host.port, host.key_file, host.known_hosts_file]),
+                json.dumps(props),
+            ],
+            cwd=REPO,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not server_steps(url):
+                assert caller.poll() is None and time.monotonic() < deadline, "the step never ran"
+                time.sleep(0.2)
+            os.killpg(caller.pid, signal.SIGKILL)  # the caller and its ssh, at once
+            caller.wait()
+            deadline = time.monotonic() + 20
+            while server_steps(url):
+                assert time.monotonic() < deadline, f"the step ran on: {server_steps(url)}"
+                time.sleep(0.2)
+        finally:
+            if caller.poll() is None:
+                os.killpg(caller.pid, signal.SIGKILL)
+            remote.close(host)
+            stalled.close()
+
+
+def server_steps(url: str) -> list[str]:
+    """The server's remote_call processes of a BaseImage create (the "server" is this machine)."""
+    found = subprocess.run(["pgrep", "-af", "remote_call BaseImage create"], capture_output=True, text=True)
+    return [line for line in found.stdout.splitlines() if "pgrep" not in line]
 
 
 def check_of_a_folder_not_ours(tmp_path: Path) -> dict[str, str]:
