@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,28 +13,49 @@ from tests.support.language_examples import Example, ensure_language_hosts, prep
 from tests.support.nexus_consumer import make_pulumi_home
 from tests.support.pulumi_cli import HEALS
 
-# End-to-end modules by the test image they boot, in the order tests.support.prebuild builds
-# those images in the background on a full run: the x86_64 image's tests first, then the
-# generic-kernel image's, the guest-layers image's, the arm64 image's last (built through
-# qemu-user, it takes longest).
-# Each image gets the run time of the modules before it to finish building.
-# The modules that need the Node.js and YAML language hosts (scripts/setup --langs, which
-# scripts/test also runs in the background) come after the x86_64 image's, for the same reason.
-LATER_MODULES = {
+# The order of a run. A full run has two workers (scripts/test) and the images built in the
+# background (tests.support.prebuild) while the toolchain builds: the x86_64, generic-kernel
+# and guest-layers images are ready when the tests start, the arm64 image (built through
+# qemu-user) about ten minutes later. So the longest end-to-end modules go first, where the
+# other worker runs the rest beside them, instead of last on their own; the modules that
+# need the Node.js and YAML language hosts (built in the background once the toolchain is
+# there) come later, and the arm64 image's last.
+MODULE_ORDER = {
+    "test_guest_layers.py": -3,
+    "test_inner_vm_image.py": -2,
+    "test_remote_guest.py": -2,
+    "test_ninep.py": -1,
     "test_setup.py": 0.5,
     "test_nexus_languages.py": 0.5,
     "test_nexus_lab_typescript.py": 0.5,
-    "test_ninep.py": 0.75,  # the generic-kernel image, built after the x86_64 one
-    "test_guest_layers.py": 1,
-    "test_mounts.py": 1,  # the guest-layers image too
-    "test_remote_guest.py": 1,  # and here
-    "test_inner_vm_image.py": 1,
     "test_arm64.py": 2,
 }
+# By path from tests/: the unit tier has a test_mounts.py too.
+PATH_ORDER = {"e2e/test_mounts.py": -2}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: LATER_MODULES.get(item.path.name, 0))  # a stable sort keeps the rest
+    def order(item: pytest.Item) -> float:
+        relative = item.path.relative_to(Path(__file__).parent).as_posix()
+        return PATH_ORDER.get(relative, MODULE_ORDER.get(item.path.name, 0))
+
+    items.sort(key=order)  # a stable sort keeps the rest in their order
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A test's heals ride on its report, so a run on several workers counts them all."""
+    before = len(HEALS)
+    report = yield
+    if report.when == "call":
+        report.user_properties.extend(("nexus-heal", heal) for heal in HEALS[before:])
+    return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """On the controller of a run on workers: the heals its workers reported."""
+    if hasattr(report, "node"):  # set by pytest-xdist on reports that came from a worker
+        HEALS.extend(str(heal) for name, heal in report.user_properties if name == "nexus-heal")
 
 
 def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:

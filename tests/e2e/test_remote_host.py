@@ -69,7 +69,8 @@ def test_a_lab_on_a_remote_host_goes_up_heals_and_is_destroyed_there(tmp_path: P
     laptop_home.mkdir()
     with serving_as_proxy(ensure_test_image()) as proxy, remote_server(tmp_path / "server") as server:
         cli = lab_stack(tmp_path, "remote")
-        cli.extra_env.update(HOME=str(laptop_home), http_proxy=proxy)
+        # A user's proxy setting, with loopback left out of it as usual (the engine's gRPC too).
+        cli.extra_env.update(HOME=str(laptop_home), http_proxy=proxy, no_proxy="127.0.0.1,localhost")
         config = lab_config(tmp_path, IMAGE_URL, free_port(), free_port())
         # The server's defaults: the stack's directory and the image cache under its home.
         del config["nexus:paths"]

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -30,6 +31,7 @@ from nexus_components.lab_settings import lab_arguments
 from nexus_components.placement import refuse_what_a_remote_host_lacks
 from nexus_provider.early_banner import ssh_port
 from tests.support.file_server import serving_as_proxy
+from tests.support.processes import processes_where
 from tests.support.sshd import running_sshd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,14 +166,14 @@ def test_a_step_whose_caller_is_gone_is_interrupted_on_the_server(tmp_path: Path
         )
         try:
             deadline = time.monotonic() + 60
-            while not server_steps(url):
+            while not server_steps(sshd.port):
                 assert caller.poll() is None and time.monotonic() < deadline, "the step never ran"
                 time.sleep(0.2)
             os.killpg(caller.pid, signal.SIGKILL)  # the caller and its ssh, at once
             caller.wait()
             deadline = time.monotonic() + 20
-            while server_steps(url):
-                assert time.monotonic() < deadline, f"the step ran on: {server_steps(url)}"
+            while server_steps(sshd.port):
+                assert time.monotonic() < deadline, f"the step ran on: {server_steps(sshd.port)}"
                 time.sleep(0.2)
         finally:
             if caller.poll() is None:
@@ -180,10 +182,16 @@ def test_a_step_whose_caller_is_gone_is_interrupted_on_the_server(tmp_path: Path
             stalled.close()
 
 
-def server_steps(url: str) -> list[str]:
-    """The server's remote_call processes of a BaseImage create (the "server" is this machine)."""
-    found = subprocess.run(["pgrep", "-af", "remote_call BaseImage create"], capture_output=True, text=True)
-    return [line for line in found.stdout.splitlines() if "pgrep" not in line]
+def server_steps(sshd_port: int) -> list[int]:
+    """The "server's" remote_call processes (the server is this machine) of a session of the
+    sshd on `sshd_port`: its sessions say so in SSH_CONNECTION."""
+    session = re.compile(rb"(?:^|\0)SSH_CONNECTION=\S+ \d+ \S+ %d(?:\0|$)" % sshd_port)
+    return processes_where(
+        lambda proc: (
+            b"nexus_components.host.remote_call" in (proc / "cmdline").read_bytes()
+            and session.search((proc / "environ").read_bytes()) is not None
+        )
+    )
 
 
 def check_of_a_folder_not_ours(tmp_path: Path) -> dict[str, str]:

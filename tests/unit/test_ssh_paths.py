@@ -214,7 +214,7 @@ def test_all_files_covers_every_property_naming_a_file(tmp_path: Path) -> None:
     shares = set(paths.virtiofs_files())
     assert len(shares) == 5 * MAX_MOUNTS and paths.virtiofs_socket(0) in shares
     assert set(paths.all_files()) == (named | shares) - dirs
-    assert len(paths.all_files()) == len(set(paths.all_files())) == 17 + 5 * MAX_MOUNTS
+    assert len(paths.all_files()) == len(set(paths.all_files())) == 18 + 5 * MAX_MOUNTS
     assert set(paths.runtime_files()) <= set(paths.all_files())
     assert all(path.is_relative_to(paths.state_dir) for path in paths.all_files())
 

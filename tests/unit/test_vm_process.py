@@ -298,7 +298,8 @@ def test_command_line_comes_from_proc_or_from_ps_where_there_is_no_proc(tmp_path
     # macOS has no /proc: point the lookup at an empty directory to take the ps(1) path.
     from_ps = process_command_line(os.getpid(), proc=tmp_path)
     assert from_proc is not None and from_ps is not None
-    assert "pytest" in from_proc and "pytest" in from_ps
+    # This process: Python running pytest, or a pytest-xdist worker (`python -u -c ...`).
+    assert "python" in from_proc and from_proc.split()[:2] == from_ps.split()[:2]
 
 
 def vm_props(paths: VmPaths, pid: int) -> dict[str, Any]:
