@@ -13,31 +13,35 @@ from tests.support.language_examples import Example, ensure_language_hosts, prep
 from tests.support.nexus_consumer import make_pulumi_home
 from tests.support.pulumi_cli import HEALS
 
-# The order of a run. A full run has two workers (scripts/test) and the images built in the
-# background (tests.support.prebuild) while the toolchain builds: the x86_64, generic-kernel
-# and guest-layers images are ready when the tests start, the arm64 image (built through
-# qemu-user) about ten minutes later. So the longest end-to-end modules go first, where the
-# other worker runs the rest beside them, instead of last on their own; the modules that
-# need the Node.js and YAML language hosts (built in the background once the toolchain is
-# there) come later, and the arm64 image's last.
-MODULE_ORDER = {
-    "test_guest_layers.py": -3,
-    "test_inner_vm_image.py": -2,
-    "test_remote_guest.py": -2,
-    "test_ninep.py": -1,
-    "test_setup.py": 0.5,
-    "test_nexus_languages.py": 0.5,
-    "test_nexus_lab_typescript.py": 0.5,
-    "test_arm64.py": 2,
+# The order of a run. A full run has two workers (scripts/test: pytest-xdist's `load`
+# scheduling, one test at a time, each worker holding the test it runs and the next) and the
+# images built in the background (tests.support.prebuild) while the toolchain builds: the
+# x86_64, generic-kernel and guest-layers images are ready when the tests start, the arm64
+# image (built through qemu-user) about ten minutes later. So the longest end-to-end tests
+# go first, the guest layers' lifecycle (by far the longest) with a quick unit module after
+# it, so that the test its worker holds next is a quick one and the other long tests go to
+# the other worker; the tests that need the Node.js and YAML language hosts (built in the
+# background once the toolchain is there) come later, and the arm64 image's last.
+ORDER = {
+    "e2e/test_guest_layers.py::test_guest_layers_lifecycle": -5,
+    "unit/test_fleet_memory.py": -4,
+    "e2e/test_guest_layers.py": -3,
+    "e2e/test_inner_vm_image.py": -2,
+    "e2e/test_remote_guest.py": -2,
+    "e2e/test_mounts.py": -2,
+    "e2e/test_ninep.py": -1,
+    "engine/test_setup.py": 0.5,
+    "engine/test_nexus_languages.py": 0.5,
+    "e2e/test_nexus_lab_typescript.py": 0.5,
+    "e2e/test_arm64.py": 2,
 }
-# By path from tests/: the unit tier has a test_mounts.py too.
-PATH_ORDER = {"e2e/test_mounts.py": -2}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def order(item: pytest.Item) -> float:
-        relative = item.path.relative_to(Path(__file__).parent).as_posix()
-        return PATH_ORDER.get(relative, MODULE_ORDER.get(item.path.name, 0))
+        module = item.path.relative_to(Path(__file__).parent).as_posix()
+        test = f"{module}::{item.name.split('[')[0]}"
+        return ORDER.get(test, ORDER.get(module, 0))
 
     items.sort(key=order)  # a stable sort keeps the rest in their order
 
