@@ -148,15 +148,7 @@ def source_chunks(
     known: what this machine sends to a lab's server that cannot reach the source itself."""
     local_path = _local_path(source)
     if local_path is not None:
-        try:
-            file = local_path.open("rb")
-        except OSError as error:
-            raise SourceUnreachable(
-                f"cannot read the image {local_path} ({source.url_key} = {source.url!r}): "
-                f"{error.strerror or error}",
-                hint=f"set {source.url_key} to an existing image file, a file:// URL or an http(s):// URL",
-            ) from error
-        with file:
+        with _open_local(source, local_path) as file:
             yield _read_chunks(file), os.fstat(file.fileno()).st_size
         return
     import requests
@@ -463,6 +455,17 @@ def _download(
     throttle.finish(done)
 
 
+def _open_local(source: ImageSource, local_path: Path) -> IO[bytes]:
+    try:
+        return local_path.open("rb")
+    except OSError as error:
+        raise SourceUnreachable(
+            f"cannot read the image {local_path} ({source.url_key} = {source.url!r}): "
+            f"{error.strerror or error}",
+            hint=f"set {source.url_key} to an existing image file, a file:// URL or an http(s):// URL",
+        ) from error
+
+
 def _copy_local(
     source: ImageSource,
     local_path: Path,
@@ -471,15 +474,7 @@ def _copy_local(
     progress: ProgressFn | None,
 ) -> None:
     """Copy a local image into `partial_path`, hashing while copying; verified on return."""
-    try:
-        source_file = local_path.open("rb")
-    except OSError as error:
-        raise SourceUnreachable(
-            f"cannot read the image {local_path} ({source.url_key} = {source.url!r}): "
-            f"{error.strerror or error}",
-            hint=f"set {source.url_key} to an existing image file, a file:// URL or an http(s):// URL",
-        ) from error
-
+    source_file = _open_local(source, local_path)
     hasher = hashlib.sha256()
     with source_file:
         total = os.fstat(source_file.fileno()).st_size
