@@ -191,17 +191,9 @@ def receive_image(
     with _exclusive_lock(entry_dir / (name + ".lock")):
         if final_path.exists() and _verified_digest(final_path)[0] == expected:
             return CachedImage(final_path, expected, final_path.stat().st_size)
-        hasher = hashlib.sha256()
         throttle = _ProgressThrottle(progress, 0, total)
-        done = 0
         try:
-            with partial_path.open("wb") as out:
-                for chunk in chunks:
-                    out.write(chunk)
-                    hasher.update(chunk)
-                    done += len(chunk)
-                    throttle.update(done)
-                _flush_to_disk(out)
+            actual, done = _write_hashed(chunks, partial_path, throttle)
         except OSError as error:
             partial_path.unlink(missing_ok=True)
             raise DownloadError(
@@ -214,7 +206,7 @@ def receive_image(
                 f"the copy of {source.url} sent from the user's machine ended after {done} of {total} bytes",
                 hint="re-run to send it again",
             )
-        _verify(source, partial_path, hasher.hexdigest(), expected)
+        _verify(source, partial_path, actual, expected)
         throttle.finish(done)
         _commit(partial_path, final_path)
         return CachedImage(final_path, expected, done)
@@ -475,27 +467,36 @@ def _copy_local(
 ) -> None:
     """Copy a local image into `partial_path`, hashing while copying; verified on return."""
     source_file = _open_local(source, local_path)
-    hasher = hashlib.sha256()
     with source_file:
         total = os.fstat(source_file.fileno()).st_size
         throttle = _ProgressThrottle(progress, 0, total)
-        done = 0
         try:
-            with partial_path.open("wb") as out:
-                for chunk in _read_chunks(source_file):
-                    out.write(chunk)
-                    hasher.update(chunk)
-                    done += len(chunk)
-                    throttle.update(done)
-                _flush_to_disk(out)
+            actual, done = _write_hashed(_read_chunks(source_file), partial_path, throttle)
         except OSError as error:
             partial_path.unlink(missing_ok=True)  # a copy has nothing to resume
             raise DownloadError(
                 f"could not copy {local_path} into {partial_path}: {error.strerror or error}",
                 hint="check that the image is readable and the cache has free space, then re-run",
             ) from error
-    _verify(source, partial_path, hasher.hexdigest(), expected)
+    _verify(source, partial_path, actual, expected)
     throttle.finish(done)
+
+
+def _write_hashed(
+    chunks: Iterable[bytes], partial_path: Path, throttle: _ProgressThrottle
+) -> tuple[str, int]:
+    """Write `chunks` into a new `partial_path`, on disk when it returns: their SHA-256 and size.
+    An OSError (disk full, unreadable source) is the caller's to name."""
+    hasher = hashlib.sha256()
+    done = 0
+    with partial_path.open("wb") as out:
+        for chunk in chunks:
+            out.write(chunk)
+            hasher.update(chunk)
+            done += len(chunk)
+            throttle.update(done)
+        _flush_to_disk(out)
+    return hasher.hexdigest(), done
 
 
 def _verify(source: ImageSource, partial_path: Path, actual: str, expected: str) -> None:
