@@ -295,9 +295,7 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
     cli: PulumiCli = lab_stack(tmp_path, "guest")
     # It starts a nested KVM guest: see PulumiCli.up.
     cli.guest = SshTarget("127.0.0.1", ssh_port, "nexus", VmPaths(tmp_path / "state").ssh_private_key)
-    config = guest_config(tmp_path, guest_image_url, rootfs_tarball, ssh_port, http_port)
-    config["nexus:innerVm"] = {"enabled": False}
-    cli.init(config)
+    cli.init(guest_config(tmp_path, guest_image_url, rootfs_tarball, ssh_port, http_port))
     state_dir = tmp_path / "state"
     vm_pid = 0
     try:
