@@ -379,6 +379,10 @@ class QemuVm(Lifecycle):
         "mounts",
     )
 
+    def login_hint(self, target: ssh.SshTarget) -> str:
+        """How the user logs into the VM, for the ready line: here, the command itself."""
+        return target.interactive_command()
+
     def create(self, props: Props) -> Created:
         started = self._start(props, adopt=True)
         if suspended(props):
@@ -486,7 +490,7 @@ class QemuVm(Lifecycle):
         except BaseException:
             vm_process.stop(paths, powerdown_timeout=5)
             raise
-        say("vm", f"resumed in {seconds:.1f} s: {target.interactive_command()}")
+        say("vm", f"resumed in {seconds:.1f} s: {self.login_hint(target)}")
         return {**props, "pid": pid, "ready_seconds": round(seconds, 1)}
 
     def _grew_in_place(self, olds: Props, news: Props) -> bool:
@@ -538,8 +542,7 @@ class QemuVm(Lifecycle):
         shares.stop_virtiofsd(vm_paths(props))
         shares.stop_reverse_sshfs(vm_paths(props))
 
-    @staticmethod
-    def _start(props: Props, *, adopt: bool = False) -> Props:
+    def _start(self, props: Props, *, adopt: bool = False) -> Props:
         paths = vm_paths(props)
         mount_list = mounts.from_props(props.get("mounts"))
         leftover = vm_process.vm_pids(paths)
@@ -593,5 +596,5 @@ class QemuVm(Lifecycle):
             shares.stop_virtiofsd(paths)
             shares.stop_reverse_sshfs(paths)
             raise
-        say("vm", f"ready after {seconds:.0f} s: {target.interactive_command()}")
+        say("vm", f"ready after {seconds:.0f} s: {self.login_hint(target)}")
         return {**props, "pid": pid, "ready_seconds": round(seconds, 1)}

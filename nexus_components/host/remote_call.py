@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 
 from nexus_components.core.errors import NexusError
 from nexus_components.core.lifecycle import Created, Diff, Lifecycle, Props, previewing
+from nexus_components.core.ssh import SshTarget
 from nexus_components.host import lifecycles
 from nexus_components.host.hostfacts import (
     available_memory_mib,
@@ -41,13 +42,22 @@ from nexus_components.host.paths import VmPaths
 from nexus_components.host.remote import HOST
 from nexus_components.host.settings import VmConfig
 
+
+class ServerQemuVm(lifecycles.QemuVm):
+    """The VM on the server: the SSH command that reaches it from here is not the user's
+    (theirs jumps through this server), so the ready line points to theirs."""
+
+    def login_hint(self, target: SshTarget) -> str:
+        return "log in from your machine with connect-ssh.sh or the sshCommand output"
+
+
 # The host resources whose steps run where QEMU runs (SshKey stays on the user's machine).
 LIFECYCLES: dict[str, Callable[[], Lifecycle]] = {
     "StateDir": lifecycles.StateDir,
     "BaseImage": lifecycles.BaseImage,
     "OverlayDisk": lifecycles.OverlayDisk,
     "CloudInitSeed": lifecycles.CloudInitSeed,
-    "QemuVm": lifecycles.QemuVm,
+    "QemuVm": ServerQemuVm,
 }
 METHODS = ("create", "diff", "update", "read", "delete")
 # BaseImage's create from the image's bytes, sent by the user's machine when this one cannot

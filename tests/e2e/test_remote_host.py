@@ -98,6 +98,8 @@ def test_a_lab_on_a_remote_host_goes_up_heals_and_is_destroyed_there(tmp_path: P
         label = f"{server.user}@{server.address}:{server.port}"
         assert f"[image] {label} cannot reach {IMAGE_URL}; sending the image from this machine" in done.stdout
         assert f"[image] received {IMAGE_NAME}: " in done.stdout, done.stdout
+        # The server's own way into the VM is not the user's: the ready line names theirs.
+        assert "s: log in from your machine with connect-ssh.sh or the sshCommand output" in done.stdout
         outputs = cli.outputs()
         pid = int(outputs["vmPid"])
         state_dir = Path(outputs["stateDir"])
