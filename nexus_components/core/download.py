@@ -140,36 +140,57 @@ def fetch_image(
         return CachedImage(final_path, expected, final_path.stat().st_size)
 
 
+def partial_size(cache_dir: Path, source: ImageSource) -> int:
+    """How many bytes of `source` the cache holds in its `.partial` (0 when none): where a
+    copy sent from another machine resumes."""
+    try:
+        return (cache_entry_dir(cache_dir, source.url) / (_image_name(source) + ".partial")).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 @contextlib.contextmanager
 def source_chunks(
-    source: ImageSource, *, timeout: float = 30.0
-) -> Iterator[tuple[Iterator[bytes], int | None]]:
-    """The image's bytes as they come from its URL or file on this machine, and its size when
-    known: what this machine sends to a lab's server that cannot reach the source itself."""
+    source: ImageSource, *, start: int = 0, timeout: float = 30.0
+) -> Iterator[tuple[Iterator[bytes], int | None, int]]:
+    """The image's bytes as they come from its URL or file on this machine, from byte `start`
+    when the source can begin there (else from 0), with its whole size when known and the byte
+    they begin at: what this machine sends to a lab's server that cannot reach the source."""
     local_path = _local_path(source)
     if local_path is not None:
         with _open_local(source, local_path) as file:
-            yield _read_chunks(file), os.fstat(file.fileno()).st_size
+            size = os.fstat(file.fileno()).st_size
+            start = start if start <= size else 0
+            file.seek(start)
+            yield _read_chunks(file), size, start
         return
     import requests
 
+    headers = {"Accept-Encoding": "identity"}
+    if start:
+        headers["Range"] = f"bytes={start}-"
     try:
-        response = requests.get(
-            source.url, headers={"Accept-Encoding": "identity"}, stream=True, timeout=timeout
-        )
+        response = requests.get(source.url, headers=headers, stream=True, timeout=timeout)
     except requests.RequestException as error:
         raise _unreachable_or_failed(error)(
             f"could not download {source.url}: {error}",
             hint=f"check the network, or set {source.url_key} to another URL",
         ) from error
     with response:
-        if response.status_code != 200:
+        status = response.status_code
+        if start and status == 416:
+            # Nothing past `start`: the copy there may be whole already (its digest decides).
+            yield iter(()), start, start
+            return
+        if status not in (200, 206) or (status == 206 and _content_range_start(response) != start):
             raise DownloadError(
-                f"could not download {source.url}: HTTP {response.status_code} {response.reason}",
+                f"could not download {source.url}: HTTP {status} {response.reason}",
                 hint=f"check that {source.url_key} is the right URL",
             )
+        start = start if status == 206 else 0  # a 200 is the whole image
         length = response.headers.get("Content-Length")
-        yield response.iter_content(CHUNK_SIZE), int(length) if length and length.isdigit() else None
+        total = start + int(length) if length and length.isdigit() else None
+        yield response.iter_content(CHUNK_SIZE), total, start
 
 
 def receive_image(
@@ -179,10 +200,13 @@ def receive_image(
     expected: str,
     *,
     total: int | None,
+    start: int = 0,
     progress: ProgressFn | None = None,
 ) -> CachedImage:
     """Put an image another machine sends into the cache, as `fetch_image` would: under the
-    entry's lock, hashed as it comes, verified against `expected`, then renamed into place."""
+    entry's lock, hashed as it comes, verified against `expected`, then renamed into place.
+    `start` > 0: the chunks follow the first `start` bytes, kept in the `.partial` of an
+    earlier copy that broke off (see `partial_size`)."""
     name = _image_name(source)
     entry_dir = cache_entry_dir(cache_dir, source.url)
     entry_dir.mkdir(parents=True, exist_ok=True)
@@ -191,20 +215,26 @@ def receive_image(
     with _exclusive_lock(entry_dir / (name + ".lock")):
         if final_path.exists() and _verified_digest(final_path)[0] == expected:
             return CachedImage(final_path, expected, final_path.stat().st_size)
-        throttle = _ProgressThrottle(progress, 0, total)
+        held = partial_size(cache_dir, source)
+        if held < start:
+            raise DownloadError(
+                f"the copy of {source.url} here holds {held} bytes, not the {start} it was to go on from",
+                hint="re-run to send the rest",
+            )
+        throttle = _ProgressThrottle(progress, start, total)
         try:
-            actual, done = _write_hashed(chunks, partial_path, throttle)
+            actual, done = _write_hashed(chunks, partial_path, throttle, start=start)
         except OSError as error:
             partial_path.unlink(missing_ok=True)
             raise DownloadError(
                 f"could not write {partial_path}: {error.strerror or error}",
                 hint="free disk space in the image cache (or fix its permissions) and re-run",
             ) from error
-        if total is not None and done != total:
-            partial_path.unlink(missing_ok=True)
+        if total is not None and done < total:
+            # Kept: a prefix of the image, so the next copy sends only the rest.
             raise DownloadError(
                 f"the copy of {source.url} sent from the user's machine ended after {done} of {total} bytes",
-                hint="re-run to send it again",
+                hint="re-run: the copy goes on from there",
             )
         _verify(source, partial_path, actual, expected)
         throttle.finish(done)
@@ -483,13 +513,18 @@ def _copy_local(
 
 
 def _write_hashed(
-    chunks: Iterable[bytes], partial_path: Path, throttle: _ProgressThrottle
+    chunks: Iterable[bytes], partial_path: Path, throttle: _ProgressThrottle, *, start: int = 0
 ) -> tuple[str, int]:
-    """Write `chunks` into a new `partial_path`, on disk when it returns: their SHA-256 and size.
-    An OSError (disk full, unreadable source) is the caller's to name."""
+    """Write `chunks` into `partial_path` after its first `start` bytes (none: a new file), on
+    disk when it returns: the whole file's SHA-256 and size. An OSError (disk full,
+    unreadable source) is the caller's to name."""
     hasher = hashlib.sha256()
-    done = 0
-    with partial_path.open("wb") as out:
+    done = start
+    with partial_path.open("r+b" if start else "wb") as out:
+        if start:
+            out.truncate(start)  # what it held past that is not what follows
+            for chunk in _read_chunks(out):
+                hasher.update(chunk)
         for chunk in chunks:
             out.write(chunk)
             hasher.update(chunk)

@@ -100,18 +100,26 @@ class BaseImage(Lifecycle):
         )
         return self._created(props, image)
 
-    def receive(self, props: Props, chunks: Iterable[bytes], expected: str, total: int | None) -> Created:
+    def receive(
+        self, props: Props, chunks: Iterable[bytes], expected: str, *, total: int | None, start: int = 0
+    ) -> Created:
         """The create of a lab's server that cannot reach the image's source: the user's machine
-        sends the image (remote.send_image), and it is cached and checked here as a download is."""
+        sends the image (remote.send_image), and it is cached and checked here as a download is.
+        `start`: the bytes follow those an earlier copy that broke off left (see `partial`)."""
         image = download.receive_image(
             self.source(props),
             Path(props["cache_dir"]),
             chunks,
             expected,
             total=total,
+            start=start,
             progress=self._progress(props, ("receiving", "received")),
         )
         return self._created(props, image)
+
+    def partial(self, props: Props) -> int:
+        """How many bytes of the image an earlier copy that broke off left in the cache."""
+        return download.partial_size(Path(props["cache_dir"]), self.source(props))
 
     @staticmethod
     def source(props: Props) -> download.ImageSource:

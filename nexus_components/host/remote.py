@@ -407,11 +407,16 @@ def send_image(host: RemoteHost, props: Props, unreachable: NexusError) -> Any:
     nothing here; the server caches and checks them as it checks a download."""
     source = download.ImageSource(url=props["url"], sha256=props.get("sha256"))
     relay(f"[image] {host.label} cannot reach {source.url}; sending the image from this machine")
+    # What an earlier copy that broke off left there: only the rest is sent.
+    held = int(call(host, "BaseImage", "partial", {"props": props, "preview": False}, timeout=60))
 
     def payload() -> Iterator[bytes]:
         expected = download.expected_digest(source)
-        with download.source_chunks(source) as (chunks, total):
-            request = {"props": props, "expected": expected, "total": total, "preview": False}
+        with download.source_chunks(source, start=held) as (chunks, total, start):
+            if start:
+                kept = f"{start / (1 << 20):.1f} MiB"
+                relay(f"[image] {host.label} kept {kept} of an earlier copy; sending the rest")
+            request = {"props": props, "expected": expected, "total": total, "start": start, "preview": False}
             yield json.dumps(request).encode() + b"\n"
             yield from chunks
 
@@ -427,7 +432,7 @@ def send_image(host: RemoteHost, props: Props, unreachable: NexusError) -> Any:
     except OSError as error:  # the download here broke off (requests' errors are OSErrors)
         raise DownloadError(
             f"sending {source.url} from this machine to {host.label} broke off: {error}",
-            hint="re-run `pulumi up` to send it again",
+            hint="re-run `pulumi up`: the copy goes on from where it stopped",
         ) from error
 
 

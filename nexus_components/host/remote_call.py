@@ -61,8 +61,11 @@ LIFECYCLES: dict[str, Callable[[], Lifecycle]] = {
 }
 METHODS = ("create", "diff", "update", "read", "delete")
 # BaseImage's create from the image's bytes, sent by the user's machine when this one cannot
-# reach the source: the request's JSON on stdin's first line, then the bytes to its end.
+# reach the source: the request's JSON on stdin's first line, then the bytes to its end. Before
+# it, PARTIAL asks how many bytes an earlier copy that broke off left here, to go on from.
 RECEIVE = "receive"
+PARTIAL = "partial"
+IMAGE_STEPS = (RECEIVE, PARTIAL)
 # The host itself: what it offers (before anything is declared), what its files allow, and
 # the memory it has for a fleet's labs (scripts/fleet).
 HOST_STEPS = ("facts", "check", "memory")
@@ -76,9 +79,17 @@ USER_FILES: dict[str, Callable[[VmPaths], Path]] = {
 
 def run_step(lifecycle: Lifecycle, method: str, request: Mapping[str, Any], rest: BinaryIO) -> Any:
     """One call of the lifecycle, its answer as plain JSON values; `rest` is stdin after the request."""
+    if isinstance(lifecycle, lifecycles.BaseImage) and method == PARTIAL:
+        return lifecycle.partial(request["props"])
     if method in ("create", RECEIVE):
         made: Created = (
-            lifecycle.receive(request["props"], _chunks(rest), request["expected"], request.get("total"))
+            lifecycle.receive(
+                request["props"],
+                _chunks(rest),
+                request["expected"],
+                total=request.get("total"),
+                start=request.get("start", 0),
+            )
             if isinstance(lifecycle, lifecycles.BaseImage) and method == RECEIVE
             else lifecycle.create(request["props"])
         )
@@ -195,7 +206,9 @@ def main(argv: list[str]) -> int:
     if resource == HOST:
         known = method in HOST_STEPS
     else:
-        known = resource in LIFECYCLES and (method in METHODS or (resource, method) == ("BaseImage", RECEIVE))
+        known = resource in LIFECYCLES and (
+            method in METHODS or (resource == "BaseImage" and method in IMAGE_STEPS)
+        )
     if not known:
         print(f"remote_call: unknown step {resource}.{method}", file=sys.stderr)
         return 2

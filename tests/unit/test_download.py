@@ -22,6 +22,7 @@ from nexus_components.core.download import (
     expected_digest,
     fetch_image,
     log_progress,
+    partial_size,
     receive_image,
     source_chunks,
 )
@@ -644,8 +645,8 @@ def test_an_image_read_here_is_received_into_a_cache_as_a_download_would_be(
     for url in (server.url(), local_image.as_uri()):
         source = ImageSource(url, sha256_of(image_bytes))
         said: list[str] = []
-        with source_chunks(source) as (chunks, total):
-            assert total == len(image_bytes)
+        with source_chunks(source) as (chunks, total, start):
+            assert (total, start) == (len(image_bytes), 0)
             image = receive_image(
                 source,
                 tmp_path / "server-cache",
@@ -666,15 +667,68 @@ def test_an_image_read_here_is_received_into_a_cache_as_a_download_would_be(
         }
 
 
-def test_received_bytes_that_are_wrong_or_cut_short_leave_nothing(image_bytes: bytes, tmp_path: Path) -> None:
+def test_received_bytes_that_are_wrong_leave_nothing(image_bytes: bytes, tmp_path: Path) -> None:
     source = ImageSource("http://images.example/base.qcow2", sha256_of(image_bytes))
     with pytest.raises(DownloadError, match=r"but [0-9a-f]{64} was expected"):
         receive_image(
             source, tmp_path, [image_bytes[:-1] + b"x"], sha256_of(image_bytes), total=len(image_bytes)
         )
-    with pytest.raises(DownloadError, match=rf"ended after {MIB} of {len(image_bytes)} bytes"):
-        receive_image(source, tmp_path, [image_bytes[:MIB]], sha256_of(image_bytes), total=len(image_bytes))
     assert entry_files(tmp_path, source.url) == {IMAGE_NAME + ".lock"}
+
+
+def test_received_bytes_cut_short_are_kept_and_the_next_copy_sends_the_rest(
+    image_bytes: bytes, tmp_path: Path
+) -> None:
+    source = ImageSource("http://images.example/base.qcow2", sha256_of(image_bytes))
+    digest, size = sha256_of(image_bytes), len(image_bytes)
+    with pytest.raises(DownloadError, match=rf"ended after {MIB} of {size} bytes") as cut:
+        receive_image(source, tmp_path, [image_bytes[:MIB]], digest, total=size)
+    assert "goes on from there" in cut.value.hint
+    assert partial_size(tmp_path, source) == MIB
+    # Bytes past the point the sender goes on from are not kept (a copy cut mid-write).
+    partial = cache_entry_dir(tmp_path, source.url) / (IMAGE_NAME + ".partial")
+    with partial.open("ab") as out:
+        out.write(b"half a chunk")
+    said: list[str] = []
+    image = receive_image(
+        source,
+        tmp_path,
+        [image_bytes[MIB:]],
+        digest,
+        total=size,
+        start=MIB,
+        progress=log_progress(said.append, IMAGE_NAME, verbs=("receiving", "received")),
+    )
+    assert image.path.read_bytes() == image_bytes and image.size == size
+    assert said[-1].startswith(f"received {IMAGE_NAME}: 3.0 MiB, resumed at 1.0 MiB: 2.0 MiB in "), said
+    assert partial_size(tmp_path, source) == 0
+
+
+def test_a_copy_cannot_go_on_from_bytes_the_cache_does_not_hold(image_bytes: bytes, tmp_path: Path) -> None:
+    source = ImageSource("http://images.example/base.qcow2", sha256_of(image_bytes))
+    with pytest.raises(DownloadError, match=rf"holds 0 bytes, not the {MIB} it was to go on from"):
+        receive_image(source, tmp_path, [image_bytes[MIB:]], sha256_of(image_bytes), total=None, start=MIB)
+    assert partial_size(tmp_path, source) == 0
+
+
+def test_the_bytes_read_here_begin_where_the_source_can_begin(
+    server: ImageServer, image_bytes: bytes, local_image: Path
+) -> None:
+    size, start = len(image_bytes), MIB + 7
+    for url in (server.url(), local_image.as_uri()):
+        with source_chunks(ImageSource(url, sha256_of(image_bytes)), start=start) as (chunks, total, begins):
+            assert (total, begins) == (size, start) and b"".join(chunks) == image_bytes[start:]
+    assert server.state.image_requests()[-1].range_header == f"bytes={start}-"
+    # A file shorter than that, or a server without Range support: from the first byte.
+    with source_chunks(ImageSource(local_image.as_uri()), start=size + 1) as (chunks, total, begins):
+        assert (total, begins) == (size, 0) and b"".join(chunks) == image_bytes
+    server.state.ignore_range = True
+    with source_chunks(ImageSource(server.url()), start=start) as (chunks, total, begins):
+        assert (total, begins) == (size, 0) and b"".join(chunks) == image_bytes
+    # Nothing past the start: no bytes, and the copy there is checked as it is.
+    server.state.ignore_range = False
+    with source_chunks(ImageSource(server.url()), start=size) as (chunks, total, begins):
+        assert (total, begins) == (size, size) and list(chunks) == []
 
 
 def test_an_image_the_cache_has_is_not_received_again(

@@ -30,7 +30,7 @@ from nexus_components.host.remote import OnHost, RemoteHost, load_host
 from nexus_components.lab_settings import lab_arguments
 from nexus_components.placement import refuse_what_a_remote_host_lacks
 from nexus_provider.early_banner import ssh_port
-from tests.support.file_server import serving_as_proxy
+from tests.support.file_server import ProxyRequests, serving_as_proxy
 from tests.support.processes import processes_where
 from tests.support.sshd import running_sshd
 
@@ -295,6 +295,56 @@ def test_a_server_without_a_route_to_the_image_has_it_sent_from_this_machine(
     assert any(line.startswith("[image] received tiny.qcow2: ") for line in said), said
     assert str(neither.value).count("nexus-images.invalid") >= 2, neither.value
     assert "could not fetch" in str(neither.value) and f"(on {host.label})" in str(neither.value)
+
+
+def test_an_image_sent_from_this_machine_that_broke_off_goes_on_from_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    raw, image = tmp_path / "data.raw", images / "data.qcow2"
+    raw.write_bytes(os.urandom(5 << 20))  # incompressible: the qcow2 holds every byte
+    subprocess.run(["qemu-img", "convert", "-q", "-O", "qcow2", str(raw), str(image)], check=True)
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    url = "http://nexus-images.invalid/data.qcow2"
+    server_cache = tmp_path / "server-cache"
+    source = download.ImageSource(url, digest)
+    base_image = OnHost("BaseImage", lifecycles.BaseImage())
+    asked = ProxyRequests(cut_after_once=(2 << 20) + 4321)
+    with serving_as_proxy(images, asked) as proxy, running_sshd(tmp_path / "sshd") as sshd:
+        monkeypatch.setenv("http_proxy", proxy)  # this machine's route to the URL only
+        host = RemoteHost(
+            sshd.user, sshd.host, sshd.port, str(sshd.private_key), str(tmp_path / "known_hosts")
+        )
+        props = {
+            "host": host.as_props(),
+            "url": url,
+            "sha256": digest,
+            "cache_dir": str(server_cache),
+            "qemu_img": "qemu-img",
+            "disk_size": "4G",
+        }
+        with pytest.raises(DownloadError, match="broke off") as broke:
+            base_image.create(props)
+        said: list[str] = []
+        with progress_to(said.append):
+            made = base_image.create(props)
+        remote.close(host)
+    assert "goes on from where it stopped" in broke.value.hint
+    cached = download.cached_image_path(server_cache, source)
+    assert made.outs["path"] == str(cached) and cached.read_bytes() == image.read_bytes()
+    # The second copy asked the source for the rest only, after what the server kept.
+    first, second = asked.ranges
+    assert first is None and second is not None, asked.ranges
+    kept = int(second.removeprefix("bytes=").rstrip("-"))
+    assert 0 < kept <= (2 << 20) + 4321, kept
+    assert (
+        f"[image] {host.label} kept {kept / (1 << 20):.1f} MiB of an earlier copy; sending the rest" in said
+    )
+    assert any(", resumed at " in line for line in said if line.startswith("[image] received data.qcow2")), (
+        said
+    )
+    assert download.partial_size(server_cache, source) == 0
 
 
 def free_port() -> int:
