@@ -254,6 +254,18 @@ def test_steps_over_ssh_ship_the_code_relay_progress_and_raise_the_servers_error
         remote.call(wrong, remote.HOST, "facts", {})
 
 
+def image_props(host: RemoteHost, url: str, sha256: str | None, cache_dir: Path) -> dict[str, Any]:
+    """A BaseImage's properties for a lab on `host`."""
+    return {
+        "host": host.as_props(),
+        "url": url,
+        "sha256": sha256,
+        "cache_dir": str(cache_dir),
+        "qemu_img": "qemu-img",
+        "disk_size": "4G",
+    }
+
+
 def test_a_server_without_a_route_to_the_image_has_it_sent_from_this_machine(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -272,14 +284,7 @@ def test_a_server_without_a_route_to_the_image_has_it_sent_from_this_machine(
         host = RemoteHost(
             sshd.user, sshd.host, sshd.port, str(sshd.private_key), str(tmp_path / "known_hosts")
         )
-        props = {
-            "host": host.as_props(),
-            "url": url,
-            "sha256": None,
-            "cache_dir": str(server_cache),
-            "qemu_img": "qemu-img",
-            "disk_size": "4G",
-        }
+        props = image_props(host, url, None, server_cache)
         said: list[str] = []
         with progress_to(said.append):
             made = base_image.create(props)
@@ -316,14 +321,7 @@ def test_an_image_sent_from_this_machine_that_broke_off_goes_on_from_where_it_st
         host = RemoteHost(
             sshd.user, sshd.host, sshd.port, str(sshd.private_key), str(tmp_path / "known_hosts")
         )
-        props = {
-            "host": host.as_props(),
-            "url": url,
-            "sha256": digest,
-            "cache_dir": str(server_cache),
-            "qemu_img": "qemu-img",
-            "disk_size": "4G",
-        }
+        props = image_props(host, url, digest, server_cache)
         with pytest.raises(DownloadError, match="broke off") as broke:
             base_image.create(props)
         said: list[str] = []
