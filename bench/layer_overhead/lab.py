@@ -63,6 +63,14 @@ def lab_from_deployment(stack: str, deployment: Mapping[str, Any]) -> Lab:
             f"({'missing outputs: ' + ', '.join(missing) if missing else 'vmPid is 0'})",
             hint=f"start it with `scripts/pulumi up --stack {stack}`, then run the benchmark again",
         )
+    where = outputs.get("host", "local")
+    if where != "local":
+        # Its host column would be this machine, and its layers are reached through the server.
+        raise BenchError(
+            f"stack {stack!r} runs on {where} (nexus:host): bench-layers measures a lab against "
+            "the machine it runs on, so only a lab on this machine",
+            hint="bring up a stack without nexus:host here (or on the server, and run the benchmark there)",
+        )
     destination = shlex.split(str(outputs["sshCommand"]))[-1]
     user, _, host = destination.rpartition("@")
     vm_inputs = next(

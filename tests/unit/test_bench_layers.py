@@ -244,6 +244,14 @@ def test_a_stack_without_vm_is_not_up() -> None:
         assert "scripts/pulumi up --stack lab" in message
 
 
+def test_a_lab_on_a_server_is_not_measured_against_this_machine() -> None:
+    assert lab_from_deployment("lab", deployment({**LAB_OUTPUTS, "host": "local"})).vm_pid == 42
+    with pytest.raises(BenchError) as raised:
+        lab_from_deployment("lab", deployment({**LAB_OUTPUTS, "host": "alice@lab-server:22"}))
+    assert "stack 'lab' runs on alice@lab-server:22 (nexus:host)" in str(raised.value)
+    assert "without nexus:host" in raised.value.hint
+
+
 def test_pulumi_failures_become_next_steps() -> None:
     missing = str(pulumi_failure("nope", "error: no stack named 'nope' found"))
     assert "no stack named 'nope'" in missing and "scripts/pulumi stack ls" in missing
