@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shlex
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -170,6 +171,10 @@ class VmSilent(Exception):
     """The VM stopped answering while the inner VM booted."""
 
 
+class GuestStuck(Exception):
+    """The inner guest printed its ready line, then its sshd stayed silent: it stalls."""
+
+
 def ready_line_argv(container: str, serial_log: PurePosixPath) -> list[str]:
     """Exit status 0 once the serial console holds the inner cloud-init's final message."""
     return in_container(container, ["grep", "-q", "-F", "--", INNER_READY_LINE, str(serial_log)])
@@ -186,6 +191,12 @@ def is_ssh_banner(output: str) -> bool:
 
 # What `guest_missing` says when the probe itself did not reach the VM.
 VM_SILENT = "the VM does not answer over SSH"
+# ... and, in front of the port, when the guest's sshd does not greet.
+SSHD_SILENT = "its sshd does not answer on container port"
+# sshd starts before cloud-init's last stage prints the ready line. A guest whose sshd stays
+# silent this long after it has stopped making progress (nested virtualization under an
+# emulated CPU can stall so); its QEMU restarted, it boots on.
+SSHD_AFTER_READY_SECONDS = 240.0
 # A VM that misses this many probes in a row has stopped answering (it hangs), and no
 # inner guest will become ready in it: the wait ends instead of running out its bound.
 SILENT_PROBES_TO_GIVE_UP = 2
@@ -205,7 +216,7 @@ def guest_missing(runner: CommandRunner, container: str, config: InnerVmConfig) 
     banner = runner.run(ssh_banner_argv(container, forward.container), timeout=BANNER_TIMEOUT_SECONDS + 30)
     if not is_ssh_banner(banner.stdout):
         shown = output_tail(banner.output, 3) or "no answer"
-        return f"its sshd does not answer on container port {forward.container} yet ({shown})"
+        return f"{SSHD_SILENT} {forward.container} yet ({shown})"
     return None
 
 
@@ -225,6 +236,32 @@ def give_up_when_silent(probe: Callable[[], str | None]) -> Callable[[], str | N
     return watched
 
 
+def give_up_when_stuck(
+    probe: Callable[[], str | None],
+    *,
+    after_seconds: float = SSHD_AFTER_READY_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+) -> Callable[[], str | None]:
+    """A readiness probe that raises GuestStuck once `probe` has said SSHD_SILENT (the ready
+    line is there, sshd is not) for `after_seconds` in a row."""
+    silent_since: float | None = None
+
+    def watched() -> str | None:
+        nonlocal silent_since
+        missing = probe()
+        if missing is None or not missing.startswith(SSHD_SILENT):
+            silent_since = None
+            return missing
+        now = clock()
+        silent_since = now if silent_since is None else silent_since
+        if now - silent_since >= after_seconds:
+            silent = f"{now - silent_since:.0f} s"
+            raise GuestStuck(f"its cloud-init finished, but {missing.removeprefix('its ')} after {silent}")
+        return missing
+
+    return watched
+
+
 def wait_for_guest(
     runner: CommandRunner,
     container: str,
@@ -235,10 +272,10 @@ def wait_for_guest(
 ) -> tuple[float, str | None]:
     """Poll until `guest_missing` is None or the time is up; (seconds, what was missing).
 
-    Raises VmSilent when the VM stops answering the probes.
+    Raises VmSilent when the VM stops answering the probes, GuestStuck when the guest does.
     """
     return wait_for(
-        give_up_when_silent(lambda: guest_missing(runner, container, config)),
+        give_up_when_silent(give_up_when_stuck(lambda: guest_missing(runner, container, config))),
         timeout=timeout,
         poll_seconds=3.0,
         log=log,

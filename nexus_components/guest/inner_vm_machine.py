@@ -191,6 +191,28 @@ class InnerVmMachine:
             )
         accelerator = accelerator or self.choose_accelerator()
         argv = inner.build_inner_argv(self.config, accelerator, self.boot)
+        self._launch(argv, accelerator, log_prefix)
+        if self.boot is not None:
+            try:
+                self._wait_for_guest(argv, started, log_prefix, last_try=False)
+            except inner_image.GuestStuck as stuck:
+                # Its disk holds what cloud-init did: the second boot is the shorter one.
+                _say(log_prefix, f"{stuck}: it stalls; restarting its QEMU once")
+                self.stop(powerdown_timeout=1)
+                self._launch(argv, accelerator, log_prefix)
+                self._wait_for_guest(argv, time.monotonic(), log_prefix, last_try=True)
+        pid = self.pid()
+        seconds = time.monotonic() - started
+        _say(log_prefix, f"running ({accelerator}, pid {pid} in the container) after {seconds:.0f} s")
+        return {
+            "accelerator": accelerator,
+            "pid": pid or 0,
+            "qmp_status": "running",
+            "ready_seconds": round(seconds, 1),
+        }
+
+    def _launch(self, argv: list[str], accelerator: str, log_prefix: str) -> None:
+        """QEMU started in the container and reporting `running` over QMP."""
         _say(log_prefix, f"starting QEMU in {self.container} ({accelerator})")
         self._check(
             inner.in_container(self.container, argv),
@@ -218,17 +240,6 @@ class InnerVmMachine:
                 output="last lines of its serial console:\n" + output_tail(tail.output),
                 hint="raise nexus:innerVm.bootTimeoutSeconds, or check the boot media",
             )
-        if self.boot is not None:
-            self._wait_for_guest(argv, started, log_prefix)
-        pid = self.pid()
-        seconds = time.monotonic() - started
-        _say(log_prefix, f"running ({accelerator}, pid {pid} in the container) after {seconds:.0f} s")
-        return {
-            "accelerator": accelerator,
-            "pid": pid or 0,
-            "qmp_status": "running",
-            "ready_seconds": round(seconds, 1),
-        }
 
     def _prepare_image_boot(self, boot: inner_image.BootImage) -> None:
         """An overlay disk on the copied image, and the inner VM's own seed beside it."""
@@ -250,8 +261,9 @@ class InnerVmMachine:
             timeout=120,
         )
 
-    def _wait_for_guest(self, argv: list[str], started: float, log_prefix: str) -> None:
-        """QMP `running` is not yet a usable guest: wait for its cloud-init (and sshd)."""
+    def _wait_for_guest(self, argv: list[str], started: float, log_prefix: str, *, last_try: bool) -> None:
+        """QMP `running` is not yet a usable guest: wait for its cloud-init (and sshd). A guest
+        that stalls after its cloud-init raises GuestStuck, unless this is the `last_try`."""
         timeout = max(1.0, self.config.boot_timeout_seconds - (time.monotonic() - started))
         try:
             _, missing = inner_image.wait_for_guest(
@@ -263,6 +275,10 @@ class InnerVmMachine:
             )
         except inner_image.VmSilent as silent:
             raise self.stalled(argv, silent) from silent
+        except inner_image.GuestStuck as stuck:
+            if not last_try:
+                raise
+            missing = str(stuck)
         if missing is None:
             return
         tail = self.runner.run(inner.serial_tail(self.container, self.paths.serial_log, 30), timeout=60)

@@ -17,10 +17,12 @@ import pytest
 import yaml
 
 from nexus_components.core import seed_iso
-from nexus_components.core.runner import LocalRunner, SshRunner
+from nexus_components.core.progress import progress_to
+from nexus_components.core.runner import GuestError, LocalRunner, SshRunner
 from nexus_components.core.ssh import SshTarget
 from nexus_components.guest import inner_image, inner_vm, playground
 from nexus_components.guest.inner_image import BootImage
+from nexus_components.guest.inner_vm_machine import InnerVmMachine
 from nexus_components.guest.settings import InnerImage, InnerVmConfig, PlaygroundConfig, PortToGuest
 
 DIGEST = "ab" * 32
@@ -198,6 +200,85 @@ def test_the_wait_ends_when_the_vm_stops_answering_not_at_its_bound(tmp_path: Pa
         with pytest.raises(inner_image.VmSilent, match="does not answer over SSH"):
             inner_image.wait_for_guest(runner, "pg", IMAGE_CONFIG, timeout=600)
     assert time.monotonic() - started < 60
+
+
+def test_a_guest_whose_sshd_stays_silent_after_its_ready_line_is_stuck() -> None:
+    now = [0.0]
+    answers = iter(
+        [
+            "its cloud-init has not printed the ready line yet",
+            f"{inner_image.SSHD_SILENT} 2223 yet (no answer)",  # silent since 10 s
+            None,  # sshd greeted once: the count starts again
+            f"{inner_image.SSHD_SILENT} 2223 yet (no answer)",  # silent since 30 s
+            f"{inner_image.SSHD_SILENT} 2223 yet (no answer)",
+            f"{inner_image.SSHD_SILENT} 2223 yet (no answer)",
+        ]
+    )
+    probe = inner_image.give_up_when_stuck(lambda: next(answers), after_seconds=100, clock=lambda: now[0])
+    for at in (0, 10, 20, 30, 129):
+        now[0] = at
+        probe()
+    now[0] = 130
+    with pytest.raises(
+        inner_image.GuestStuck, match="its cloud-init finished, but sshd does not answer"
+    ) as stuck:
+        probe()
+    assert str(stuck.value).endswith("after 100 s")
+
+
+class StallsOnce(InnerVmMachine):
+    """An inner VM whose guest stalls after its cloud-init on the first boot (`stalls` times):
+    its QEMU steps are recorded instead of run (a nested guest that stalls cannot be made to)."""
+
+    def __init__(self, stalls: int) -> None:
+        super().__init__(LocalRunner(), "pg", IMAGE_CONFIG, boot=BootImage("/i.qcow2", "qcow2", DIGEST))
+        self.stalls = stalls
+        self.steps: list[str] = []
+
+    def _check(self, argv: list[str], what: str, hint: str, **kwargs: object) -> str:
+        self.steps.append(what)
+        return ""
+
+    def _prepare_image_boot(self, boot: BootImage) -> None:
+        pass
+
+    def _launch(self, argv: list[str], accelerator: str, log_prefix: str) -> None:
+        self.steps.append("launch")
+
+    def stop(self, *, powerdown_timeout: float | None = None) -> None:
+        self.steps.append("stop")
+
+    def pid(self) -> int | None:
+        return 42
+
+
+def test_an_inner_guest_that_stalls_after_its_cloud_init_is_restarted_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def wait(machine: StallsOnce) -> object:
+        def waited(*args: object, **kwargs: object) -> tuple[float, None]:
+            if machine.stalls:
+                machine.stalls -= 1
+                raise inner_image.GuestStuck("its cloud-init finished, but sshd does not answer after 240 s")
+            return 1.0, None
+
+        return waited
+
+    said: list[str] = []
+    with progress_to(said.append):
+        once = StallsOnce(stalls=1)
+        monkeypatch.setattr(inner_image, "wait_for_guest", wait(once))
+        assert once.start(accelerator="kvm")["qmp_status"] == "running"
+        assert once.steps == ["create its directory", "launch", "stop", "launch"]
+        assert any("it stalls; restarting its QEMU once" in line for line in said), said
+
+        twice = StallsOnce(stalls=2)
+        monkeypatch.setattr(inner_image, "wait_for_guest", wait(twice))
+        with pytest.raises(
+            GuestError, match=r"the image booted but was not ready within .*sshd does not answer"
+        ):
+            twice.start(accelerator="kvm")
+        assert twice.steps[:4] == ["create its directory", "launch", "stop", "launch"]
 
 
 def test_ssh_forward_is_the_one_to_guest_port_22() -> None:
