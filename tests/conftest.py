@@ -20,8 +20,10 @@ from tests.support.pulumi_cli import HEALS
 # image (built through qemu-user) about ten minutes later. So the longest end-to-end tests
 # go first, the guest layers' lifecycle (by far the longest) with a quick unit module after
 # it, so that the test its worker holds next is a quick one and the other long tests go to
-# the other worker; the tests that need the Node.js and YAML language hosts (built in the
-# background once the toolchain is there) come later, and the arm64 image's last.
+# the other worker; then the other end-to-end tests (those that need the Node.js and YAML
+# language hosts, built in the background once the toolchain is there, and the arm64
+# image's after them); the engine and unit tiers last: hundreds of short tests that keep
+# both workers busy to the end instead of one finishing a long test alone.
 ORDER = {
     "e2e/test_guest_layers.py::test_guest_layers_lifecycle": -5,
     "unit/test_fleet_memory.py": -4,
@@ -33,15 +35,17 @@ ORDER = {
     "engine/test_setup.py": 0.5,
     "engine/test_nexus_languages.py": 0.5,
     "e2e/test_nexus_lab_typescript.py": 0.5,
-    "e2e/test_arm64.py": 2,
+    "e2e/test_arm64.py": 0.8,
 }
+# Where the rest of each tier goes.
+TIER_ORDER = {"e2e": 0, "engine": 1, "unit": 2}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def order(item: pytest.Item) -> float:
         module = item.path.relative_to(Path(__file__).parent).as_posix()
         test = f"{module}::{item.name.split('[')[0]}"
-        return ORDER.get(test, ORDER.get(module, 0))
+        return ORDER.get(test, ORDER.get(module, TIER_ORDER.get(module.split("/")[0], 0)))
 
     items.sort(key=order)  # a stable sort keeps the rest in their order
 
