@@ -143,8 +143,12 @@ def fetch_image(
 def partial_size(cache_dir: Path, source: ImageSource) -> int:
     """How many bytes of `source` the cache holds in its `.partial` (0 when none): where a
     copy sent from another machine resumes."""
+    return _size_or_zero(cache_entry_dir(cache_dir, source.url) / (_image_name(source) + ".partial"))
+
+
+def _size_or_zero(path: Path) -> int:
     try:
-        return (cache_entry_dir(cache_dir, source.url) / (_image_name(source) + ".partial")).stat().st_size
+        return path.stat().st_size
     except FileNotFoundError:
         return 0
 
@@ -215,7 +219,7 @@ def receive_image(
     with _exclusive_lock(entry_dir / (name + ".lock")):
         if final_path.exists() and _verified_digest(final_path)[0] == expected:
             return CachedImage(final_path, expected, final_path.stat().st_size)
-        held = partial_size(cache_dir, source)
+        held = _size_or_zero(partial_path)
         if held < start:
             raise DownloadError(
                 f"the copy of {source.url} here holds {held} bytes, not the {start} it was to go on from",
