@@ -20,7 +20,7 @@ from tests.e2e.test_lab import port_is_free, qemu_processes_of, ssh
 from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving
 from tests.support.nexus_consumer import LAB_PLAYGROUND_PROGRAM, consumer_project, free_port, output_of
-from tests.support.playground_rootfs import PAGE_MARKER, ensure_playground_rootfs
+from tests.support.playground_rootfs import PAGE_MARKER, ensure_busybox_rootfs
 
 pytestmark = [pytest.mark.engine, pytest.mark.vm, pytest.mark.guest]
 
@@ -42,7 +42,7 @@ def test_a_consumer_ups_a_lab_with_the_playground_and_destroys_it_leaving_nothin
         "consumer:httpPort": str(http_port),
         "consumer:stateDir": str(state_dir),
         "consumer:cacheDir": str(tmp_path / "cache"),
-        "consumer:rootfsTarball": str(ensure_playground_rootfs()),
+        "consumer:rootfsTarball": str(ensure_busybox_rootfs()),
     }
     lab = consumer_project(tmp_path, pulumi_home, LAB_PLAYGROUND_PROGRAM, config)
     try:

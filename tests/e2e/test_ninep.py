@@ -76,7 +76,7 @@ def test_9p_shares_mount_refuse_writes_when_read_only_come_back_after_a_restart(
         shared_before = snapshot(shared)
         layers = layers_of(LabOutputs("ninep", outputs), "vm")
         results = run_bench(
-            [Share(shared, "/srv/shared", None, "9p")], layers, size_mib=64, files=1000, log=print
+            [Share(shared, "/srv/shared", None, "9p")], layers, size_mib=16, files=200, log=print
         )
         print(render(results))
         assert {(r.workload, r.layer) for r in results} == {("large", "vm"), ("small", "vm")}

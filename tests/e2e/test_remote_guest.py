@@ -22,7 +22,7 @@ from tests.e2e.test_lab import free_port, lab_config, lab_stack
 from tests.e2e.test_remote_host import files_under, host_setting, port_is_taken
 from tests.support.debian_image import GUEST_LAYERS, IMAGE_NAME, ensure_test_image
 from tests.support.file_server import serving
-from tests.support.playground_rootfs import ensure_playground_rootfs
+from tests.support.playground_rootfs import ensure_busybox_rootfs
 from tests.support.remote_server import remote_server
 from tests.support.terminal import Terminal
 
@@ -51,7 +51,7 @@ def test_the_guest_layers_of_a_lab_on_a_remote_host_are_reached_through_the_serv
             vm={"memoryMiB": 2048, "diskSize": "10G"},
             playground={
                 "enabled": True,
-                "rootfsTarball": str(ensure_playground_rootfs()),
+                "rootfsTarball": str(ensure_busybox_rootfs()),
                 "command": ["sh", "-c", serve],
                 "env": {"GREETING": GREETING},
                 "ports": [{"vm": 80, "container": 80}],

@@ -151,17 +151,75 @@ def ensure_playground_rootfs(cache_root: Path | None = None, log: Log = print) -
     return built / TARBALL_NAME
 
 
-IMAGE_TARBALL_NAME = "nexus-playground-image.tar"
+# A playground for the tests without an inner VM: busybox and the web page, nothing else.
+# Under TCG every MiB a test copies into the VM and `docker import`s costs time; the full
+# tree above (QEMU and its libraries) is about a hundred times larger.
+BUSYBOX_TARBALL_NAME = "nexus-playground-busybox.tar"
+
+
+def ensure_busybox_rootfs(cache_root: Path | None = None, log: Log = print) -> Path:
+    """The full tree's static busybox with a link per applet, /srv/www/index.html and /tmp:
+    what a container that serves the page and runs `sh` needs. Made once beside the full
+    tarball (its busybox comes from there), renamed into place when whole."""
+    rootfs = ensure_playground_rootfs(cache_root, log)
+    small = rootfs.parent / BUSYBOX_TARBALL_NAME
+    if small.is_file():
+        return small
+    with tarfile.open(rootfs) as full:
+        member = next(m for m in full.getmembers() if m.isfile() and PurePosixPath(m.name).name == "busybox")
+        extracted = full.extractfile(member)
+        assert extracted is not None
+        busybox = extracted.read()
+    partial = small.with_name(f".{BUSYBOX_TARBALL_NAME}.{os.getpid()}")
+    scratch = small.with_name(f".busybox.{os.getpid()}")
+    try:
+        # Named busybox: it picks the applet to run by the name it is called by.
+        scratch.mkdir()
+        (scratch / "busybox").write_bytes(busybox)
+        (scratch / "busybox").chmod(0o755)
+        applets = _run([str(scratch / "busybox"), "--list-full"]).split()
+        with tarfile.open(partial, "w") as out:
+
+            def add(
+                name: str, mode: int, kind: bytes = tarfile.DIRTYPE, data: bytes = b"", link: str = ""
+            ) -> None:
+                info = tarfile.TarInfo(name)
+                info.type, info.mode, info.size, info.linkname = kind, mode, len(data), link
+                out.addfile(info, io.BytesIO(data) if data else None)
+
+            for folder in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "srv", "srv/www", "etc", "root"):
+                add(folder, 0o755)
+            add("tmp", 0o1777)
+            add("bin/busybox", 0o755, tarfile.REGTYPE, busybox)
+            for applet in sorted(set(applets) - {"bin/busybox"}):
+                add(applet, 0o777, tarfile.SYMTYPE, link="/bin/busybox")
+            add("etc/passwd", 0o644, tarfile.REGTYPE, b"root:x:0:0:root:/root:/bin/sh\n")
+            add("etc/group", 0o644, tarfile.REGTYPE, b"root:x:0:\n")
+            add(
+                f"{WEB_ROOT.lstrip('/')}/index.html",
+                0o644,
+                tarfile.REGTYPE,
+                f"<h1>{PAGE_MARKER}</h1>\n".encode(),
+            )
+        os.rename(partial, small)
+    finally:
+        partial.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+    log(f"busybox playground rootfs: {small.stat().st_size / 1024**2:.1f} MiB")
+    return small
+
+
+IMAGE_TARBALL_NAME = "nexus-playground-busybox-image.tar"
 IMAGE_TARBALL_TAG = "nexus/playground:loaded"
 
 
 def ensure_playground_image_tarball(cache_root: Path | None = None, log: Log = print) -> Path:
-    """The same tree as an image archive (`docker save` format), for the `docker load` path.
+    """The busybox tree as an image archive (`docker save` format), for the `docker load` path.
 
     One layer (the root-file-system tarball as it is), its config and a manifest: what
     `docker load` reads. Made once beside the tarball, renamed into place when whole.
     """
-    rootfs = ensure_playground_rootfs(cache_root, log)
+    rootfs = ensure_busybox_rootfs(cache_root, log)
     archive = rootfs.parent / IMAGE_TARBALL_NAME
     if archive.is_file():
         return archive

@@ -32,7 +32,10 @@ ARTEFACTS: tuple[tuple[str, Callable[[], Path]], ...] = (
     ("x86_64 test image", lambda: ensure_test_image(log=log)),
     ("generic-kernel test image", lambda: ensure_test_image(log=log, recipe=GENERIC)),
     ("guest-layers test image", lambda: ensure_test_image(log=log, recipe=GUEST_LAYERS)),
-    ("playground rootfs and image archive", lambda: ensure_playground_image_tarball(log=log)),
+    (
+        "playground rootfs, its busybox variant and image archive",
+        lambda: ensure_playground_image_tarball(log=log),
+    ),
     ("arm64 test image", lambda: ensure_arm64_test_image(log=log)),
 )
 
