@@ -14,7 +14,10 @@ from tests.support import leftovers
 from tests.support.processes import running
 
 # A process that ignores SIGTERM, as a wedged QEMU or plugin may: only SIGKILL ends it.
-STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(600)"
+STUBBORN = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True); time.sleep(600)"
+)
 
 
 @pytest.fixture
