@@ -483,6 +483,9 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
 
         # A kernel that is not there: the failing inner-VM step names its layer, command and
         # output; the layers below keep running, and the right kernel starts it again.
+        # (The running inner VM is powered off first: its userspace must be up to hear the
+        # power button, or the step waits out powerdownTimeoutSeconds.)
+        assert INNER_USERSPACE_MARKER in wait_for_serial(outputs, INNER_USERSPACE_MARKER, 300)
         cli.set_config("nexus:innerVm.kernel", "/opt/nexus/no such vmlinuz")
         failed = cli.up(check=False)
         message = failed.stdout + failed.stderr
