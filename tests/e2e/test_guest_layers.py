@@ -593,7 +593,7 @@ def test_guest_layers_lifecycle(tmp_path: Path, guest_image_url: str, rootfs_tar
 
     output = destroyed.stdout + destroyed.stderr
     assert destroyed.returncode == 0, output
-    # (destroy with the inner VM running, inside out, is test_mounts' and test_inner_vm_image's.)
+    # (A destroy with the inner VM running, inside out, is test_mounts'.)
     assert vm_pid and gone_within(vm_pid, 10) and not running(vm_pid)
     assert qemu_processes_of(state_dir) == []
     assert nothing_listens(ssh_port) and nothing_listens(http_port)

@@ -41,8 +41,8 @@ def left_by(run_id: str, folders: list[str]) -> list[int]:
     return processes_where(belongs)
 
 
-def stop(pids: list[int]) -> list[int]:
-    """SIGTERM, up to GRACE_SECONDS, then SIGKILL: the pids that were still there to stop."""
+def stop(pids: list[int]) -> None:
+    """SIGTERM, up to GRACE_SECONDS, then SIGKILL for those still running."""
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -57,7 +57,6 @@ def stop(pids: list[int]) -> list[int]:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 continue
-    return pids
 
 
 def describe(pid: int) -> str:

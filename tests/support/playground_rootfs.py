@@ -166,7 +166,8 @@ def ensure_busybox_rootfs(cache_root: Path | None = None, log: Log = print) -> P
     if small.is_file():
         return small
     with tarfile.open(rootfs) as full:
-        member = next(m for m in full.getmembers() if m.isfile() and PurePosixPath(m.name).name == "busybox")
+        # The binary, not initramfs-tools' conf-hooks.d/busybox of the same name.
+        member = next(m for m in full.getmembers() if m.isfile() and m.name.endswith("bin/busybox"))
         extracted = full.extractfile(member)
         assert extracted is not None
         busybox = extracted.read()
